@@ -1,0 +1,708 @@
+"""Client: submit work to a distributary cluster and get results back.
+
+A blocking Client runs its asynchronous machinery on a background event-loop
+thread (:class:`~distributary.utils.loop.LoopRunner`); with ``asynchronous=True``
+it runs on the caller's loop and its methods return awaitables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import dask.config
+from dask.base import tokenize
+from dask.utils import funcname, parse_timedelta
+
+from distributary.client.future import Future, FutureState
+from distributary.client.structures import collect_futures, substitute_results
+from distributary.comm import CommClosedError, connect
+from distributary.comm.addressing import normalize_address
+from distributary.core import BatchedSend, ConnectionPool
+from distributary.exceptions import FutureLostError
+from distributary.protocol.serialize import Serialize, deserialize
+from distributary.protocol.tasks import dumps_task, register_reference_type
+from distributary.utils.loop import LoopRunner, sync
+
+logger = logging.getLogger("distributary.client")
+
+register_reference_type(Future)
+
+_default_client: Client | None = None
+_stimulus_counter = itertools.count()
+
+
+def default_client() -> Client:
+    """The client that ``dask.compute`` and friends use, or ValueError if none."""
+    if _default_client is None or _default_client.status == "closed":
+        raise ValueError("No clients found. Start a client with Client(...) first")
+    return _default_client
+
+
+def _stimulus(name: str) -> str:
+    return f"{name}-{next(_stimulus_counter)}"
+
+
+class Client:
+    """Connect to a cluster and submit computation to it.
+
+    ``Client()`` starts a ``LocalCluster`` (closed with the client);
+    ``Client("tcp://host:port")`` or ``Client(cluster)`` connects to a running one.
+    """
+
+    def __init__(
+        self,
+        address: Any = None,
+        loop: Any = None,
+        timeout: Any = None,
+        set_as_default: bool = True,
+        scheduler_file: str | None = None,
+        security: Any = None,
+        asynchronous: bool = False,
+        name: str | None = None,
+        heartbeat_interval: Any = None,
+        direct_to_workers: bool | None = None,
+        connection_limit: int = 512,
+        **kwargs: Any,
+    ):
+        self.id = f"{name or 'Client'}-{uuid.uuid4()}"
+        self.asynchronous = asynchronous
+        self.status = "newly-created"
+        self.cluster: Any = None
+        self._own_cluster = False
+        self._set_as_default = set_as_default
+        self._cluster_kwargs = kwargs
+        self._timeout = parse_timedelta(
+            timeout if timeout is not None else dask.config.get("distributed.comm.timeouts.connect")
+        )
+        self.futures: dict[Any, FutureState] = {}
+        self._refcount: dict[Any, int] = {}
+        self._ref_lock = threading.Lock()
+        self._to_release: list = []
+        self._release_scheduled = False
+        self._batched: BatchedSend | None = None
+        self._stream_task: asyncio.Task | None = None
+        self.pool = ConnectionPool(limit=connection_limit, role="client")
+        self.scheduler_address: str | None = None
+        if scheduler_file is not None:
+            import json
+
+            with open(scheduler_file) as f:
+                address = json.load(f)["address"]
+        if address is not None and not hasattr(address, "scheduler_address"):
+            address = normalize_address(address)
+        self._address_arg = address
+        self._runner: LoopRunner | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        if not asynchronous:
+            self._runner = LoopRunner.acquire()
+            self.loop = self._runner.loop
+            try:
+                self._start_blocking()
+            except BaseException:
+                self._runner.release()
+                self._runner = None
+                self.status = "closed"
+                raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _start_blocking(self) -> None:
+        address = self._address_arg
+        if address is None:
+            from distributary.deploy.local import LocalCluster
+
+            self.cluster = LocalCluster(**self._cluster_kwargs)
+            self._own_cluster = True
+            address = self.cluster.scheduler_address
+        elif hasattr(address, "scheduler_address"):
+            self.cluster = address
+            address = address.scheduler_address
+        sync(self.loop, self._connect(address), None)
+
+    async def _start(self) -> Client:
+        if self.status == "running":
+            return self
+        self.loop = asyncio.get_running_loop()
+        address = self._address_arg
+        if address is None:
+            from distributary.deploy.local import LocalCluster
+
+            self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
+            self._own_cluster = True
+            address = self.cluster.scheduler_address
+        elif hasattr(address, "scheduler_address"):
+            self.cluster = address
+            address = address.scheduler_address
+        await self._connect(address)
+        return self
+
+    async def _connect(self, address: str) -> None:
+        global _default_client
+        self.scheduler_address = normalize_address(address)
+        comm = await connect(self.scheduler_address, timeout=self._timeout)
+        await comm.write({"op": "register-client", "client": self.id, "reply": False})
+        reply = await asyncio.wait_for(comm.read(), self._timeout)
+        if reply.get("status") != "OK":
+            await comm.close()
+            raise RuntimeError(f"The scheduler refused this client: {reply}")
+        self._batched = BatchedSend(comm)
+        self._stream_task = asyncio.get_running_loop().create_task(self._read_stream(comm))
+        self.status = "running"
+        if self._set_as_default:
+            _default_client = self
+
+    def __await__(self):
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Client:
+        return await self._start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self, timeout: Any = None) -> Any:
+        """Close the client (and the LocalCluster it started, if any)."""
+        if self.asynchronous:
+            return self._close()
+        if self.status == "closed":
+            return None
+        try:
+            sync(self.loop, self._close(), parse_timedelta(timeout) if timeout else None)
+        finally:
+            if self._own_cluster and self.cluster is not None:
+                self.cluster.close()
+            if self._runner is not None:
+                self._runner.release()
+                self._runner = None
+        return None
+
+    async def _close(self) -> None:
+        global _default_client
+        if self.status == "closed":
+            return
+        self.status = "closing"
+        if self._batched is not None:
+            await self._batched.close(timeout=2)
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+        await self.pool.close()
+        for state in self.futures.values():
+            if not state.done():
+                state.cancel("client closed")
+        if self.asynchronous and self._own_cluster and self.cluster is not None:
+            await self.cluster.close()
+        self.status = "closed"
+        if _default_client is self:
+            _default_client = None
+
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client:
+        """The default client of this process; ValueError if there is none."""
+        return default_client()
+
+    def sync(self, func: Callable, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
+        """Run ``func`` (a coroutine function) on the client's loop and return its result.
+
+        An asynchronous client returns the awaitable instead.
+        """
+        timeout = parse_timedelta(timeout) if timeout is not None else None
+        if self.asynchronous or _in_loop(self.loop):
+            coro = func(*args, **kwargs)
+            return asyncio.wait_for(coro, timeout) if timeout is not None else coro
+        self._check_open()
+        return sync(self.loop, func(*args, **kwargs), timeout)
+
+    def _check_open(self) -> None:
+        if self.status in ("closing", "closed"):
+            raise RuntimeError(f"{self!r} is closed; start a new Client to submit work")
+
+    # ------------------------------------------------------------------ the scheduler stream
+
+    async def _read_stream(self, comm: Any) -> None:
+        handlers = {
+            "key-in-memory": self._on_key_in_memory,
+            "task-erred": self._on_task_erred,
+            "cancelled-key": self._on_cancelled_key,
+            "lost-data": self._on_lost_data,
+        }
+        try:
+            while True:
+                msgs = await comm.read()
+                if isinstance(msgs, dict):
+                    msgs = (msgs,)
+                for msg in msgs:
+                    handler = handlers.get(msg.get("op"))
+                    if handler is not None:
+                        handler(msg)
+        except CommClosedError:
+            if self.status == "running":
+                logger.warning("Lost the connection to the scheduler at %s", self.scheduler_address)
+                self.status = "closed"
+                for state in self.futures.values():
+                    if not state.done():
+                        state.cancel("lost the connection to the scheduler")
+
+    def _on_key_in_memory(self, msg: dict) -> None:
+        state = self.futures.get(msg["key"])
+        if state is not None:
+            state.finish(msg.get("type", ""), tuple(msg.get("workers") or ()))
+
+    def _on_task_erred(self, msg: dict) -> None:
+        state = self.futures.get(msg["key"])
+        if state is not None:
+            state.set_error(msg)
+
+    def _on_cancelled_key(self, msg: dict) -> None:
+        state = self.futures.get(msg["key"])
+        if state is not None:
+            state.cancel(msg.get("reason", ""))
+
+    def _on_lost_data(self, msg: dict) -> None:
+        state = self.futures.get(msg["key"])
+        if state is not None:
+            state.reset()
+
+    def _send(self, msg: dict) -> None:
+        """Send a message on the scheduler stream, from any thread."""
+        self._check_open()
+        if _in_loop(self.loop):
+            self._batched.send(msg)
+        else:
+            self.loop.call_soon_threadsafe(self._send_now, msg)
+
+    def _send_now(self, msg: dict) -> None:
+        if self._batched is not None and not self._batched.closed():
+            self._batched.send(msg)
+
+    # ------------------------------------------------------------------ reference counting
+
+    def _state_of(self, key: Any) -> FutureState:
+        state = self.futures.get(key)
+        if state is None:
+            state = self.futures[key] = FutureState()
+        return state
+
+    def _increment_reference(self, key: Any) -> None:
+        with self._ref_lock:
+            self._refcount[key] = self._refcount.get(key, 0) + 1
+
+    def _decrement_reference(self, key: Any) -> None:
+        with self._ref_lock:
+            count = self._refcount.get(key, 0) - 1
+            if count > 0:
+                self._refcount[key] = count
+                return
+            self._refcount.pop(key, None)
+            self._to_release.append(key)
+            if self._release_scheduled or self.status != "running":
+                return
+            self._release_scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._flush_releases)
+        except RuntimeError:
+            pass  # the loop is closed: the scheduler drops this client's keys anyway
+
+    def _flush_releases(self) -> None:
+        with self._ref_lock:
+            keys = [k for k in self._to_release if k not in self._refcount]
+            self._to_release.clear()
+            self._release_scheduled = False
+        for key in keys:
+            self.futures.pop(key, None)
+        if keys and self._batched is not None and not self._batched.closed():
+            self._batched.send(
+                {"op": "client-releases-keys", "keys": keys, "stimulus_id": _stimulus("release")}
+            )
+
+    # ------------------------------------------------------------------ submit and map
+
+    def submit(
+        self,
+        func: Callable,
+        *args: Any,
+        key: Any = None,
+        workers: Any = None,
+        resources: dict | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "100 ms",
+        allow_other_workers: bool = False,
+        actor: bool = False,
+        actors: bool = False,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; return a Future of its result."""
+        if not callable(func):
+            raise TypeError(f"First argument to submit must be callable, got {func!r}")
+        if key is None:
+            key = _make_key(func, args, kwargs, pure)
+        options = _task_options(workers, resources, retries, allow_other_workers)
+        return self._submit_calls(func, [args], [key], kwargs, (-priority,), options)[0]
+
+    def map(
+        self,
+        func: Callable,
+        *iterables: Iterable,
+        key: Any = None,
+        workers: Any = None,
+        retries: int | None = None,
+        resources: dict | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        fifo_timeout: Any = "100 ms",
+        actor: bool = False,
+        actors: bool = False,
+        pure: bool = True,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """Run ``func`` over the items of one or more iterables; return a list of Futures."""
+        if not callable(func):
+            raise TypeError(f"First argument to map must be callable, got {func!r}")
+        if not iterables:
+            raise ValueError("map needs at least one iterable")
+        calls = list(zip(*iterables))
+        if isinstance(key, list | tuple):
+            if len(key) != len(calls):
+                raise ValueError(f"map got {len(key)} keys for {len(calls)} calls")
+            keys = list(key)
+        else:
+            name = key or funcname(func)
+            if pure:
+                func_token = tokenize(func)
+                keys = [f"{name}-{tokenize(func_token, kwargs, *call)}" for call in calls]
+            else:
+                keys = [f"{name}-{uuid.uuid4().hex}" for _ in calls]
+        options = _task_options(workers, resources, retries, allow_other_workers)
+        return self._submit_calls(func, calls, keys, kwargs, (-priority,), options)
+
+    def _submit_calls(
+        self,
+        func: Callable,
+        calls: list,
+        keys: list,
+        kwargs: dict,
+        priority: tuple,
+        options: dict,
+    ) -> list[Future]:
+        self._check_open()
+        tasks = []
+        for index, (args, key) in enumerate(zip(calls, keys)):
+            state = self.futures.get(key)
+            if state is not None and state.status != "cancelled":
+                continue
+            payload, deps = dumps_task(func, args, kwargs)
+            task = {"key": key, "payload": payload, "priority": (*priority, index), **options}
+            if deps:
+                task["dependencies"] = tuple(deps)
+            tasks.append(task)
+            self.futures[key] = FutureState()
+        futures = [Future(key, self) for key in keys]
+        if tasks:
+            self._send(
+                {
+                    "op": "update-graph",
+                    "tasks": tasks,
+                    "wanted": [t["key"] for t in tasks],
+                    "stimulus_id": _stimulus("update-graph"),
+                }
+            )
+        return futures
+
+    # ------------------------------------------------------------------ results
+
+    def gather(
+        self,
+        futures: Any,
+        errors: str = "raise",
+        direct: bool | None = None,
+        asynchronous: bool | None = None,
+    ) -> Any:
+        """Wait for futures (in any nesting of lists, tuples, dicts) and return their results.
+
+        ``errors="skip"`` leaves out the futures that erred or were cancelled.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if isinstance(futures, Iterator):
+            return (self.gather(f, errors=errors) for f in futures)
+        return self.sync(self._gather, futures, errors=errors)
+
+    async def _gather(self, futures: Any, errors: str = "raise") -> Any:
+        found = collect_futures(futures)
+        for future in found:
+            await future._wait()
+        bad = set()
+        for future in found:
+            if future.status == "finished":
+                continue
+            if errors == "raise":
+                await future._result()
+            bad.add(future.key)
+        keys = list(dict.fromkeys(f.key for f in found if f.key not in bad))
+        data = await self._fetch(keys)
+        return substitute_results(futures, data, bad)
+
+    async def _gather_one(self, future: Future) -> Any:
+        return (await self._fetch([future.key]))[future.key]
+
+    async def _fetch(self, keys: list) -> dict:
+        """Get the data of finished keys from the workers that hold them."""
+        results: dict = {}
+        missing = list(keys)
+        for attempt in range(10):
+            by_worker: dict[str, list] = {}
+            unknown = []
+            for key in missing:
+                state = self.futures.get(key)
+                workers = state.workers if state is not None else ()
+                if workers:
+                    by_worker.setdefault(workers[0], []).append(key)
+                else:
+                    unknown.append(key)
+            if unknown:
+                who_has = await self.pool.call(
+                    self.scheduler_address, {"op": "who-has", "keys": unknown}
+                )
+                for key, holders in who_has.items():
+                    if holders:
+                        by_worker.setdefault(holders[0], []).append(key)
+            replies = await asyncio.gather(
+                *(self._get_data(worker, wanted) for worker, wanted in by_worker.items())
+            )
+            for reply in replies:
+                results.update(reply)
+            missing = [key for key in missing if key not in results]
+            if not missing:
+                return results
+            for key in missing:
+                state = self.futures.get(key)
+                if state is not None:
+                    state.workers = ()
+            await asyncio.sleep(0.01 * 2**attempt)
+            for key in missing:
+                state = self.futures.get(key)
+                if state is not None and not state.done():
+                    await state.event.wait()
+                if state is not None and state.status in ("error", "cancelled"):
+                    raise FutureLostError(key)
+        raise FutureLostError(missing[0])
+
+    async def _get_data(self, worker: str, keys: list) -> dict:
+        try:
+            reply = await self.pool.call(worker, {"op": "get-data", "keys": keys})
+        except OSError:
+            return {}
+        return {key: deserialize(value) for key, value in reply["data"].items()}
+
+    # ------------------------------------------------------------------ scatter
+
+    def scatter(
+        self,
+        data: Any,
+        workers: Any = None,
+        broadcast: bool = False,
+        direct: bool | None = None,
+        hash: bool = True,
+        timeout: Any = None,
+        asynchronous: bool | None = None,
+    ) -> Any:
+        """Move data to the workers; return Futures pointing to it.
+
+        A list gives a list of futures, a dict a dict, a single object one future.
+        """
+        return self.sync(
+            self._scatter, data, workers=workers, broadcast=broadcast, hash=hash, timeout=timeout
+        )
+
+    async def _scatter(
+        self, data: Any, workers: Any, broadcast: bool, hash: bool, timeout: Any
+    ) -> Any:
+        self._check_open()
+        if isinstance(data, dict):
+            items = dict(data)
+        else:
+            single = not isinstance(data, list | tuple | set | frozenset | Iterator)
+            values = [data] if single else list(data)
+            names = [
+                f"{type(v).__name__}-{tokenize(v) if hash else uuid.uuid4().hex}" for v in values
+            ]
+            items = dict(zip(names, values))
+        targets = await self._scatter_targets(workers, broadcast, timeout)
+        placement: dict[str, dict] = {}
+        for i, (key, value) in enumerate(items.items()):
+            for worker in targets if broadcast else [targets[i % len(targets)]]:
+                placement.setdefault(worker, {})[key] = value
+        who_has: dict = {}
+        nbytes: dict = {}
+        types: dict = {}
+        for worker, chunk in placement.items():
+            reply = await self.pool.call(
+                worker,
+                {"op": "update-data", "data": {k: Serialize(v) for k, v in chunk.items()}},
+            )
+            for key in chunk:
+                who_has.setdefault(key, []).append(worker)
+            nbytes.update(reply["nbytes"])
+            types.update(reply["types"])
+        for key in items:
+            self._state_of(key).finish(types.get(key, ""), tuple(who_has[key]))
+        self._send(
+            {
+                "op": "scatter-data",
+                "who_has": who_has,
+                "nbytes": nbytes,
+                "types": types,
+                "stimulus_id": _stimulus("scatter"),
+            }
+        )
+        futures = {key: Future(key, self) for key in items}
+        if isinstance(data, dict):
+            return futures
+        result = list(futures.values())
+        return result[0] if single else result
+
+    async def _scatter_targets(self, workers: Any, broadcast: bool, timeout: Any) -> list[str]:
+        deadline = asyncio.get_running_loop().time() + (
+            parse_timedelta(timeout) if timeout is not None else self._timeout
+        )
+        while True:
+            info = await self._scheduler_info()
+            available = info["workers"]
+            if workers is not None:
+                wanted = [workers] if isinstance(workers, str) else list(workers)
+                by_name = {w["name"]: a for a, w in available.items()}
+                targets = [by_name.get(w, w) for w in wanted]
+                targets = [t for t in targets if t in available]
+            else:
+                targets = sorted(available)
+            if targets:
+                return targets
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("No workers to scatter data to")
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------------------ control
+
+    def cancel(self, futures: Any, asynchronous: bool | None = None, force: bool = False,
+               reason: str | None = None) -> Any:
+        """Cancel futures: stop their tasks if nobody else wants them and release data."""
+        return self.sync(self._cancel, futures, force=force, reason=reason)
+
+    async def _cancel(self, futures: Any, force: bool = False, reason: str | None = None) -> None:
+        keys = [f.key for f in collect_futures(futures)]
+        for key in keys:
+            state = self.futures.get(key)
+            if state is not None:
+                state.cancel(reason or "cancel")
+        self._send(
+            {"op": "cancel-keys", "keys": keys, "force": force, "stimulus_id": _stimulus("cancel")}
+        )
+
+    def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
+        """Run erred futures' tasks again."""
+        return self.sync(self._retry, futures)
+
+    async def _retry(self, futures: Any) -> None:
+        keys = [f.key for f in collect_futures(futures)]
+        for key in keys:
+            state = self.futures.get(key)
+            if state is not None and state.status == "error":
+                state.reset()
+        self._send({"op": "retry-keys", "keys": keys, "stimulus_id": _stimulus("retry")})
+
+    def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        def run() -> None:
+            self.loop.run_in_executor(None, fn, future)
+
+        def register() -> None:
+            if future._state.done():
+                run()
+            else:
+                future._state.callbacks.append(run)
+
+        if _in_loop(self.loop):
+            register()
+        else:
+            self.loop.call_soon_threadsafe(register)
+
+    # ------------------------------------------------------------------ cluster information
+
+    def scheduler_info(self, **kwargs: Any) -> Any:
+        """The scheduler's identity and its workers."""
+        return self.sync(self._scheduler_info)
+
+    async def _scheduler_info(self) -> dict:
+        return await self.pool.call(self.scheduler_address, {"op": "identity"})
+
+    def nthreads(self, workers: Any = None, **kwargs: Any) -> Any:
+        """Threads of each worker, by address."""
+        return self.sync(self._nthreads)
+
+    async def _nthreads(self) -> dict:
+        info = await self._scheduler_info()
+        return {addr: w["nthreads"] for addr, w in info["workers"].items()}
+
+    ncores = nthreads
+
+    def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
+        """The workers holding each future's data."""
+        return self.sync(self._who_has, futures)
+
+    async def _who_has(self, futures: Any) -> dict:
+        keys = [f.key for f in collect_futures(futures)] if futures is not None else list(
+            self.futures
+        )
+        return await self.pool.call(self.scheduler_address, {"op": "who-has", "keys": keys})
+
+    def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
+        """Block until at least ``n_workers`` workers have joined."""
+        return self.sync(self._wait_for_workers, n_workers, timeout=timeout)
+
+    async def _wait_for_workers(self, n_workers: int) -> None:
+        delay = 0.01
+        while len((await self._scheduler_info())["workers"]) < n_workers:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    def __repr__(self) -> str:
+        where = self.scheduler_address or "not connected"
+        return f"<Client: {where!r} status={self.status}>"
+
+
+def _make_key(func: Callable, args: tuple, kwargs: dict, pure: bool) -> str:
+    if pure:
+        return f"{funcname(func)}-{tokenize(func, kwargs, *args)}"
+    return f"{funcname(func)}-{uuid.uuid4().hex}"
+
+
+def _task_options(workers: Any, resources: Any, retries: Any, allow_other_workers: bool) -> dict:
+    options: dict = {}
+    if workers is not None:
+        options["workers"] = [workers] if isinstance(workers, str) else list(workers)
+        options["allow_other_workers"] = allow_other_workers
+    if resources:
+        options["resources"] = dict(resources)
+    if retries:
+        options["retries"] = int(retries)
+    return options
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

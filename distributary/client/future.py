@@ -1,0 +1,197 @@
+"""Future: a handle on a remote result, reference counted by its client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from distributary.exceptions import FutureCancelledError
+from distributary.protocol.errors import rebuild_exception
+
+if TYPE_CHECKING:
+    from distributary.client.client import Client
+
+_FINAL = ("finished", "error", "cancelled")
+
+
+class FutureState:
+    """What the client knows of one key: shared by every Future of that key.
+
+    Lives on the client's event loop; the ``status`` is safe to read from any thread.
+    """
+
+    __slots__ = ("status", "error", "type", "workers", "_event", "callbacks", "cancel_reason")
+
+    def __init__(self) -> None:
+        self.status = "pending"
+        self.error: dict | None = None
+        self.type = ""
+        self.workers: tuple = ()
+        self.cancel_reason = ""
+        self._event: asyncio.Event | None = None
+        self.callbacks: list[Callable[[], None]] = []
+
+    @property
+    def event(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.status in _FINAL:
+                self._event.set()
+        return self._event
+
+    def done(self) -> bool:
+        return self.status in _FINAL
+
+    def _set(self, status: str) -> None:
+        self.status = status
+        if self._event is not None:
+            self._event.set()
+        callbacks, self.callbacks = self.callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def finish(self, type_name: str, workers: tuple) -> None:
+        self.type = type_name
+        self.workers = workers
+        self._set("finished")
+
+    def set_error(self, error: dict) -> None:
+        self.error = error
+        self._set("error")
+
+    def cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        self._set("cancelled")
+
+    def reset(self) -> None:
+        """Pending again (lost data being recomputed, or a retry)."""
+        self.status = "pending"
+        self.error = None
+        self.workers = ()
+        if self._event is not None:
+            self._event.clear()
+
+    def exception(self) -> BaseException:
+        return rebuild_exception(self.error or {})
+
+
+class Future:
+    """A remote computation's result, which may not exist yet.
+
+    Created by ``Client.submit``, ``map`` and ``scatter``.  While any Future of a key
+    exists, the cluster keeps that key's result; when the last one is garbage
+    collected (or ``release()``\\ d), the result is freed.
+    """
+
+    __slots__ = ("key", "client", "_state", "_released", "__weakref__")
+
+    def __init__(self, key: Any, client: Client | None = None, _state: FutureState | None = None):
+        from distributary.client.client import default_client
+
+        self.key = key
+        self.client = client if client is not None else default_client()
+        self._released = False
+        self._state = _state if _state is not None else self.client._state_of(key)
+        self.client._increment_reference(key)
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``finished``, ``error``, ``cancelled`` (or ``lost``)."""
+        return self._state.status
+
+    @property
+    def executor(self) -> Client:
+        """The client that owns this future."""
+        return self.client
+
+    def done(self) -> bool:
+        """Whether the computation finished, erred or was cancelled."""
+        return self._state.done()
+
+    def cancelled(self) -> bool:
+        """Whether this future was cancelled."""
+        return self._state.status == "cancelled"
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for and return the result; re-raise a remote error with its traceback."""
+        return self.client.sync(self._result, timeout=timeout)
+
+    async def _result(self, raiseit: bool = True) -> Any:
+        await self._wait()
+        status = self._state.status
+        if status == "error":
+            exc = self._state.exception()
+            if raiseit:
+                raise exc.with_traceback(exc.__traceback__)
+            return exc
+        if status == "cancelled":
+            raise FutureCancelledError(self.key, self._state.cancel_reason)
+        return await self.client._gather_one(self)
+
+    async def _wait(self) -> None:
+        if not self._state.done():
+            await self._state.event.wait()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait, then return the remote exception (or None if the task succeeded)."""
+        return self.client.sync(self._exception, timeout=timeout)
+
+    async def _exception(self) -> BaseException | None:
+        await self._wait()
+        if self._state.status == "error":
+            return self._state.exception()
+        if self._state.status == "cancelled":
+            raise FutureCancelledError(self.key, self._state.cancel_reason)
+        return None
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        """Wait, then return the remote traceback object (or None)."""
+        return self.client.sync(self._traceback, timeout=timeout)
+
+    async def _traceback(self) -> Any:
+        exc = await self._exception()
+        return None if exc is None else exc.__traceback__
+
+    def cancel(self, reason: str | None = None, **kwargs: Any) -> Any:
+        """Cancel this future's computation and release its data."""
+        return self.client.cancel([self], reason=reason, **kwargs)
+
+    def retry(self, **kwargs: Any) -> Any:
+        """Run this erred future's task again."""
+        return self.client.retry([self], **kwargs)
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` once this future is done (in a separate thread)."""
+        self.client._add_done_callback(self, fn)
+
+    def release(self) -> None:
+        """Drop this future's claim on the result now rather than at garbage collection."""
+        if not self._released:
+            self._released = True
+            self.client._decrement_reference(self.key)
+
+    def __await__(self):
+        return self._result().__await__()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            pass  # the interpreter is shutting down
+
+    def __reduce__(self) -> tuple:
+        return (Future, (self.key,))
+
+    def __repr__(self) -> str:
+        kind = f", type: {self._state.type}" if self._state.status == "finished" else ""
+        return f"<Future: {self._state.status}{kind}, key: {self.key}>"
+
+    def _repr_html_(self) -> str:
+        return f"<b>Future: {self.key}</b> status: {self._state.status}"
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Future) and other.key == self.key and other.client is self.client

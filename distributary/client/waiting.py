@@ -1,0 +1,216 @@
+"""Waiting on many futures: ``wait``, ``as_completed`` and ``fire_and_forget``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from dask.utils import parse_timedelta
+
+from distributary.client.future import Future
+from distributary.client.structures import collect_futures
+
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+ALL_COMPLETED = "ALL_COMPLETED"
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    """The result of :func:`wait`."""
+
+    done: set
+    not_done: set
+
+
+def wait(fs: Any, timeout: Any = None, return_when: str = ALL_COMPLETED) -> Any:
+    """Wait until futures are done (all, the first, or the first to fail).
+
+    Returns ``(done, not_done)`` sets; raises TimeoutError if ``timeout`` passes first.
+    """
+    futures = collect_futures(fs)
+    if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
+        raise ValueError(f"Unknown return_when {return_when!r}")
+    if not futures:
+        return DoneAndNotDoneFutures(set(), set())
+    client = futures[0].client
+    return client.sync(_wait, futures, return_when, timeout=timeout)
+
+
+async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFutures:
+    pending = {asyncio.ensure_future(f._wait()): f for f in futures if not f.done()}
+    try:
+        while pending:
+            if return_when == FIRST_COMPLETED and len(pending) < len(futures):
+                break
+            if return_when == FIRST_EXCEPTION and any(f.status == "error" for f in futures):
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                del pending[task]
+    finally:
+        for task in pending:
+            task.cancel()
+    finished = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(finished, set(futures) - finished)
+
+
+def fire_and_forget(obj: Any) -> None:
+    """Run these futures' tasks to the end even after every Future of them is dropped."""
+    futures = collect_futures(obj)
+    for future in futures:
+        future.client._send(
+            {
+                "op": "client-desires-keys",
+                "keys": [future.key],
+                "client": "fire-and-forget",
+                "stimulus_id": f"fire-and-forget-{future.key}",
+            }
+        )
+
+
+class as_completed:
+    """Iterate over futures in the order they finish (``for`` or ``async for``).
+
+    ``with_results=True`` yields ``(future, result)`` pairs.  Futures can be added
+    while iterating with :meth:`add`.
+    """
+
+    def __init__(
+        self,
+        futures: Iterable[Future] | None = None,
+        loop: Any = None,
+        with_results: bool = False,
+        raise_errors: bool = True,
+        *,
+        timeout: Any = None,
+    ):
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self.timeout = parse_timedelta(timeout) if timeout is not None else None
+        self._pending: set[Future] = set()
+        self._ready: deque = deque()
+        self._condition = threading.Condition()
+        self._events: set[asyncio.Event] = set()
+        for future in futures or ():
+            self.add(future)
+
+    def add(self, future: Future) -> None:
+        """Add a future to wait on."""
+        with self._condition:
+            self._pending.add(future)
+        client = future.client
+
+        def register() -> None:
+            if future._state.done():
+                self._on_done(future)
+            else:
+                future._state.callbacks.append(lambda: self._on_done(future))
+
+        try:
+            in_loop = asyncio.get_running_loop() is client.loop
+        except RuntimeError:
+            in_loop = False
+        if in_loop:
+            register()
+        else:
+            client.loop.call_soon_threadsafe(register)
+
+    def update(self, futures: Iterable[Future]) -> None:
+        """Add several futures."""
+        for future in futures:
+            self.add(future)
+
+    def _on_done(self, future: Future) -> None:
+        if self.with_results:
+            asyncio.ensure_future(self._fetch_result(future))
+        else:
+            self._push(future)
+
+    async def _fetch_result(self, future: Future) -> None:
+        try:
+            result = await future._result()
+        except BaseException as exc:
+            result = exc
+        self._push((future, result))
+
+    def _push(self, item: Any) -> None:
+        future = item[0] if isinstance(item, tuple) else item
+        with self._condition:
+            self._pending.discard(future)
+            self._ready.append(item)
+            self._condition.notify_all()
+        for event in self._events:
+            event.set()
+
+    def count(self) -> int:
+        """Futures not yet yielded."""
+        with self._condition:
+            return len(self._pending) + len(self._ready)
+
+    def is_empty(self) -> bool:
+        """Whether nothing is left to yield."""
+        return self.count() == 0
+
+    def clear(self) -> None:
+        """Forget every future."""
+        with self._condition:
+            self._pending.clear()
+            self._ready.clear()
+
+    def _pop(self) -> Any:
+        item = self._ready.popleft()
+        if self.with_results and self.raise_errors:
+            future, result = item
+            if future.status == "error" and isinstance(result, BaseException):
+                raise result
+        return item
+
+    def __iter__(self) -> as_completed:
+        return self
+
+    def __next__(self) -> Any:
+        with self._condition:
+            if not self._condition.wait_for(
+                lambda: self._ready or not self._pending, timeout=self.timeout
+            ):
+                raise TimeoutError(f"as_completed: nothing finished within {self.timeout} s")
+            if not self._ready:
+                raise StopIteration
+            return self._pop()
+
+    def __aiter__(self) -> as_completed:
+        return self
+
+    async def __anext__(self) -> Any:
+        event = asyncio.Event()
+        self._events.add(event)
+        try:
+            while True:
+                with self._condition:
+                    if self._ready:
+                        return self._pop()
+                    if not self._pending:
+                        raise StopAsyncIteration
+                    event.clear()
+                await asyncio.wait_for(event.wait(), self.timeout)
+        finally:
+            self._events.discard(event)
+
+    def next_batch(self, block: bool = True) -> list:
+        """Everything finished so far (waiting for at least one if ``block``)."""
+        batch = [next(self)] if block else []
+        with self._condition:
+            while self._ready:
+                batch.append(self._pop())
+        return batch
+
+    def batches(self) -> Any:
+        """Yield lists of whatever has finished, until nothing is left."""
+        while True:
+            try:
+                yield self.next_batch(block=True)
+            except StopIteration:
+                return

@@ -1,0 +1,134 @@
+"""What the Scheduler, Worker and Nanny share: start, close and wait like dask.distributed's.
+
+Each is created, then awaited (or entered with ``async with``) to start, and closed with
+``await node.close()``; ``await node.finished()`` waits until it has closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import psutil
+from dask.utils import parse_bytes
+
+from distributary.comm.addressing import normalize_address, parse_address
+
+
+class ServerNode:
+    """Awaitable lifecycle: ``init -> starting -> running -> closing -> closed``."""
+
+    def __init__(self) -> None:
+        self.id = f"{type(self).__name__}-{uuid.uuid4()}"
+        self.status = "init"
+        self._start_lock: asyncio.Lock | None = None
+        self._closed_event: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> ServerNode:
+        """Start the node (once); return it."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+            self._closed_event = asyncio.Event()
+        async with self._start_lock:
+            if self.status == "init":
+                self.loop = asyncio.get_running_loop()
+                self.status = "starting"
+                try:
+                    await self._start()
+                except BaseException:
+                    await self.close()
+                    raise
+                self.status = "running"
+        return self
+
+    def __await__(self):
+        return self.start().__await__()
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        """Stop the node and release everything it holds; idempotent."""
+        if self.status in ("closing", "closed"):
+            if self._closed_event is not None:
+                await self._closed_event.wait()
+            return
+        self.status = "closing"
+        try:
+            if self.loop is not None:
+                await self._close()
+        finally:
+            self.status = "closed"
+            if self._closed_event is not None:
+                self._closed_event.set()
+
+    async def finished(self) -> None:
+        """Wait until the node has closed."""
+        if self._closed_event is None:
+            self._closed_event = asyncio.Event()
+        await self._closed_event.wait()
+
+    @staticmethod
+    def _scheduler_address(ip: Any, port: int | None, scheduler_file: str | None) -> str:
+        if scheduler_file is not None:
+            with open(scheduler_file) as f:
+                return normalize_address(json.load(f)["address"])
+        if ip is None:
+            raise ValueError("A scheduler address is needed (or scheduler_file=)")
+        if port is not None:
+            return normalize_address((ip, port))
+        return normalize_address(ip)
+
+
+def listen_address_for(
+    scheduler_address: str | None,
+    host: str | None,
+    port: int | None,
+    protocol: str | None,
+    interface: str | None = None,
+) -> str:
+    """Where a node should listen: the scheduler's transport, on loopback by default."""
+    if protocol is None:
+        protocol = parse_address(scheduler_address)[0] if scheduler_address else "tcp"
+    protocol = protocol.rstrip(":/")
+    if protocol == "inproc":
+        return "inproc://"
+    if interface is not None and host is None:
+        host = _interface_address(interface)
+    return f"{protocol}://{host or '127.0.0.1'}:{port or 0}"
+
+
+def _interface_address(interface: str) -> str:
+    for addr in psutil.net_if_addrs().get(interface, ()):
+        if addr.family.name == "AF_INET":
+            return addr.address
+    raise ValueError(f"Network interface {interface!r} has no IPv4 address")
+
+
+def parse_memory_limit(limit: str | float | int | None, nthreads: int) -> int:
+    """Bytes of memory for a worker: ``'auto'``, bytes, ``'4GB'``, a fraction, or 0 for none."""
+    total = psutil.virtual_memory().total
+    if limit is None or limit == 0:
+        return 0
+    if limit == "auto":
+        cpus = psutil.cpu_count() or 1
+        return int(total * min(1, nthreads / cpus))
+    if isinstance(limit, str):
+        value = parse_bytes(limit)
+    else:
+        value = float(limit)
+        if 0 < value <= 1:
+            value = total * value
+    return int(min(value, total))

@@ -1,0 +1,189 @@
+"""Stimuli the scheduler's state machine reacts to.
+
+Every event is a small frozen value.  The server turns each incoming message into
+one event and hands it to :meth:`SchedulerState.handle`; tests build them directly.
+``stimulus_id`` names the cause so that :meth:`SchedulerState.story` can tell why a
+key moved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Key = Any  # str, bytes, int or a (nested) tuple of these
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task of a graph as a client describes it.
+
+    ``payload`` is opaque: the scheduler forwards it to a worker and never looks inside.
+    ``priority`` sorts ascending: smaller runs first.
+    """
+
+    key: Key
+    payload: Any
+    dependencies: tuple = ()
+    priority: tuple = (0,)
+    retries: int = 0
+    workers: tuple | None = None
+    allow_other_workers: bool = False
+    resources: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerEvent:
+    """Base of all scheduler events."""
+
+    stimulus_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddClient(SchedulerEvent):
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveClient(SchedulerEvent):
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateGraph(SchedulerEvent):
+    """A client submits tasks and wants the keys in ``wanted``."""
+
+    client: str
+    tasks: tuple[TaskSpec, ...]
+    wanted: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDesiresKeys(SchedulerEvent):
+    client: str
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReleasesKeys(SchedulerEvent):
+    client: str
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class CancelKeys(SchedulerEvent):
+    """A client cancels keys; with ``force`` even if other clients want them."""
+
+    client: str
+    keys: tuple
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryKeys(SchedulerEvent):
+    """A client asks to run erred keys (and their erred dependencies) again."""
+
+    client: str
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ScatterData(SchedulerEvent):
+    """A client placed data on workers itself: ``who_has`` maps key to worker addresses."""
+
+    client: str | None
+    who_has: dict
+    nbytes: dict
+    types: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AddWorker(SchedulerEvent):
+    address: str
+    nthreads: int
+    name: Any = None
+    memory_limit: int = 0
+    resources: dict = field(default_factory=dict)
+    nanny: str | None = None
+    host: str = ""
+    time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveWorker(SchedulerEvent):
+    """A worker is gone.  ``safe`` when it left on purpose (its tasks did not kill it)."""
+
+    address: str
+    safe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatusChange(SchedulerEvent):
+    """A worker paused (memory pressure) or resumed ("running")."""
+
+    address: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished(SchedulerEvent):
+    worker: str
+    key: Key
+    run_id: int
+    nbytes: int
+    type: str = ""
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskErred(SchedulerEvent):
+    worker: str
+    key: Key
+    run_id: int
+    exception: Any
+    traceback: Any
+    exception_text: str = ""
+    traceback_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRescheduled(SchedulerEvent):
+    """The task raised ``Reschedule`` or the worker gave it back."""
+
+    worker: str
+    key: Key
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LongRunning(SchedulerEvent):
+    """A task seceded from its worker's thread pool: it no longer occupies a slot."""
+
+    worker: str
+    key: Key
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddKeys(SchedulerEvent):
+    """A worker holds replicas of these keys (after fetching them as dependencies)."""
+
+    worker: str
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseWorkerData(SchedulerEvent):
+    """A worker dropped its replica of a key."""
+
+    worker: str
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class MissingData(SchedulerEvent):
+    """``worker`` could not get ``key`` from ``errant_worker``, which was said to hold it."""
+
+    worker: str
+    key: Key
+    errant_worker: str

@@ -1,0 +1,88 @@
+"""Instructions the scheduler's state machine emits for its server to carry out.
+
+The server turns each into a message on the batched stream of a worker or a client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from distributary.messages import Message
+
+Key = Any
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerInstruction:
+    """Base of all scheduler instructions."""
+
+    stimulus_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToWorker(SchedulerInstruction):
+    """Base of the instructions addressed to one worker."""
+
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeTask(Message, ToWorker):
+    """Run ``key``: its dependencies are held by the workers in ``who_has``."""
+    op: ClassVar[str] = "compute-task"
+
+    key: Key
+    run_id: int
+    payload: Any
+    priority: tuple
+    who_has: dict
+    nbytes: dict
+    resources: dict | None
+
+
+@dataclass(frozen=True, slots=True)
+class FreeKeys(Message, ToWorker):
+    """Forget these keys: stop running them and drop their data."""
+    op: ClassVar[str] = "free-keys"
+
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient(SchedulerInstruction):
+    """Base of the instructions addressed to one client."""
+
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInMemory(Message, ToClient):
+    op: ClassVar[str] = "key-in-memory"
+    key: Key
+    type: str
+    workers: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class KeyErred(Message, ToClient):
+    op: ClassVar[str] = "task-erred"
+    key: Key
+    exception: Any
+    traceback: Any
+    exception_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCancelled(Message, ToClient):
+    op: ClassVar[str] = "cancelled-key"
+    key: Key
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLost(Message, ToClient):
+    """The data of a finished key was lost; it is being computed again."""
+    op: ClassVar[str] = "lost-data"
+
+    key: Key

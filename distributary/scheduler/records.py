@@ -1,0 +1,155 @@
+"""What the scheduler knows of each task, worker and client."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+class TaskRecord:
+    """A task as the scheduler tracks it.
+
+    ``waiting_on`` holds the dependencies not yet in memory; ``waiters`` the dependents
+    that still need this task's data.  A task's data is kept while ``who_wants`` (clients)
+    or ``waiters`` is non-empty; its record is kept while ``who_wants`` or ``dependents``
+    is, so that lost data can be computed again from lineage.
+    """
+
+    __slots__ = (
+        "key",
+        "prefix",
+        "state",
+        "payload",
+        "priority",
+        "dependencies",
+        "dependents",
+        "waiting_on",
+        "waiters",
+        "who_wants",
+        "who_has",
+        "processing_on",
+        "run_id",
+        "nbytes",
+        "type",
+        "exception",
+        "traceback",
+        "exception_text",
+        "exception_blame",
+        "suspicious",
+        "retries",
+        "worker_restrictions",
+        "loose_restrictions",
+        "resource_restrictions",
+    )
+
+    def __init__(self, key: Any, prefix: str):
+        self.key = key
+        self.prefix = prefix
+        self.state = "released"
+        self.payload: Any = None
+        self.priority: tuple = (0,)
+        self.dependencies: set[TaskRecord] = set()
+        self.dependents: set[TaskRecord] = set()
+        self.waiting_on: set[TaskRecord] = set()
+        self.waiters: set[TaskRecord] = set()
+        self.who_wants: set[str] = set()
+        self.who_has: set[WorkerRecord] = set()
+        self.processing_on: WorkerRecord | None = None
+        self.run_id = 0
+        self.nbytes = -1
+        self.type = ""
+        self.exception: Any = None
+        self.traceback: Any = None
+        self.exception_text = ""
+        self.exception_blame: TaskRecord | None = None
+        self.suspicious = 0
+        self.retries = 0
+        self.worker_restrictions: set | None = None
+        self.loose_restrictions = False
+        self.resource_restrictions: dict | None = None
+
+    @property
+    def is_queueable(self) -> bool:
+        """A root task without restrictions: it may wait on the scheduler for a free slot."""
+        return (
+            not self.dependencies
+            and self.worker_restrictions is None
+            and self.resource_restrictions is None
+        )
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {self.state}>"
+
+
+class WorkerRecord:
+    """A worker as the scheduler tracks it."""
+
+    __slots__ = (
+        "address",
+        "name",
+        "host",
+        "nthreads",
+        "memory_limit",
+        "resources",
+        "nanny",
+        "status",
+        "processing",
+        "long_running",
+        "has_what",
+        "nbytes",
+        "slots",
+        "last_seen",
+    )
+
+    def __init__(
+        self,
+        address: str,
+        nthreads: int,
+        name: Any,
+        host: str,
+        memory_limit: int,
+        resources: dict,
+        nanny: str | None,
+        saturation: float,
+    ):
+        self.address = address
+        self.name = name
+        self.host = host
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = dict(resources)
+        self.nanny = nanny
+        self.status = "running"
+        self.processing: set[TaskRecord] = set()
+        self.long_running: set[TaskRecord] = set()
+        self.has_what: dict[TaskRecord, None] = {}
+        self.nbytes = 0
+        self.slots = (
+            max(1, math.ceil(nthreads * saturation)) if saturation != math.inf else math.inf
+        )
+        self.last_seen = 0.0
+
+    @property
+    def occupied(self) -> int:
+        """Tasks that take up one of this worker's threads."""
+        return len(self.processing) - len(self.long_running)
+
+    def has_room(self) -> bool:
+        """Whether this worker may be sent another queued root task."""
+        return self.status == "running" and self.occupied < self.slots
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address!r} {self.status}, processing: {len(self.processing)}>"
+
+
+class ClientRecord:
+    """A client as the scheduler tracks it: the keys it holds futures for."""
+
+    __slots__ = ("client_id", "wants_what")
+
+    def __init__(self, client_id: str):
+        self.client_id = client_id
+        self.wants_what: set[TaskRecord] = set()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.client_id!r}, wants {len(self.wants_what)} keys>"

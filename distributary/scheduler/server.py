@@ -1,0 +1,377 @@
+"""The Scheduler: the server around :class:`~distributary.scheduler.state.SchedulerState`.
+
+Workers and clients each keep one long-lived stream to the scheduler.  Every batch
+of messages read from a stream becomes events for the state machine in one call,
+and the instructions it returns go out on the batched streams of the workers and
+clients they name.  The scheduler never unpickles a task payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+
+from distributary.comm import CommClosedError
+from distributary.comm.addressing import get_address_host
+from distributary.core import BatchedSend, Server
+from distributary.node import ServerNode, listen_address_for
+from distributary.protocol.serialize import Serialize, Serialized
+from distributary.scheduler import events as ev
+from distributary.scheduler import instructions as ins
+from distributary.scheduler.state import FIRE_AND_FORGET, SchedulerState
+
+logger = logging.getLogger("distributary.scheduler")
+
+
+class Scheduler(ServerNode):
+    """The scheduler: tracks tasks, workers and clients and decides where tasks run.
+
+    ``Scheduler(host=..., port=..., protocol=...)``; await it (or ``async with``) to
+    start it; ``s.address`` is where workers and clients connect.
+    """
+
+    def __init__(
+        self,
+        loop: Any = None,
+        *,
+        host: str | None = None,
+        port: int = 0,
+        protocol: str | None = None,
+        interface: str | None = None,
+        allowed_failures: int | None = None,
+        worker_ttl: Any = None,
+        idle_timeout: Any = None,
+        scheduler_file: str | None = None,
+        dashboard_address: Any = None,
+        validate: bool = False,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        config = dask.config.get
+        if allowed_failures is None:
+            allowed_failures = config("distributed.scheduler.allowed-failures")
+        saturation = config("distributed.scheduler.worker-saturation")
+        self.state = SchedulerState(
+            allowed_failures=allowed_failures,
+            worker_saturation=float(saturation),
+            unknown_duration=parse_timedelta(
+                config("distributed.scheduler.unknown-task-duration")
+            ),
+            validate=validate,
+        )
+        self.scheduler_file = scheduler_file
+        self._listen_address = listen_address_for(None, host, port, protocol, interface)
+        self.server = Server(
+            handlers={
+                "register-worker": self._handle_register_worker,
+                "register-client": self._handle_register_client,
+                "identity": self._handle_identity,
+                "who-has": self._handle_who_has,
+                "story": self._handle_story,
+                "terminate": self._handle_terminate,
+            },
+            stream_handlers={},
+        )
+        self.worker_streams: dict[str, BatchedSend] = {}
+        self.client_streams: dict[str, BatchedSend] = {}
+        self._from_worker: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]] = {
+            "task-finished": _task_finished,
+            "task-erred": _task_erred,
+            "reschedule": _reschedule,
+            "long-running": _long_running,
+            "add-keys": _add_keys,
+            "missing-data": _missing_data,
+            "worker-status-change": _worker_status_change,
+        }
+        self._from_client: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]] = {
+            "update-graph": _update_graph,
+            "client-releases-keys": _client_releases_keys,
+            "client-desires-keys": _client_desires_keys,
+            "cancel-keys": _cancel_keys,
+            "retry-keys": _retry_keys,
+            "scatter-data": _scatter_data,
+        }
+
+    @property
+    def address(self) -> str:
+        """Where workers and clients connect."""
+        return self.server.address
+
+    @property
+    def workers(self) -> dict:
+        """The workers' records, by address."""
+        return self.state.workers
+
+    @property
+    def tasks(self) -> dict:
+        """The tasks' records, by key."""
+        return self.state.tasks
+
+    def story(self, *keys: Any) -> list[tuple]:
+        """What happened to these keys: ``(key, start, finish, stimulus_id)`` entries."""
+        return self.state.story(*keys)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _start(self) -> None:
+        await self.server.listen(self._listen_address)
+        if self.scheduler_file:
+            with open(self.scheduler_file, "w") as f:
+                json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
+        logger.info("Scheduler at %s", self.address)
+
+    async def _close(self) -> None:
+        for stream in [*self.worker_streams.values(), *self.client_streams.values()]:
+            stream.abort()
+        await self.server.close()
+        if self.scheduler_file and os.path.exists(self.scheduler_file):
+            os.remove(self.scheduler_file)
+
+    # ------------------------------------------------------------------ state machine
+
+    def _handle(self, *events: ev.SchedulerEvent) -> None:
+        for instruction in self.state.handle(*events):
+            if isinstance(instruction, ins.ToWorker):
+                stream = self.worker_streams.get(instruction.worker)
+            else:
+                stream = self.client_streams.get(instruction.client)
+            if stream is None or stream.closed():
+                continue
+            msg = instruction.to_message()
+            if isinstance(instruction, ins.KeyErred):
+                msg["exception"] = _serializable(msg["exception"])
+                msg["traceback"] = _serializable(msg["traceback"])
+            stream.send(msg)
+
+    async def _read_stream(
+        self,
+        comm: Any,
+        sender: str,
+        translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
+    ) -> None:
+        """Turn each batch read from a worker's or client's stream into events."""
+        while True:
+            try:
+                msgs = await comm.read()
+            except CommClosedError:
+                return
+            if isinstance(msgs, dict):
+                msgs = (msgs,)
+            events = []
+            for msg in msgs:
+                op = msg.get("op") if isinstance(msg, dict) else None
+                if op == "unregister":
+                    return
+                translate = translators.get(op)
+                if translate is None:
+                    logger.warning("Unknown message %r from %s", op, sender)
+                    continue
+                try:
+                    event = translate(sender, msg)
+                except (KeyError, TypeError, ValueError) as exc:
+                    logger.warning("Malformed %r message from %s: %r", op, sender, exc)
+                    continue
+                if event is not None:
+                    events.append(event)
+            if events:
+                self._handle(*events)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _handle_register_worker(self, comm: Any, msg: dict) -> None:
+        address = msg["address"]
+        name = msg.get("name")
+        if address in self.state.workers or (
+            name is not None and name in self.state.workers_by_name
+        ):
+            await comm.write({"status": "error", "message": f"name or address taken: {name!r}"})
+            return
+        stream = BatchedSend(comm)
+        self.worker_streams[address] = stream
+        self._handle(
+            ev.AddWorker(
+                f"register-worker-{address}",
+                address,
+                int(msg["nthreads"]),
+                name=name,
+                memory_limit=int(msg.get("memory_limit") or 0),
+                resources=dict(msg.get("resources") or {}),
+                nanny=msg.get("nanny"),
+                host=get_address_host(address),
+                time=time.time(),
+            )
+        )
+        await comm.write({"status": "OK", "id": self.id})
+        logger.info("Worker %s registered", address)
+        safe = False
+        try:
+            await self._read_stream(comm, address, self._from_worker)
+            safe = not comm.closed()
+        finally:
+            self.worker_streams.pop(address, None)
+            stream.abort()
+            if self.status == "running":
+                self._handle(ev.RemoveWorker(f"remove-worker-{address}", address, safe=safe))
+                logger.info("Worker %s removed", address)
+
+    async def _handle_register_client(self, comm: Any, msg: dict) -> None:
+        client = msg["client"]
+        stream = BatchedSend(comm)
+        self.client_streams[client] = stream
+        self._handle(ev.AddClient(f"add-client-{client}", client))
+        await comm.write({"status": "OK", "id": self.id})
+        try:
+            await self._read_stream(comm, client, self._from_client)
+        finally:
+            self.client_streams.pop(client, None)
+            stream.abort()
+            if self.status == "running":
+                self._handle(ev.RemoveClient(f"remove-client-{client}", client))
+
+    def _handle_identity(self, comm: Any, msg: dict) -> dict:
+        return {
+            "type": "Scheduler",
+            "id": self.id,
+            "address": self.address,
+            "workers": {
+                ws.address: {
+                    "name": ws.name,
+                    "nthreads": ws.nthreads,
+                    "memory_limit": ws.memory_limit,
+                    "resources": ws.resources,
+                    "nanny": ws.nanny,
+                    "host": ws.host,
+                    "status": ws.status,
+                    "nbytes": ws.nbytes,
+                    "processing": len(ws.processing),
+                    "stored": len(ws.has_what),
+                }
+                for ws in self.state.workers.values()
+            },
+        }
+
+    def _handle_who_has(self, comm: Any, msg: dict) -> dict:
+        tasks = self.state.tasks
+        return {
+            key: tuple(ws.address for ws in tasks[key].who_has) if key in tasks else ()
+            for key in msg["keys"]
+        }
+
+    def _handle_story(self, comm: Any, msg: dict) -> list:
+        return self.state.story(*msg["keys"])
+
+    async def _handle_terminate(self, comm: Any, msg: dict) -> str:
+        asyncio.get_running_loop().create_task(self.close())
+        return "OK"
+
+    def __repr__(self) -> str:
+        return (
+            f"<Scheduler {self.address if self.status == 'running' else ''!r}, "
+            f"workers: {len(self.state.workers)}, tasks: {len(self.state.tasks)}>"
+        )
+
+
+def _serializable(value: Any) -> Any:
+    if value is None or isinstance(value, Serialize | Serialized):
+        return value
+    return Serialize(value)
+
+
+# ---------------------------------------------------------------------- translators
+# One per message type: (sender, message) -> event.  A missing field raises KeyError,
+# which drops that one message with a warning.
+
+
+def _task_finished(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.TaskFinished(
+        msg["stimulus_id"],
+        worker,
+        msg["key"],
+        msg["run_id"],
+        msg["nbytes"],
+        msg.get("type", ""),
+        msg.get("duration", 0.0),
+    )
+
+
+def _task_erred(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.TaskErred(
+        msg["stimulus_id"],
+        worker,
+        msg["key"],
+        msg["run_id"],
+        msg["exception"],
+        msg.get("traceback"),
+        msg.get("exception_text", ""),
+        msg.get("traceback_text", ""),
+    )
+
+
+def _reschedule(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.TaskRescheduled(msg["stimulus_id"], worker, msg["key"], msg["run_id"])
+
+
+def _long_running(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.LongRunning(msg["stimulus_id"], worker, msg["key"], msg["run_id"])
+
+
+def _add_keys(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.AddKeys(msg["stimulus_id"], worker, tuple(msg["keys"]))
+
+
+def _missing_data(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.MissingData(msg["stimulus_id"], worker, msg["key"], msg["errant_worker"])
+
+
+def _worker_status_change(worker: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.WorkerStatusChange(msg["stimulus_id"], worker, msg["status"])
+
+
+def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
+    tasks = tuple(
+        ev.TaskSpec(
+            t["key"],
+            t["payload"],
+            tuple(t.get("dependencies", ())),
+            tuple(t.get("priority", (0,))),
+            int(t.get("retries") or 0),
+            tuple(t["workers"]) if t.get("workers") else None,
+            bool(t.get("allow_other_workers", False)),
+            dict(t["resources"]) if t.get("resources") else None,
+        )
+        for t in msg["tasks"]
+    )
+    return ev.UpdateGraph(msg["stimulus_id"], client, tasks, tuple(msg.get("wanted", ())))
+
+
+def _client_releases_keys(client: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.ClientReleasesKeys(msg["stimulus_id"], client, tuple(msg["keys"]))
+
+
+def _client_desires_keys(client: str, msg: dict) -> ev.SchedulerEvent:
+    if msg.get("client") == FIRE_AND_FORGET:
+        client = FIRE_AND_FORGET
+    return ev.ClientDesiresKeys(msg["stimulus_id"], client, tuple(msg["keys"]))
+
+
+def _cancel_keys(client: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.CancelKeys(msg["stimulus_id"], client, tuple(msg["keys"]), bool(msg.get("force")))
+
+
+def _retry_keys(client: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.RetryKeys(msg["stimulus_id"], client, tuple(msg["keys"]))
+
+
+def _scatter_data(client: str, msg: dict) -> ev.SchedulerEvent:
+    return ev.ScatterData(
+        msg["stimulus_id"], client, dict(msg["who_has"]), dict(msg["nbytes"]),
+        dict(msg.get("types") or {}),
+    )

@@ -1,0 +1,861 @@
+"""The scheduler's decisions, as a pure state machine.
+
+Theory of operation
+-------------------
+``SchedulerState.handle(*events)`` is the only way in.  Each event type has one
+handler that updates the records it concerns and returns *recommendations*: a
+mapping ``key -> state`` for tasks that should move.  Recommendations run through
+the transitions table ``(start, finish) -> method`` until none are left (a fixed
+point); a pair missing from the table goes through ``released``.  Transitions emit
+instructions (``ComputeTask`` to a worker, ``KeyInMemory`` to a client, ...) that
+``handle`` returns for the server to send.  Nothing here does I/O, reads a clock
+or imports asyncio, so tests drive it directly and check :meth:`validate` after
+every step.
+
+Reference counting: a task's data is kept while a client wants it (``who_wants``)
+or a dependent still needs it (``waiters``); its record is kept while a client
+wants it or a dependent record exists (``dependents``), so lost data can be
+computed again.  Root tasks without restrictions wait in ``queued`` until a
+worker has room (``distributed.scheduler.worker-saturation`` tasks per thread),
+so a reduction over many chunks never floods the workers' memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from dask.utils import key_split
+
+from distributary.exceptions import FutureLostError, KilledWorker
+from distributary.scheduler import events as ev
+from distributary.scheduler import instructions as ins
+from distributary.scheduler.records import ClientRecord, TaskRecord, WorkerRecord
+
+Recs = dict  # key -> recommended state
+
+FIRE_AND_FORGET = "fire-and-forget"  # the pseudo-client that wants keys until they finish
+_BANDWIDTH = 100e6  # bytes/s assumed for transfers when placing tasks
+_UNKNOWN_DURATION = 0.5
+
+
+class InvalidTransition(RuntimeError):
+    """A recommendation asked for a transition that the table does not allow."""
+
+
+class SchedulerState:
+    """Tasks, workers and clients, and the rules that move tasks between states."""
+
+    def __init__(
+        self,
+        allowed_failures: int = 3,
+        worker_saturation: float = 1.1,
+        unknown_duration: float = _UNKNOWN_DURATION,
+        transition_log_length: int = 100_000,
+        validate: bool = False,
+    ):
+        self.allowed_failures = allowed_failures
+        self.worker_saturation = worker_saturation
+        self.unknown_duration = unknown_duration
+        self.validate_each_step = validate
+        self.tasks: dict[Any, TaskRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self.clients: dict[str, ClientRecord] = {}
+        self.idle: dict[str, WorkerRecord] = {}
+        self.unrunnable: dict[TaskRecord, None] = {}
+        self.workers_by_name: dict[Any, str] = {}
+        self.workers_by_host: dict[str, set[str]] = {}
+        self.durations: dict[str, float] = {}
+        self.transition_log: deque = deque(maxlen=transition_log_length)
+        self._queue: list = []
+        self._queue_counter = itertools.count()
+        self._run_ids = itertools.count(1)  # unique across records: a key may come back
+        self._generation = 0
+        self._out: list[ins.SchedulerInstruction] = []
+        self._handlers: dict[type, Callable[[Any], Recs]] = {
+            ev.AddClient: self._handle_add_client,
+            ev.RemoveClient: self._handle_remove_client,
+            ev.UpdateGraph: self._handle_update_graph,
+            ev.ClientDesiresKeys: self._handle_client_desires_keys,
+            ev.ClientReleasesKeys: self._handle_client_releases_keys,
+            ev.CancelKeys: self._handle_cancel_keys,
+            ev.RetryKeys: self._handle_retry_keys,
+            ev.ScatterData: self._handle_scatter_data,
+            ev.AddWorker: self._handle_add_worker,
+            ev.RemoveWorker: self._handle_remove_worker,
+            ev.WorkerStatusChange: self._handle_worker_status_change,
+            ev.TaskFinished: self._handle_task_finished,
+            ev.TaskErred: self._handle_task_erred,
+            ev.TaskRescheduled: self._handle_task_rescheduled,
+            ev.LongRunning: self._handle_long_running,
+            ev.AddKeys: self._handle_add_keys,
+            ev.ReleaseWorkerData: self._handle_release_worker_data,
+            ev.MissingData: self._handle_missing_data,
+        }
+        self._table: dict[tuple[str, str], Callable[[TaskRecord, str], Recs]] = {
+            ("released", "waiting"): self._released_to_waiting,
+            ("released", "forgotten"): self._released_to_forgotten,
+            ("waiting", "processing"): self._waiting_to_processing,
+            ("waiting", "queued"): self._waiting_to_queued,
+            ("waiting", "no-worker"): self._waiting_to_no_worker,
+            ("waiting", "erred"): self._waiting_to_erred,
+            ("waiting", "released"): self._waiting_to_released,
+            ("queued", "processing"): self._queued_to_processing,
+            ("queued", "released"): self._queued_to_released,
+            ("queued", "erred"): self._waiting_to_erred,
+            ("no-worker", "erred"): self._no_worker_to_erred,
+            ("no-worker", "processing"): self._no_worker_to_processing,
+            ("no-worker", "released"): self._no_worker_to_released,
+            ("processing", "memory"): self._processing_to_memory,
+            ("processing", "erred"): self._processing_to_erred,
+            ("processing", "released"): self._processing_to_released,
+            ("memory", "released"): self._memory_to_released,
+            ("erred", "released"): self._erred_to_released,
+        }
+
+    # ------------------------------------------------------------------ entry point
+
+    def handle(self, *events: ev.SchedulerEvent) -> list[ins.SchedulerInstruction]:
+        """Apply events in order; return the instructions they produce."""
+        for event in events:
+            recs = self._handlers[type(event)](event)
+            if recs:
+                self._run(recs, event.stimulus_id)
+            if self.validate_each_step:
+                self.validate()
+        out, self._out = self._out, []
+        return out
+
+    def story(self, *keys: Any) -> list[tuple]:
+        """The logged transitions ``(key, start, finish, stimulus_id)`` of these keys."""
+        wanted = set(keys)
+        return [entry for entry in self.transition_log if entry[0] in wanted]
+
+    def _run(self, recs: Recs, stimulus_id: str) -> None:
+        tasks = self.tasks
+        while recs:
+            key, finish = recs.popitem()
+            ts = tasks.get(key)
+            if ts is None or ts.state == finish:
+                continue
+            recs.update(self._transition(ts, finish, stimulus_id))
+
+    def _transition(self, ts: TaskRecord, finish: str, stimulus_id: str) -> Recs:
+        start = ts.state
+        method = self._table.get((start, finish))
+        if method is not None:
+            recs = method(ts, stimulus_id)
+        elif start != "released" and finish != "released":
+            recs = self._transition(ts, "released", stimulus_id)
+            if ts.state == "released":
+                recs.pop(ts.key, None)
+                recs.update(self._transition(ts, finish, stimulus_id))
+            return recs
+        else:
+            raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
+        self.transition_log.append((ts.key, start, ts.state, stimulus_id))
+        return recs
+
+    # ------------------------------------------------------------------ clients
+
+    def _handle_add_client(self, event: ev.AddClient) -> Recs:
+        self.clients.setdefault(event.client, ClientRecord(event.client))
+        return {}
+
+    def _handle_remove_client(self, event: ev.RemoveClient) -> Recs:
+        cs = self.clients.get(event.client)
+        if cs is None:
+            return {}
+        recs = self._release_wants(cs, list(cs.wants_what))
+        del self.clients[event.client]
+        return recs
+
+    def _client(self, client_id: str) -> ClientRecord:
+        cs = self.clients.get(client_id)
+        if cs is None:
+            cs = self.clients[client_id] = ClientRecord(client_id)
+        return cs
+
+    def _handle_update_graph(self, event: ev.UpdateGraph) -> Recs:
+        cs = self._client(event.client)
+        self._generation += 1
+        fresh: list[tuple[TaskRecord, ev.TaskSpec]] = []
+        for spec in event.tasks:
+            ts = self.tasks.get(spec.key)
+            if ts is None:
+                ts = self.tasks[spec.key] = TaskRecord(spec.key, key_split(spec.key))
+            elif ts.state != "released" or ts.payload is not None:
+                continue
+            fresh.append((ts, spec))
+        for ts, spec in fresh:  # a second pass: dependencies may come after dependents
+            self._fill_task(ts, spec)
+        new = [ts for ts, _ in fresh]
+        recs: Recs = {}
+        for ts in sorted(new, key=lambda t: t.priority, reverse=True):
+            recs[ts.key] = "waiting"  # an unknown dependency errs in released -> waiting
+        for key in event.wanted:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._out.append(
+                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "unknown key")
+                )
+                continue
+            ts.who_wants.add(cs.client_id)
+            cs.wants_what.add(ts)
+            self._report_existing(ts, cs.client_id, event.stimulus_id)
+            if ts.state == "released" and ts.key not in recs:
+                recs[ts.key] = "waiting"
+        return recs
+
+    def _fill_task(self, ts: TaskRecord, spec: ev.TaskSpec) -> None:
+        ts.payload = spec.payload
+        prio = spec.priority
+        ts.priority = (prio[0], self._generation, *prio[1:])
+        ts.retries = spec.retries
+        ts.loose_restrictions = spec.allow_other_workers
+        ts.worker_restrictions = set(spec.workers) if spec.workers else None
+        ts.resource_restrictions = dict(spec.resources) if spec.resources else None
+        for dep_key in spec.dependencies:
+            dep = self.tasks.get(dep_key)
+            if dep is None:
+                dep = TaskRecord(dep_key, key_split(dep_key))  # left out of self.tasks: missing
+            ts.dependencies.add(dep)
+            dep.dependents.add(ts)
+
+    def _report_existing(self, ts: TaskRecord, client: str, stimulus_id: str) -> None:
+        if ts.state == "memory":
+            workers = tuple(ws.address for ws in ts.who_has)
+            self._out.append(ins.KeyInMemory(stimulus_id, client, ts.key, ts.type, workers))
+        elif ts.state == "erred":
+            self._out.append(self._erred_instruction(ts, client, stimulus_id))
+
+    def _handle_client_desires_keys(self, event: ev.ClientDesiresKeys) -> Recs:
+        cs = self._client(event.client)
+        recs: Recs = {}
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._out.append(ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "lost"))
+                continue
+            ts.who_wants.add(cs.client_id)
+            cs.wants_what.add(ts)
+            self._report_existing(ts, cs.client_id, event.stimulus_id)
+            if ts.state == "released":
+                recs[key] = "waiting"
+        return recs
+
+    def _handle_client_releases_keys(self, event: ev.ClientReleasesKeys) -> Recs:
+        cs = self.clients.get(event.client)
+        if cs is None:
+            return {}
+        return self._release_wants(cs, (self.tasks.get(k) for k in event.keys))
+
+    def _release_wants(self, cs: ClientRecord, tasks: Iterable[TaskRecord | None]) -> Recs:
+        recs: Recs = {}
+        for ts in tasks:
+            if ts is None or cs.client_id not in ts.who_wants:
+                continue
+            ts.who_wants.discard(cs.client_id)
+            cs.wants_what.discard(ts)
+            if not ts.who_wants and not ts.waiters:
+                if not ts.dependents:
+                    recs[ts.key] = "forgotten"
+                elif ts.state != "erred":  # releasing it would rerun its erred dependents
+                    recs[ts.key] = "released"
+        return recs
+
+    def _handle_cancel_keys(self, event: ev.CancelKeys) -> Recs:
+        recs: Recs = {}
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            clients = list(ts.who_wants) if event.force else [event.client]
+            for client in clients:
+                cs = self.clients.get(client)
+                if cs is not None and client in ts.who_wants:
+                    self._out.append(ins.KeyCancelled(event.stimulus_id, client, key, "cancel"))
+                    recs.update(self._release_wants(cs, [ts]))
+        return recs
+
+    def _handle_retry_keys(self, event: ev.RetryKeys) -> Recs:
+        recs: Recs = {}
+        stack = [self.tasks[k] for k in event.keys if k in self.tasks]
+        seen: set[TaskRecord] = set()
+        while stack:
+            ts = stack.pop()
+            if ts in seen or ts.state != "erred":
+                continue
+            seen.add(ts)
+            recs[ts.key] = "waiting"
+            stack.extend(ts.dependencies)
+        return recs
+
+    def _handle_scatter_data(self, event: ev.ScatterData) -> Recs:
+        cs = self._client(event.client) if event.client else None
+        for key, addresses in event.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = TaskRecord(key, key_split(key))
+            ts.nbytes = event.nbytes.get(key, 0)
+            ts.type = event.types.get(key, "")
+            for address in addresses:
+                ws = self.workers.get(address)
+                if ws is not None:
+                    self._add_replica(ts, ws)
+            if ts.who_has and ts.state == "released":
+                ts.state = "memory"
+                self.transition_log.append((key, "released", "memory", event.stimulus_id))
+            if cs is not None:
+                ts.who_wants.add(cs.client_id)
+                cs.wants_what.add(ts)
+        return {}
+
+    # ------------------------------------------------------------------ workers
+
+    def _handle_add_worker(self, event: ev.AddWorker) -> Recs:
+        if event.address in self.workers:
+            return {}
+        ws = WorkerRecord(
+            event.address,
+            event.nthreads,
+            event.name,
+            event.host,
+            event.memory_limit,
+            event.resources,
+            event.nanny,
+            self.worker_saturation,
+        )
+        ws.last_seen = event.time
+        self.workers[ws.address] = ws
+        if ws.name is not None:
+            self.workers_by_name[ws.name] = ws.address
+        self.workers_by_host.setdefault(ws.host, set()).add(ws.address)
+        self._update_idle(ws)
+        recs = self._recommend_unrunnable()
+        recs.update(self._fill_slots(ws))
+        return recs
+
+    def _handle_remove_worker(self, event: ev.RemoveWorker) -> Recs:
+        ws = self.workers.pop(event.address, None)
+        if ws is None:
+            return {}
+        self.idle.pop(ws.address, None)
+        if self.workers_by_name.get(ws.name) == ws.address:
+            del self.workers_by_name[ws.name]
+        host_set = self.workers_by_host.get(ws.host)
+        if host_set is not None:
+            host_set.discard(ws.address)
+            if not host_set:
+                del self.workers_by_host[ws.host]
+        recs: Recs = {}
+        for ts in list(ws.processing):
+            if not event.safe:
+                ts.suspicious += 1
+                if ts.suspicious > self.allowed_failures:
+                    exc = KilledWorker(ts.key, ws.address, self.allowed_failures)
+                    self._set_exception(ts, exc, None, repr(exc))
+                    recs[ts.key] = "erred"
+                    continue
+            recs[ts.key] = "released"
+        for ts in list(ws.has_what):
+            self._remove_replica(ts, ws)
+            if not ts.who_has:
+                recs[ts.key] = "released"
+        return recs
+
+    def _handle_worker_status_change(self, event: ev.WorkerStatusChange) -> Recs:
+        ws = self.workers.get(event.address)
+        if ws is None:
+            return {}
+        ws.status = event.status
+        self._update_idle(ws)
+        if ws.status != "running":
+            return {}
+        recs = self._recommend_unrunnable()
+        recs.update(self._fill_slots(ws))
+        return recs
+
+    def _recommend_unrunnable(self) -> Recs:
+        # Recommendations pop last-in first: insert the most urgent task last.
+        ordered = sorted(self.unrunnable, key=lambda ts: ts.priority, reverse=True)
+        return {ts.key: "processing" for ts in ordered}
+
+    def _current_task(self, worker: str, key: Any, run_id: int) -> tuple:
+        """The task and worker of a report, or ``(None, ws)`` if the report is stale."""
+        ws = self.workers.get(worker)
+        ts = self.tasks.get(key)
+        if (
+            ws is None
+            or ts is None
+            or ts.state != "processing"
+            or ts.processing_on is not ws
+            or ts.run_id != run_id
+        ):
+            return None, ws
+        return ts, ws
+
+    def _handle_task_finished(self, event: ev.TaskFinished) -> Recs:
+        ts, ws = self._current_task(event.worker, event.key, event.run_id)
+        if ws is None:
+            return {}
+        if ts is None:
+            stale = self.tasks.get(event.key)
+            if stale is not None and stale.state == "memory":
+                self._add_replica(stale, ws)
+            elif stale is None or stale.processing_on is not ws:
+                # (the worker running it again must not be told to drop it)
+                self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, (event.key,)))
+            return {}
+        ts.nbytes = event.nbytes
+        ts.type = event.type
+        if event.duration > 0:
+            old = self.durations.get(ts.prefix)
+            self.durations[ts.prefix] = (
+                event.duration if old is None else 0.5 * old + 0.5 * event.duration
+            )
+        self._add_replica(ts, ws)
+        return {ts.key: "memory"}
+
+    def _handle_task_erred(self, event: ev.TaskErred) -> Recs:
+        ts, _ = self._current_task(event.worker, event.key, event.run_id)
+        if ts is None:
+            return {}
+        if ts.retries > 0:
+            ts.retries -= 1
+            return {ts.key: "waiting"}
+        self._set_exception(ts, event.exception, event.traceback, event.exception_text)
+        return {ts.key: "erred"}
+
+    def _handle_task_rescheduled(self, event: ev.TaskRescheduled) -> Recs:
+        ts, _ = self._current_task(event.worker, event.key, event.run_id)
+        if ts is None:
+            return {}
+        return {ts.key: "waiting"}
+
+    def _handle_long_running(self, event: ev.LongRunning) -> Recs:
+        ts, ws = self._current_task(event.worker, event.key, event.run_id)
+        if ts is None:
+            return {}
+        ws.long_running.add(ts)
+        self._update_idle(ws)
+        return self._fill_slots(ws)
+
+    def _handle_add_keys(self, event: ev.AddKeys) -> Recs:
+        ws = self.workers.get(event.worker)
+        if ws is None:
+            return {}
+        unwanted = []
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                self._add_replica(ts, ws)
+            else:
+                unwanted.append(key)
+        if unwanted:
+            self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, tuple(unwanted)))
+        return {}
+
+    def _handle_release_worker_data(self, event: ev.ReleaseWorkerData) -> Recs:
+        ws = self.workers.get(event.worker)
+        ts = self.tasks.get(event.key)
+        if ws is None or ts is None or ws not in ts.who_has:
+            return {}
+        self._remove_replica(ts, ws)
+        return {} if ts.who_has or ts.state != "memory" else {ts.key: "released"}
+
+    def _handle_missing_data(self, event: ev.MissingData) -> Recs:
+        ts = self.tasks.get(event.key)
+        ws = self.workers.get(event.errant_worker)
+        if ts is None or ws is None or ws not in ts.who_has:
+            return {}
+        self._remove_replica(ts, ws)
+        return {} if ts.who_has or ts.state != "memory" else {ts.key: "released"}
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _add_replica(self, ts: TaskRecord, ws: WorkerRecord) -> None:
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what[ts] = None
+            ws.nbytes += max(ts.nbytes, 0)
+
+    def _remove_replica(self, ts: TaskRecord, ws: WorkerRecord) -> None:
+        ts.who_has.discard(ws)
+        if ws.has_what.pop(ts, False) is None:
+            ws.nbytes -= max(ts.nbytes, 0)
+
+    def _set_exception(self, ts: TaskRecord, exc: Any, tb: Any, text: str) -> None:
+        ts.exception = exc
+        ts.traceback = tb
+        ts.exception_text = text
+        ts.exception_blame = ts
+
+    def _erred_instruction(self, ts: TaskRecord, client: str, stimulus_id: str) -> ins.KeyErred:
+        blame = ts.exception_blame or ts
+        return ins.KeyErred(
+            stimulus_id, client, ts.key, blame.exception, blame.traceback, blame.exception_text
+        )
+
+    def _update_idle(self, ws: WorkerRecord) -> None:
+        # Re-inserting moves the worker to the end: the idle workers take turns.
+        self.idle.pop(ws.address, None)
+        if ws.has_room() and ws.address in self.workers:
+            self.idle[ws.address] = ws
+
+    def _fill_slots(self, ws: WorkerRecord) -> Recs:
+        """Recommend queued tasks for the room this worker has."""
+        recs: Recs = {}
+        if not ws.has_room():
+            return recs
+        free = ws.slots - ws.occupied
+        queue = self._queue
+        while queue and free > 0:
+            _, _, ts = heapq.heappop(queue)
+            if ts.state == "queued" and ts.key not in recs:
+                recs[ts.key] = "processing"
+                free -= 1
+        return recs
+
+    def _is_needed(self, ts: TaskRecord) -> bool:
+        return bool(ts.who_wants or ts.waiters)
+
+    def _release_dependencies(self, ts: TaskRecord, recs: Recs) -> None:
+        """``ts`` no longer needs its dependencies' data: release what nobody needs."""
+        for dep in ts.dependencies:
+            dep.waiters.discard(ts)
+            if not dep.waiters and not dep.who_wants and dep.state not in ("released", "erred"):
+                recs[dep.key] = "released"
+
+    def _after_release(self, ts: TaskRecord, recs: Recs) -> None:
+        if self._is_needed(ts):
+            recs[ts.key] = "waiting"
+        elif not ts.dependents:
+            recs[ts.key] = "forgotten"
+
+    # ------------------------------------------------------------------ placement
+
+    def _valid_workers(self, ts: TaskRecord) -> set[str] | None:
+        """Addresses the task may run on, or None when any worker will do."""
+        valid: set[str] | None = None
+        if ts.worker_restrictions is not None:
+            valid = set()
+            for spec in ts.worker_restrictions:
+                if spec in self.workers:
+                    valid.add(spec)
+                elif spec in self.workers_by_name:
+                    valid.add(self.workers_by_name[spec])
+                else:
+                    valid.update(self.workers_by_host.get(spec, ()))
+        if ts.resource_restrictions is not None:
+            having = {
+                ws.address
+                for ws in self.workers.values()
+                if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())
+            }
+            valid = having if valid is None else valid & having
+        if valid is not None and not valid and ts.loose_restrictions:
+            return None
+        return valid
+
+    def _decide_worker(self, ts: TaskRecord) -> WorkerRecord | None:
+        if ts.is_queueable:
+            for ws in self.idle.values():
+                return ws
+            if self.worker_saturation != math.inf or not self.workers:
+                return None
+        valid = self._valid_workers(ts)
+        candidates: Iterable[WorkerRecord]
+        if ts.dependencies and (valid is None or ts.loose_restrictions):
+            candidates = {ws for dep in ts.dependencies for ws in dep.who_has}
+            candidates = [ws for ws in candidates if ws.status == "running"]
+            if not candidates:
+                candidates = list(self.idle.values()) or self.workers.values()
+        elif valid is None:
+            candidates = list(self.idle.values()) or self.workers.values()
+        else:
+            candidates = [self.workers[a] for a in valid]
+        best, best_cost = None, math.inf
+        duration = self.durations.get(ts.prefix, self.unknown_duration)
+        for ws in candidates:
+            if ws.status != "running":
+                continue
+            missing = sum(max(d.nbytes, 0) for d in ts.dependencies if ws not in d.who_has)
+            cost = (ws.occupied + 1) / ws.nthreads * duration + missing / _BANDWIDTH
+            if cost < best_cost:
+                best, best_cost = ws, cost
+        return best
+
+    # ------------------------------------------------------------------ transitions
+
+    def _released_to_waiting(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs: Recs = {}
+        ts.state = "waiting"
+        for dep in ts.dependencies:
+            if self.tasks.get(dep.key) is not dep:  # unknown when the graph arrived
+                ts.exception = KeyError(f"Dependency {dep.key!r} of {ts.key!r} is unknown")
+                ts.exception_text = repr(ts.exception)
+                ts.exception_blame = ts
+                recs[ts.key] = "erred"
+                return recs
+        if ts.payload is None and not ts.dependencies:
+            ts.exception = FutureLostError(ts.key)
+            ts.exception_text = repr(ts.exception)
+            ts.exception_blame = ts
+            recs[ts.key] = "erred"
+            return recs
+        for dep in ts.dependencies:
+            dep.waiters.add(ts)
+            if dep.state == "erred":
+                ts.exception_blame = dep.exception_blame or dep
+                recs[ts.key] = "erred"
+            elif dep.state != "memory":
+                ts.waiting_on.add(dep)
+                if dep.state == "released":
+                    recs[dep.key] = "waiting"
+        if not ts.waiting_on and ts.key not in recs:
+            recs[ts.key] = "processing"
+        return recs
+
+    def _waiting_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ws = self._decide_worker(ts)
+        if ws is None:
+            return {ts.key: "queued" if ts.is_queueable and self.workers else "no-worker"}
+        self._assign(ts, ws, stimulus_id)
+        return {}
+
+    def _assign(self, ts: TaskRecord, ws: WorkerRecord, stimulus_id: str) -> None:
+        ts.state = "processing"
+        ts.processing_on = ws
+        ts.run_id = next(self._run_ids)
+        ws.processing.add(ts)
+        self._update_idle(ws)
+        who_has = {}
+        nbytes = {}
+        for dep in ts.dependencies:
+            who_has[dep.key] = tuple(w.address for w in dep.who_has)
+            nbytes[dep.key] = dep.nbytes
+        self._out.append(
+            ins.ComputeTask(
+                stimulus_id,
+                ws.address,
+                ts.key,
+                ts.run_id,
+                ts.payload,
+                ts.priority,
+                who_has,
+                nbytes,
+                ts.resource_restrictions,
+            )
+        )
+
+    def _waiting_to_queued(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ts.state = "queued"
+        heapq.heappush(self._queue, (ts.priority, next(self._queue_counter), ts))
+        return {}
+
+    def _waiting_to_no_worker(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ts.state = "no-worker"
+        self.unrunnable[ts] = None
+        return {}
+
+    def _queued_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ws = self._decide_worker(ts)
+        if ws is None:
+            heapq.heappush(self._queue, (ts.priority, next(self._queue_counter), ts))
+            return {}
+        self._assign(ts, ws, stimulus_id)
+        return {}
+
+    def _no_worker_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ws = self._decide_worker(ts)
+        if ws is None:
+            if ts.is_queueable and self.workers:
+                del self.unrunnable[ts]
+                return self._waiting_to_queued(ts, stimulus_id)
+            return {}
+        del self.unrunnable[ts]
+        self._assign(ts, ws, stimulus_id)
+        return {}
+
+    def _waiting_to_erred(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        return self._to_erred(ts, stimulus_id)
+
+    def _no_worker_to_erred(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        del self.unrunnable[ts]
+        return self._to_erred(ts, stimulus_id)
+
+    def _processing_to_erred(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs = self._unassign(ts)
+        recs.update(self._to_erred(ts, stimulus_id))
+        return recs
+
+    def _to_erred(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs: Recs = {}
+        ts.state = "erred"
+        ts.waiting_on.clear()
+        self._release_dependencies(ts, recs)
+        blame = ts.exception_blame or ts
+        for dependent in ts.dependents:
+            if dependent.state in ("waiting", "queued", "no-worker", "processing"):
+                dependent.exception_blame = blame
+                recs[dependent.key] = "erred"
+        for client in ts.who_wants:
+            self._out.append(self._erred_instruction(ts, client, stimulus_id))
+        if self._drop_fire_and_forget(ts) and not self._is_needed(ts) and not ts.dependents:
+            recs[ts.key] = "forgotten"
+        return recs
+
+    def _drop_fire_and_forget(self, ts: TaskRecord) -> bool:
+        """A finished task no longer needs the fire-and-forget client's want."""
+        if FIRE_AND_FORGET not in ts.who_wants:
+            return False
+        ts.who_wants.discard(FIRE_AND_FORGET)
+        self.clients[FIRE_AND_FORGET].wants_what.discard(ts)
+        return True
+
+    def _unassign(self, ts: TaskRecord) -> Recs:
+        ws = ts.processing_on
+        ts.processing_on = None
+        if ws is None:
+            return {}
+        ws.processing.discard(ts)
+        ws.long_running.discard(ts)
+        if ws.address not in self.workers:
+            return {}
+        self._update_idle(ws)
+        return self._fill_slots(ws)
+
+    def _processing_to_memory(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs = self._unassign(ts)
+        ts.state = "memory"
+        for dependent in ts.dependents:
+            dependent.waiting_on.discard(ts)
+            if not dependent.waiting_on and dependent.state == "waiting":
+                recs[dependent.key] = "processing"
+        self._release_dependencies(ts, recs)
+        self._drop_fire_and_forget(ts)
+        if ts.who_wants:
+            workers = tuple(ws.address for ws in ts.who_has)
+            for client in ts.who_wants:
+                self._out.append(ins.KeyInMemory(stimulus_id, client, ts.key, ts.type, workers))
+        elif not ts.waiters:
+            recs[ts.key] = "released"
+        return recs
+
+    def _processing_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ws = ts.processing_on
+        recs = self._unassign(ts)
+        if ws is not None and ws.address in self.workers:
+            self._out.append(ins.FreeKeys(stimulus_id, ws.address, (ts.key,)))
+        ts.state = "released"
+        self._release_dependencies(ts, recs)
+        self._after_release(ts, recs)
+        return recs
+
+    def _memory_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs: Recs = {}
+        if ts.who_has and self._is_needed(ts):
+            # A recommendation made before a dependent came back to wait for this data
+            # (a retry, a reschedule, a lost worker): keep it.
+            return recs
+        for ws in list(ts.who_has):
+            self._remove_replica(ts, ws)
+            self._out.append(ins.FreeKeys(stimulus_id, ws.address, (ts.key,)))
+        ts.state = "released"
+        for client in ts.who_wants:
+            self._out.append(ins.KeyLost(stimulus_id, client, ts.key))
+        for dependent in ts.dependents:
+            if dependent.state == "waiting":
+                dependent.waiting_on.add(ts)
+            elif dependent.state in ("processing", "no-worker"):
+                recs[dependent.key] = "released"
+        self._after_release(ts, recs)
+        return recs
+
+    def _waiting_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs: Recs = {}
+        ts.state = "released"
+        ts.waiting_on.clear()
+        self._release_dependencies(ts, recs)
+        self._after_release(ts, recs)
+        return recs
+
+    def _queued_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        ts.state = "released"  # its heap entry is skipped when popped
+        recs: Recs = {}
+        self._after_release(ts, recs)
+        return recs
+
+    def _no_worker_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        del self.unrunnable[ts]
+        return self._waiting_to_released(ts, stimulus_id)
+
+    def _erred_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs: Recs = {}
+        ts.state = "released"
+        ts.exception = ts.traceback = ts.exception_blame = None
+        ts.exception_text = ""
+        for dependent in ts.dependents:
+            if dependent.state == "erred":
+                recs[dependent.key] = "released"
+        self._after_release(ts, recs)
+        return recs
+
+    def _released_to_forgotten(self, ts: TaskRecord, stimulus_id: str) -> Recs:
+        recs: Recs = {}
+        if ts.who_wants or ts.dependents:
+            return recs  # still wanted: the record stays for lineage
+        ts.state = "forgotten"
+        for dep in ts.dependencies:
+            dep.dependents.discard(ts)
+            dep.waiters.discard(ts)
+            if not dep.dependents and not dep.who_wants:
+                recs[dep.key] = "forgotten"
+            elif dep.state == "memory" and not dep.waiters and not dep.who_wants:
+                recs[dep.key] = "released"
+        del self.tasks[ts.key]
+        return recs
+
+    # ------------------------------------------------------------------ checks
+
+    def validate(self) -> None:
+        """Check the invariants that tie the records together; raise AssertionError."""
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            assert (ts.state == "processing") == (ts.processing_on is not None), ts
+            if ts.state == "processing":
+                assert ts in ts.processing_on.processing, ts
+                assert ts.processing_on.address in self.workers, ts
+                assert not ts.waiting_on, ts
+            if ts.state == "memory":
+                assert ts.who_has, ts
+            else:
+                assert not ts.who_has, ts
+            if ts.state == "waiting":
+                assert ts.waiting_on == {d for d in ts.dependencies if d.state != "memory"}, ts
+            else:
+                assert not ts.waiting_on, ts
+            assert (ts.state == "no-worker") == (ts in self.unrunnable), ts
+            for dep in ts.dependencies:
+                assert ts in dep.dependents, (ts, dep)
+                known = self.tasks.get(dep.key) is dep
+                assert known or ts.state in ("released", "erred"), (ts, dep)
+            for client in ts.who_wants:
+                assert ts in self.clients[client].wants_what, ts
+            if ts.state in ("waiting", "queued", "no-worker", "processing"):
+                for dep in ts.dependencies:
+                    assert ts in dep.waiters, (ts, dep)
+        for ws in self.workers.values():
+            for ts in ws.processing:
+                assert ts.processing_on is ws, (ws, ts)
+            for ts in ws.has_what:
+                assert ws in ts.who_has, (ws, ts)
+            assert (ws.address in self.idle) == ws.has_room(), ws
+        for cs in self.clients.values():
+            for ts in cs.wants_what:
+                assert cs.client_id in ts.who_wants, (cs, ts)

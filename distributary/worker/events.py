@@ -1,0 +1,104 @@
+"""Stimuli the worker's state machine reacts to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Key = Any
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    """Base of all worker events."""
+
+    stimulus_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeTask(WorkerEvent):
+    """The scheduler asks this worker to run ``key``."""
+
+    key: Key
+    run_id: int
+    payload: Any
+    priority: tuple
+    who_has: dict
+    nbytes: dict
+    resources: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FreeKeys(WorkerEvent):
+    """The scheduler no longer needs these keys here."""
+
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteSuccess(WorkerEvent):
+    key: Key
+    run_id: int
+    value: Any
+    nbytes: int
+    type: str
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteFailure(WorkerEvent):
+    key: Key
+    run_id: int
+    exception: Any
+    traceback: Any
+    exception_text: str
+    traceback_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RescheduleTask(WorkerEvent):
+    """The task raised ``Reschedule``."""
+
+    key: Key
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Secede(WorkerEvent):
+    """The task left the thread pool (``secede()``): its thread no longer counts."""
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class GatherDepSuccess(WorkerEvent):
+    """A peer sent data.  Keys asked for but not in ``data`` were missing there."""
+
+    worker: str
+    keys: tuple
+    data: dict
+    nbytes: dict
+
+
+@dataclass(frozen=True, slots=True)
+class GatherDepFailure(WorkerEvent):
+    """A peer could not be reached for these keys."""
+
+    worker: str
+    keys: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateData(WorkerEvent):
+    """Data put here directly (scatter, or a replica pushed by a peer)."""
+
+    data: dict
+    nbytes: dict
+    types: dict
+
+
+@dataclass(frozen=True, slots=True)
+class PauseChange(WorkerEvent):
+    """Memory pressure paused (True) or unpaused (False) the worker."""
+
+    paused: bool

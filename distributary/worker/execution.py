@@ -1,0 +1,51 @@
+"""Running one task's payload in a worker thread, and describing its result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from dask.sizeof import sizeof
+
+from distributary.exceptions import Reschedule
+from distributary.protocol.errors import error_message
+from distributary.protocol.tasks import loads_task
+
+
+class TaskOutcome:
+    """What happened when a task ran: its value and size, or its error."""
+
+    __slots__ = ("value", "nbytes", "type", "duration", "error", "reschedule")
+
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.nbytes = 0
+        self.type = ""
+        self.duration = 0.0
+        self.error: dict | None = None
+        self.reschedule = False
+
+
+def run_task(payload: Mapping, dependencies: Mapping) -> TaskOutcome:
+    """Unpack and call the task; never raises."""
+    outcome = TaskOutcome()
+    start = time.perf_counter()
+    try:
+        func, args, kwargs = loads_task(payload, dependencies)
+        value = func(*args, **kwargs)
+    except Reschedule:
+        outcome.reschedule = True
+        return outcome
+    except BaseException as exc:
+        outcome.error = error_message(exc)
+        return outcome
+    finally:
+        outcome.duration = time.perf_counter() - start
+    outcome.value = value
+    try:
+        outcome.nbytes = sizeof(value)
+    except Exception:
+        outcome.nbytes = 0
+    outcome.type = type(value).__qualname__
+    return outcome

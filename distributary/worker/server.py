@@ -1,0 +1,344 @@
+"""The Worker: runs tasks in a thread pool and serves their results to peers and clients.
+
+The decisions live in :class:`~distributary.worker.state.WorkerState`; this module
+does the I/O around it: the stream from the scheduler, data requests from peers,
+the thread pool, and fetching dependencies from other workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask.config
+from dask.sizeof import sizeof
+
+from distributary.comm import CommClosedError, connect
+from distributary.core import BatchedSend, ConnectionPool, Server
+from distributary.messages import Message
+from distributary.node import ServerNode, listen_address_for, parse_memory_limit
+from distributary.protocol.errors import error_message
+from distributary.protocol.serialize import Serialize, deserialize
+from distributary.worker import events as ev
+from distributary.worker import instructions as ins
+from distributary.worker.context import set_task_context
+from distributary.worker.execution import TaskOutcome, run_task
+from distributary.worker.state import WorkerState
+
+logger = logging.getLogger("distributary.worker")
+
+
+class Worker(ServerNode):
+    """A worker node: runs tasks and holds their results.
+
+    ``Worker(scheduler_address, nthreads=..., name=..., resources=..., memory_limit=...)``;
+    await it (or use ``async with``) to start it and register with the scheduler.
+    """
+
+    def __init__(
+        self,
+        scheduler_ip: str | None = None,
+        scheduler_port: int | None = None,
+        *,
+        scheduler_file: str | None = None,
+        nthreads: int | None = None,
+        ncores: int | None = None,
+        name: Any = None,
+        host: str | None = None,
+        port: int | None = None,
+        protocol: str | None = None,
+        interface: str | None = None,
+        resources: dict | None = None,
+        memory_limit: str | float | int = "auto",
+        local_directory: str | None = None,
+        local_dir: str | None = None,
+        nanny: str | None = None,
+        death_timeout: Any = None,
+        validate: bool = False,
+        heartbeat_interval: Any = None,
+        executor: Any = None,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        self.scheduler_address = self._scheduler_address(
+            scheduler_ip, scheduler_port, scheduler_file
+        )
+        self.nthreads = nthreads or ncores or os.cpu_count() or 1
+        self.name = name
+        self.resources = dict(resources or {})
+        self.memory_limit = parse_memory_limit(memory_limit, self.nthreads)
+        self.nanny = nanny
+        self.death_timeout = death_timeout
+        self._listen_address = listen_address_for(
+            self.scheduler_address, host, port, protocol, interface
+        )
+        self._base_directory = local_directory or local_dir
+        self.local_directory = ""
+        self.state = WorkerState(
+            "",
+            self.nthreads,
+            resources=self.resources,
+            transfer_batch_bytes=dask.config.get("distributed.worker.transfer-batch-bytes"),
+            max_peers_in_flight=dask.config.get("distributed.worker.connections.outgoing"),
+            validate=validate,
+        )
+        self.executor = executor or ThreadPoolExecutor(
+            self.nthreads, thread_name_prefix="distributary-task"
+        )
+        self._own_executor = executor is None
+        self.pool = ConnectionPool(role="worker")
+        self.server = Server(
+            handlers={
+                "get-data": self._handle_get_data,
+                "update-data": self._handle_update_data,
+                "identity": self._handle_identity,
+                "close": self._handle_close,
+            },
+            stream_handlers={},
+        )
+        self.batched: BatchedSend | None = None
+        self._stream_task: asyncio.Task | None = None
+        self._gathers: set[asyncio.Task] = set()
+        self._stream_handlers = {
+            "compute-task": self._stream_compute_task,
+            "free-keys": self._stream_free_keys,
+        }
+
+    @property
+    def data(self) -> Any:
+        """The results held by this worker, by key."""
+        return self.state.data
+
+    @property
+    def address(self) -> str:
+        """Where peers and clients reach this worker."""
+        return self.server.address
+
+    @property
+    def worker_address(self) -> str:
+        """The same as ``address`` (a Nanny's ``worker_address`` points here too)."""
+        return self.address
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _start(self) -> None:
+        await self.server.listen(self._listen_address)
+        self.state.address = self.address
+        self.local_directory = tempfile.mkdtemp(
+            prefix="worker-", dir=_scratch_directory(self._base_directory)
+        )
+        comm = await connect(self.scheduler_address, timeout=_timeout(self.death_timeout))
+        await comm.write(
+            {
+                "op": "register-worker",
+                "reply": False,
+                "address": self.address,
+                "nthreads": self.nthreads,
+                "name": self.name,
+                "memory_limit": self.memory_limit,
+                "resources": self.resources,
+                "nanny": self.nanny,
+            }
+        )
+        reply = await comm.read()
+        if reply.get("status") != "OK":
+            await comm.close()
+            raise ValueError(f"The scheduler refused this worker: {reply.get('message')}")
+        self.batched = BatchedSend(comm)
+        self._stream_task = asyncio.get_running_loop().create_task(self._read_stream(comm))
+        logger.info("Worker at %s registered with %s", self.address, self.scheduler_address)
+
+    async def _close(self) -> None:
+        if self.batched is not None and not self.batched.closed():
+            try:
+                self.batched.send({"op": "unregister"})
+                await self.batched.close(timeout=2)
+            except CommClosedError:
+                pass
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+        for task in list(self._gathers):
+            task.cancel()
+        await self.server.close()
+        await self.pool.close()
+        if self._own_executor:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        self.state.data.clear()
+        if self.local_directory:
+            shutil.rmtree(self.local_directory, ignore_errors=True)
+
+    async def _read_stream(self, comm: Any) -> None:
+        """Take instructions from the scheduler until it goes away."""
+        try:
+            while True:
+                msgs = await comm.read()
+                if isinstance(msgs, dict):
+                    msgs = (msgs,)
+                events = []
+                for msg in msgs:
+                    handler = self._stream_handlers.get(msg.get("op"))
+                    if handler is None:
+                        logger.warning("Unknown message from the scheduler: %r", msg.get("op"))
+                        continue
+                    events.append(handler(msg))
+                self._handle(*events)
+        except CommClosedError:
+            if self.status == "running":
+                logger.info("Lost the scheduler at %s; closing", self.scheduler_address)
+                asyncio.get_running_loop().create_task(self.close())
+
+    # ------------------------------------------------------------------ the state machine
+
+    def _handle(self, *events: ev.WorkerEvent) -> None:
+        for instruction in self.state.handle(*events):
+            if isinstance(instruction, Message):
+                if self.batched is not None and not self.batched.closed():
+                    self.batched.send(instruction.to_message())
+            elif isinstance(instruction, ins.Execute):
+                self._execute(instruction)
+            elif isinstance(instruction, ins.GatherDep):
+                task = asyncio.get_running_loop().create_task(self._gather_dep(instruction))
+                self._gathers.add(task)
+                task.add_done_callback(self._gathers.discard)
+
+    def _stream_compute_task(self, msg: dict) -> ev.ComputeTask:
+        return ev.ComputeTask(
+            msg["stimulus_id"],
+            msg["key"],
+            msg["run_id"],
+            msg["payload"],
+            tuple(msg["priority"]),
+            msg["who_has"],
+            msg["nbytes"],
+            msg.get("resources"),
+        )
+
+    def _stream_free_keys(self, msg: dict) -> ev.FreeKeys:
+        return ev.FreeKeys(msg["stimulus_id"], tuple(msg["keys"]))
+
+    def _execute(self, instruction: ins.Execute) -> None:
+        ts = self.state.tasks[instruction.key]
+        deps = {dep.key: self.state.data[dep.key] for dep in ts.dependencies}
+        loop = asyncio.get_running_loop()
+        key, run_id, payload = ts.key, ts.run_id, ts.payload
+
+        def run() -> TaskOutcome:
+            set_task_context(self, key)
+            try:
+                return run_task(payload, deps)
+            finally:
+                set_task_context(None)
+
+        future = self.executor.submit(run)
+        future.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._task_done, key, run_id, f)
+        )
+
+    def _task_done(self, key: Any, run_id: int, future: Any) -> None:
+        if self.status != "running":
+            return
+        stimulus_id = f"task-done-{key}"
+        outcome: TaskOutcome = future.result()
+        if outcome.reschedule:
+            event: ev.WorkerEvent = ev.RescheduleTask(stimulus_id, key, run_id)
+        elif outcome.error is not None:
+            err = outcome.error
+            event = ev.ExecuteFailure(
+                stimulus_id,
+                key,
+                run_id,
+                err["exception"],
+                err["traceback"],
+                err["exception_text"],
+                err["traceback_text"],
+            )
+        else:
+            event = ev.ExecuteSuccess(
+                stimulus_id,
+                key,
+                run_id,
+                outcome.value,
+                outcome.nbytes,
+                outcome.type,
+                outcome.duration,
+            )
+        self._handle(event)
+
+    def secede_current_task(self, key: Any) -> None:
+        """Called from a task's thread: that task stops counting against the thread pool."""
+        self.loop.call_soon_threadsafe(self._handle, ev.Secede(f"secede-{key}", key))
+
+    async def _gather_dep(self, instruction: ins.GatherDep) -> None:
+        stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"
+        try:
+            reply = await self.pool.call(
+                instruction.worker, {"op": "get-data", "keys": instruction.keys}
+            )
+            data = {key: deserialize(value) for key, value in reply["data"].items()}
+        except (OSError, asyncio.TimeoutError) as exc:
+            logger.info("Could not get %d keys from %s: %s", len(instruction.keys),
+                        instruction.worker, exc)
+            event: ev.WorkerEvent = ev.GatherDepFailure(
+                stimulus_id, instruction.worker, instruction.keys
+            )
+        else:
+            nbytes = {key: sizeof(value) for key, value in data.items()}
+            event = ev.GatherDepSuccess(
+                stimulus_id, instruction.worker, instruction.keys, data, nbytes
+            )
+        if self.status == "running":
+            self._handle(event)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _handle_get_data(self, comm: Any, msg: dict) -> dict:
+        data = self.state.data
+        return {
+            "status": "OK",
+            "data": {key: Serialize(data[key]) for key in msg["keys"] if key in data},
+        }
+
+    def _handle_update_data(self, comm: Any, msg: dict) -> dict:
+        values = {key: deserialize(value) for key, value in msg["data"].items()}
+        nbytes = {key: sizeof(value) for key, value in values.items()}
+        types = {key: type(value).__qualname__ for key, value in values.items()}
+        self._handle(ev.UpdateData(f"update-data-{uuid.uuid4().hex[:8]}", values, nbytes, types))
+        return {"status": "OK", "nbytes": nbytes, "types": types}
+
+    def _handle_identity(self, comm: Any, msg: dict) -> dict:
+        return {
+            "type": "Worker",
+            "id": self.id,
+            "address": self.address,
+            "scheduler": self.scheduler_address,
+            "nthreads": self.nthreads,
+            "memory_limit": self.memory_limit,
+            "name": self.name,
+        }
+
+    async def _handle_close(self, comm: Any, msg: dict) -> str:
+        asyncio.get_running_loop().create_task(self.close())
+        return "OK"
+
+    def __repr__(self) -> str:
+        return (
+            f"<Worker {self.address if self.status == 'running' else ''!r}, "
+            f"name: {self.name}, status: {self.status}, stored: {len(self.state.data)}, "
+            f"running: {self.state.busy_threads}/{self.nthreads}>"
+        )
+
+
+def _timeout(value: Any) -> float | None:
+    return None if value is None else dask.utils.parse_timedelta(value)
+
+
+def _scratch_directory(base: str | None) -> str:
+    path = os.path.join(base or tempfile.gettempdir(), "distributary-scratch-space")
+    os.makedirs(path, exist_ok=True)
+    return path
