@@ -1,0 +1,1 @@
+"""Benchmarks comparing distributary with dask.distributed; run ``python -m benchmarks``."""
