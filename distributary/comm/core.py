@@ -1,0 +1,241 @@
+"""Comms and listeners: the transport-independent part of the comm layer.
+
+A :class:`Comm` is one end of a message-oriented connection (``read`` returns
+whole messages, ``write`` sends one). :func:`connect` opens a comm to an address
+and :func:`listen` accepts comms on one, handing each to a callback in its own
+task. Transports (``tcp``, ``inproc``) register a :class:`Backend` under their
+scheme in :data:`backends`.
+
+Every connection starts with a handshake: each side writes
+``{"distributary": PROTOCOL_VERSION, **handshake_info}`` and reads the peer's,
+which becomes ``comm.peer_info``. A version mismatch closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+
+from distributary.comm.addressing import normalize_address, parse_address
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Backend",
+    "Comm",
+    "CommClosedError",
+    "HandshakeError",
+    "Listener",
+    "backends",
+    "connect",
+    "listen",
+]
+
+logger = logging.getLogger("distributary.comm")
+
+PROTOCOL_VERSION = 1
+# Largest number of frames a peer may announce for one message.
+MAX_FRAMES = 100_000
+
+HandleComm = Callable[["Comm"], Awaitable[None]]
+
+
+class CommClosedError(OSError):
+    """The comm is closed (locally, by the peer, or because the peer misbehaved)."""
+
+
+class HandshakeError(CommClosedError):
+    """The peer's handshake is not acceptable (e.g. another protocol version)."""
+
+
+class Comm(ABC):
+    """One end of a connection that carries whole messages."""
+
+    def __init__(self, local_address: str, peer_address: str):
+        self.local_address = local_address
+        self.peer_address = peer_address
+        self.peer_info: dict = {}
+
+    @abstractmethod
+    async def read(self) -> Any:
+        """Return the next message; raise CommClosedError once the comm is closed."""
+
+    @abstractmethod
+    async def write(self, msg: Any) -> int:
+        """Send one message and return the number of bytes written."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush what was written and close the connection."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Close the connection at once, dropping anything not yet sent."""
+
+    @abstractmethod
+    def closed(self) -> bool:
+        """Whether the comm is closed."""
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed() else "open"
+        return f"<{type(self).__name__} {state} {self.local_address} -> {self.peer_address}>"
+
+
+class Listener(ABC):
+    """Accepts comms on an address and hands each to ``handle_comm`` in its own task."""
+
+    address: str
+
+    def __init__(self, handle_comm: HandleComm, handshake_info: dict):
+        self._handle_comm = handle_comm
+        self._handshake_info = handshake_info
+        self._tasks: set[asyncio.Task] = set()
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop accepting new comms (idempotent); comms already accepted go on."""
+
+    async def close(self) -> None:
+        """Stop accepting; cancel the tasks serving accepted comms and abort those comms."""
+        self.stop()
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _accept(self, comm: Comm) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(comm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, comm: Comm) -> None:
+        try:
+            try:
+                await handshake(comm, self._handshake_info, connect_timeout())
+            except Exception as err:
+                comm.abort()
+                if isinstance(err, HandshakeError):
+                    logger.warning("Rejected connection from %s: %s", comm.peer_address, err)
+                else:
+                    logger.debug("Handshake with %s failed: %s", comm.peer_address, err)
+                return
+            await self._handle_comm(comm)
+        except asyncio.CancelledError:
+            comm.abort()
+            raise
+        except Exception:
+            comm.abort()
+            logger.exception("Error while handling the comm from %s", comm.peer_address)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {getattr(self, 'address', '?')}>"
+
+
+class Backend(ABC):
+    """A transport, registered in :data:`backends` under its scheme."""
+
+    @abstractmethod
+    async def connect(self, loc: str) -> Comm:
+        """Open a connection to ``loc`` (no handshake); OSError if refused."""
+
+    @abstractmethod
+    async def listen(self, loc: str, handle_comm: HandleComm, handshake_info: dict) -> Listener:
+        """Start a listener on ``loc``."""
+
+
+backends: dict[str, Backend] = {}
+
+
+def connect_timeout() -> float:
+    """The configured ``distributed.comm.timeouts.connect``, in seconds."""
+    return parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="s")
+
+
+def _backend(addr: str) -> tuple[Backend, str]:
+    scheme, loc = parse_address(addr)
+    try:
+        return backends[scheme], loc
+    except KeyError:
+        raise ValueError(f"No transport for scheme {scheme!r} in address {addr!r}") from None
+
+
+async def handshake(comm: Comm, handshake_info: dict, timeout: float) -> dict:
+    """Exchange handshakes on a fresh comm; set and return ``comm.peer_info``."""
+
+    async def exchange() -> Any:
+        await comm.write({**handshake_info, "distributary": PROTOCOL_VERSION})
+        return await comm.read()
+
+    try:
+        peer = await asyncio.wait_for(exchange(), max(timeout, 0.0))
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"No handshake from {comm.peer_address} within {timeout} s") from None
+    version = peer.get("distributary") if isinstance(peer, dict) else None
+    if version != PROTOCOL_VERSION:
+        raise HandshakeError(
+            f"Protocol version mismatch with {comm.peer_address}: ours is "
+            f"{PROTOCOL_VERSION}, the peer's is {version!r}"
+        )
+    comm.peer_info = peer
+    return peer
+
+
+async def connect(addr: str, timeout: float | None = None, **handshake_info: Any) -> Comm:
+    """Open a comm to ``addr`` and exchange handshakes.
+
+    Refused connections (nothing listening yet, including a missing inproc
+    address) are retried with a short backoff; when ``timeout`` (default
+    ``distributed.comm.timeouts.connect``) runs out, TimeoutError is raised.
+    A version mismatch raises HandshakeError (a CommClosedError) at once.
+    """
+    if timeout is None:
+        timeout = connect_timeout()
+    backend, loc = _backend(normalize_address(addr))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.005
+    last_error: object = None
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError(
+                f"Timed out trying to connect to {addr} after {timeout} s: {last_error}"
+            )
+        try:
+            comm = await asyncio.wait_for(backend.connect(loc), remaining)
+            break
+        except asyncio.TimeoutError:
+            last_error = "connection attempt timed out"
+        except OSError as err:
+            last_error = err
+            remaining = deadline - loop.time()
+            await asyncio.sleep(min(delay * (1 + random.random()), max(remaining, 0)))
+            delay = min(delay * 2, 0.5)
+    try:
+        await handshake(comm, handshake_info, deadline - loop.time())
+    except TimeoutError as err:
+        comm.abort()
+        raise TimeoutError(
+            f"Timed out trying to connect to {addr} after {timeout} s: {err}"
+        ) from None
+    except BaseException:
+        comm.abort()
+        raise
+    return comm
+
+
+async def listen(addr: str, handle_comm: HandleComm, **handshake_info: Any) -> Listener:
+    """Start accepting comms on ``addr`` (port 0 picks a free port; ``inproc`` auto-names).
+
+    Each accepted comm is handshaken, then handed to ``handle_comm`` in its own
+    task; an exception from ``handle_comm`` is logged and aborts that comm.
+    ``Listener.address`` is the address peers should connect to.
+    """
+    backend, loc = _backend(normalize_address(addr))
+    return await backend.listen(loc, handle_comm, handshake_info)

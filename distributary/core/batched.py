@@ -1,0 +1,116 @@
+"""BatchedSend: coalesce many small messages to one peer into few writes.
+
+``send`` only appends to a buffer and wakes one background task per stream. That
+task wakes up in a later turn of the event loop, so everything sent during one
+turn goes out as one message (a list of dicts); while a write is in progress new
+messages accumulate and go out together right after it. With ``interval > 0``
+writes are at least ``interval`` seconds apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from distributary.comm import Comm, CommClosedError
+
+__all__ = ["BatchedSend"]
+
+logger = logging.getLogger("distributary.core")
+
+
+class BatchedSend:
+    """Send messages over ``comm`` in batches, without ever blocking the sender."""
+
+    def __init__(self, comm: Comm, interval: float = 0.0):
+        self.comm = comm
+        self.interval = interval
+        self._buffer: list = []
+        self._closed = False
+        self._task: asyncio.Task | None = None
+        self._wakeup: asyncio.Future | None = None
+        self._last_write = float("-inf")
+
+    def send(self, *msgs: Any) -> None:
+        """Queue messages (dicts) for the next write; CommClosedError if closed."""
+        if self._closed or self.comm.closed():
+            raise CommClosedError(f"BatchedSend to {self.comm.peer_address} is closed")
+        self._buffer.extend(msgs)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._background())
+        elif self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _background(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._buffer:
+                    if self._closed:
+                        return
+                    self._wakeup = loop.create_future()
+                    try:
+                        await self._wakeup
+                    finally:
+                        self._wakeup = None
+                    continue
+                if self.interval:
+                    delay = self._last_write + self.interval - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                payload, self._buffer = self._buffer, []
+                await self._write(payload)
+                self._last_write = loop.time()
+        except CommClosedError:
+            pass
+        except Exception:
+            logger.exception("BatchedSend to %s failed", self.comm.peer_address)
+            self.comm.abort()
+        finally:
+            self._closed = True
+            self._buffer.clear()
+
+    async def _write(self, payload: list) -> None:
+        try:
+            await self.comm.write(payload)
+        except CommClosedError:
+            raise
+        except Exception:
+            # Some message cannot be encoded: send the others, drop and log that one.
+            for msg in payload:
+                try:
+                    await self.comm.write([msg])
+                except CommClosedError:
+                    raise
+                except Exception:
+                    logger.exception("Dropping a message to %s", self.comm.peer_address)
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush what is buffered (waiting at most ``timeout`` seconds), then close."""
+        self._closed = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except asyncio.TimeoutError:
+                self.abort()
+                return
+        await self.comm.close()
+
+    def abort(self) -> None:
+        """Drop what is buffered and abort the comm."""
+        self._closed = True
+        self._buffer.clear()
+        if self._task is not None:
+            self._task.cancel()
+        self.comm.abort()
+
+    def closed(self) -> bool:
+        """Whether the stream is closed (locally or because the comm closed)."""
+        return self._closed or self.comm.closed()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed() else f"{len(self._buffer)} buffered"
+        return f"<BatchedSend to {self.comm.peer_address}: {state}>"

@@ -1,0 +1,199 @@
+"""A pool of comms for request/reply calls to other servers.
+
+``await pool.call(addr, {"op": "ping"})`` borrows an idle comm to ``addr`` (or
+opens one), writes the message, reads the reply and gives the comm back. At most
+``limit`` comms are open at once; past that, idle comms to other addresses are
+closed, or callers wait for a comm to be given back. A comm whose call was
+interrupted (error, timeout, cancellation) is aborted rather than reused, since
+a reply may still be on its way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from distributary.comm import Comm, CommClosedError, connect, normalize_address
+from distributary.protocol import rebuild_exception
+
+__all__ = ["ConnectionPool", "RPCProxy"]
+
+
+class ConnectionPool:
+    """Reusable comms to many addresses, at most ``limit`` open at once."""
+
+    def __init__(self, limit: int = 512, timeout: float | None = None, **handshake_info: Any):
+        self.limit = limit
+        self.timeout = timeout
+        self.handshake_info = handshake_info
+        self._idle: dict[str, list[Comm]] = {}
+        self._busy: dict[Comm, str] = {}
+        self._open = 0
+        self._waiters: deque[asyncio.Future] = deque()
+        self._closed = False
+
+    @property
+    def open(self) -> int:
+        """Number of open comms (idle or in use)."""
+        return self._open
+
+    @property
+    def active(self) -> int:
+        """Number of comms in use."""
+        return len(self._busy)
+
+    async def connect(self, addr: str) -> Comm:
+        """Borrow a comm to ``addr``; give it back with :meth:`reuse`."""
+        addr = normalize_address(addr)
+        while True:
+            if self._closed:
+                raise CommClosedError("ConnectionPool is closed")
+            idle = self._idle.get(addr)
+            while idle:
+                comm = idle.pop()
+                if not idle:
+                    del self._idle[addr]
+                if comm.closed():
+                    self._open -= 1
+                    continue
+                self._busy[comm] = addr
+                return comm
+            if self._open < self.limit or self._evict_idle():
+                break
+            await self._wait_for_slot()
+        self._open += 1
+        try:
+            comm = await connect(addr, timeout=self.timeout, **self.handshake_info)
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+        if self._closed:
+            self._open -= 1
+            comm.abort()
+            raise CommClosedError("ConnectionPool is closed")
+        self._busy[comm] = addr
+        return comm
+
+    async def _wait_for_slot(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # pass the wake-up on
+            raise
+        finally:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _evict_idle(self) -> bool:
+        """Close the least recently used idle comm to make room; False if none."""
+        for addr, idle in self._idle.items():
+            comm = idle.pop(0)
+            if not idle:
+                del self._idle[addr]
+            comm.abort()
+            self._open -= 1
+            return True
+        return False
+
+    def reuse(self, addr: str, comm: Comm) -> None:
+        """Give back a comm borrowed with :meth:`connect`; closed comms are dropped."""
+        key = self._busy.pop(comm, None)
+        if key is None:
+            return
+        if comm.closed() or self._closed:
+            comm.abort()
+            self._open -= 1
+        else:
+            self._idle.setdefault(key, []).append(comm)
+        self._wake_one()
+
+    async def call(self, addr: str, msg: dict, timeout: float | None = None) -> Any:
+        """Send ``msg`` to ``addr`` and return the reply, raising remote errors.
+
+        With ``"reply": False`` in ``msg`` nothing is read and None is returned.
+        """
+        if timeout is None:
+            return await self._call(addr, msg)
+        return await asyncio.wait_for(self._call(addr, msg), timeout)
+
+    async def _call(self, addr: str, msg: dict) -> Any:
+        comm = await self.connect(addr)
+        try:
+            await comm.write(msg)
+            reply = await comm.read() if msg.get("reply", True) else None
+        except BaseException:
+            comm.abort()
+            self.reuse(addr, comm)
+            raise
+        self.reuse(addr, comm)
+        if reply.__class__ is dict and reply.get("status") == "error":
+            raise rebuild_exception(reply)
+        return reply
+
+    def rpc(self, addr: str) -> RPCProxy:
+        """A proxy: ``await pool.rpc(addr).some_op(a=1)`` calls op ``some_op``."""
+        return RPCProxy(self, addr)
+
+    def remove(self, addr: str) -> None:
+        """Close all comms to ``addr``, idle or in use."""
+        addr = normalize_address(addr)
+        for comm in self._idle.pop(addr, ()):
+            comm.abort()
+            self._open -= 1
+            self._wake_one()
+        for comm, key in self._busy.items():
+            if key == addr:
+                comm.abort()
+
+    async def close(self) -> None:
+        """Close every comm; later calls raise CommClosedError."""
+        self._closed = True
+        for idle in self._idle.values():
+            for comm in idle:
+                comm.abort()
+                self._open -= 1
+        self._idle.clear()
+        for comm in self._busy:
+            comm.abort()
+        while self._waiters:
+            self._wake_one()
+
+    def __repr__(self) -> str:
+        return f"<ConnectionPool: open={self._open}, active={len(self._busy)}, limit={self.limit}>"
+
+
+class RPCProxy:
+    """Calls operations on one address: ``await proxy.op(**kwargs)``."""
+
+    __slots__ = ("_pool", "address")
+
+    def __init__(self, pool: ConnectionPool, address: str):
+        self._pool = pool
+        self.address = address
+
+    def __getattr__(self, op: str) -> Any:
+        if op.startswith("__"):
+            raise AttributeError(op)
+
+        async def send(**kwargs: Any) -> Any:
+            return await self._pool.call(self.address, {"op": op, **kwargs})
+
+        send.__name__ = op
+        return send
+
+    def __repr__(self) -> str:
+        return f"<RPCProxy {self.address}>"

@@ -1,0 +1,211 @@
+"""Server: answers request/reply operations and reads batched streams.
+
+Every comm a server accepts is served by :meth:`Server.handle_comm`: it reads a
+message ``{"op": name, ...}``, calls ``handlers[name](comm, msg)`` and writes the
+result back (unless the message says ``"reply": False``). A handler that raises
+makes the reply an error message (see :func:`distributary.protocol.error_message`)
+and the server keeps serving the comm. A handler may also take the comm over for
+good, e.g. by calling :meth:`Server.handle_stream`, which reads batches of
+``{"op": ...}`` messages and dispatches them to ``stream_handlers`` without replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from distributary.comm import Comm, CommClosedError, Listener, listen
+from distributary.protocol import error_message
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("distributary.core")
+
+
+def _describe(msg: object, limit: int = 200) -> str:
+    text = repr(msg)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Server:
+    """Serve ``handlers`` (request/reply) and ``stream_handlers`` (batched streams)."""
+
+    def __init__(
+        self,
+        handlers: dict[str, Callable],
+        stream_handlers: dict[str, Callable],
+        handshake_info: dict | None = None,
+    ):
+        self.handlers = handlers
+        self.stream_handlers = stream_handlers
+        self.handshake_info = dict(handshake_info or {})
+        self.listeners: list[Listener] = []
+        # comms being served, and the task serving each
+        self._comms: dict[Comm, asyncio.Task | None] = {}
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        """The address of the first listener."""
+        if not self.listeners:
+            raise ValueError(f"{type(self).__name__} is not listening")
+        return self.listeners[0].address
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    async def listen(self, address: str) -> Listener:
+        """Start accepting comms on ``address``; may be called for several addresses."""
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        listener = await listen(address, self.handle_comm, **self.handshake_info)
+        self.listeners.append(listener)
+        return listener
+
+    async def handle_comm(self, comm: Comm) -> None:
+        """Answer operations on ``comm`` until it closes."""
+        if self._closed:
+            comm.abort()
+            return
+        self._comms[comm] = asyncio.current_task()
+        handlers = self.handlers
+        try:
+            while True:
+                try:
+                    msg = await comm.read()
+                except CommClosedError:
+                    return
+                if not isinstance(msg, dict):
+                    result: Any = error_message(
+                        ValueError(f"Expected a dict with an 'op' key, got {_describe(msg)}")
+                    )
+                    if not await self._reply(comm, result):
+                        return
+                    continue
+                op = msg.get("op")
+                handler = handlers.get(op) if isinstance(op, str) else None
+                error: Exception | None = None
+                if handler is None:
+                    error = ValueError(f"Unknown operation {op!r}")
+                else:
+                    try:
+                        result = handler(comm, msg)
+                        if inspect.isawaitable(result):
+                            result = await result
+                    except Exception as exc:
+                        error = exc
+                    if comm.closed():
+                        if error is not None:  # (e.g. a stream handler gave up on the comm)
+                            logger.error(
+                                "Operation %r from %s failed; connection closed",
+                                op,
+                                comm.peer_address,
+                                exc_info=error,
+                            )
+                        return
+                if not msg.get("reply", True):
+                    if error is not None:
+                        logger.error(
+                            "Operation %r from %s failed (no reply wanted)",
+                            op,
+                            comm.peer_address,
+                            exc_info=error,
+                        )
+                    continue
+                if error is not None:
+                    result = error_message(error)
+                if not await self._reply(comm, result):
+                    return
+        finally:
+            self._comms.pop(comm, None)
+            if not comm.closed():
+                comm.abort()
+
+    @staticmethod
+    async def _reply(comm: Comm, result: Any) -> bool:
+        """Write ``result`` (or the error of encoding it); False if the comm closed."""
+        try:
+            await comm.write(result)
+        except CommClosedError:
+            return False
+        except Exception as exc:  # the result cannot be encoded
+            try:
+                await comm.write(error_message(exc))
+            except CommClosedError:
+                return False
+        return True
+
+    async def handle_stream(self, comm: Comm, on_close: Callable[[], Any] | None = None) -> None:
+        """Dispatch stream messages from ``comm`` to ``stream_handlers`` until it closes.
+
+        Each message read is a dict or a list/tuple of dicts, each handled by
+        ``stream_handlers[d["op"]](d)`` (awaited if it returns an awaitable); errors
+        are logged and reading goes on. ``on_close()`` (awaited if needed) is called
+        when the comm is finished.
+        """
+        owned = comm not in self._comms
+        if owned:
+            self._comms[comm] = asyncio.current_task()
+        handlers = self.stream_handlers
+        try:
+            while True:
+                try:
+                    batch = await comm.read()
+                except CommClosedError:
+                    return
+                if isinstance(batch, dict):
+                    batch = (batch,)
+                elif not isinstance(batch, (list, tuple)):
+                    logger.error("Ignoring stream message from %s: %s", comm.peer_address, batch)
+                    continue
+                for msg in batch:
+                    try:
+                        op = msg["op"]
+                        handler = handlers[op]
+                    except (KeyError, TypeError):
+                        logger.error(
+                            "Unknown stream operation from %s: %s",
+                            comm.peer_address,
+                            _describe(msg),
+                        )
+                        continue
+                    try:
+                        result = handler(msg)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        logger.exception("Error in stream handler %r", op)
+        finally:
+            if owned:
+                self._comms.pop(comm, None)
+            if on_close is not None:
+                result = on_close()
+                if inspect.isawaitable(result):
+                    await result
+
+    async def close(self) -> None:
+        """Stop listening, abort every comm being served and wait for their tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self.listeners:
+            listener.stop()
+        current = asyncio.current_task()
+        tasks = []
+        for comm, task in list(self._comms.items()):
+            comm.abort()
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+                tasks.append(task)
+        for listener in self.listeners:
+            await listener.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __repr__(self) -> str:
+        where = self.listeners[0].address if self.listeners else "not listening"
+        return f"<{type(self).__name__} {where}, {len(self._comms)} comms>"

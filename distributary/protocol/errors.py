@@ -1,0 +1,111 @@
+"""Exceptions as messages, so that a remote error is raised again where it is wanted.
+
+The exception and its traceback (as a tblib ``Traceback``) are pickled; the
+receiver gets the original exception type with the remote frames in its
+``__traceback__``. An exception that cannot be pickled (or unpickled) is replaced
+by a :class:`RemoteException` subclass carrying the original type name and message.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from types import TracebackType
+from typing import Any
+
+from tblib import Traceback
+
+from distributary.protocol.serialize import Serialize, deserialize, serialize
+
+__all__ = ["RemoteException", "error_message", "rebuild_exception", "remote_exception"]
+
+
+class RemoteException(Exception):
+    """Stands in for a remote exception that could not be transferred as itself.
+
+    Subclasses created by :func:`remote_exception` carry the original type name, so
+    that tracebacks read ``...RemoteException``-derived ``OriginalName: message``.
+    """
+
+    type_name = "RemoteException"
+
+    def __reduce__(self) -> tuple:
+        return (remote_exception, (self.type_name, str(self)))
+
+
+@functools.lru_cache(maxsize=256)
+def _remote_exception_type(type_name: str) -> type[RemoteException]:
+    return type(type_name, (RemoteException,), {"type_name": type_name, "__module__": __name__})
+
+
+def remote_exception(type_name: str, message: str) -> RemoteException:
+    """Make a picklable exception named ``type_name`` with ``message``."""
+    return _remote_exception_type(type_name)(message)
+
+
+def _safe_str(exc: BaseException, func: Any = str) -> str:
+    try:
+        return func(exc)
+    except Exception:
+        return f"<{type(exc).__name__}: unprintable>"
+
+
+def _transferable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a stand-in keeping its text."""
+    try:
+        if isinstance(serialize(exc).deserialize(), BaseException):
+            return exc
+    except Exception:
+        pass
+    return remote_exception(type(exc).__name__, _safe_str(exc))
+
+
+def _traceback_of(exc: BaseException) -> Traceback | None:
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    try:
+        wrapped = Traceback(tb)
+        serialize(wrapped)
+    except Exception:
+        return None
+    return wrapped
+
+
+def error_message(exc: BaseException) -> dict:
+    """Describe ``exc`` as an error reply that can always be serialized."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = _safe_str(exc, repr)
+    return {
+        "status": "error",
+        "exception": Serialize(_transferable(exc)),
+        "traceback": Serialize(_traceback_of(exc)),
+        "exception_text": _safe_str(exc, repr),
+        "traceback_text": text,
+    }
+
+
+def _as_traceback(tb: Any) -> TracebackType | None:
+    if isinstance(tb, Traceback):
+        return tb.as_traceback()
+    if isinstance(tb, TracebackType):
+        return tb
+    return None
+
+
+def rebuild_exception(msg: dict) -> BaseException:
+    """Return the exception of an error message, with the remote traceback attached."""
+    try:
+        exc = deserialize(msg["exception"])
+    except Exception:
+        exc = None
+    if not isinstance(exc, BaseException):
+        text = msg.get("exception_text") or "unknown remote error"
+        exc = remote_exception("RemoteException", str(text))
+    try:
+        tb = _as_traceback(deserialize(msg.get("traceback")))
+    except Exception:
+        tb = None
+    return exc.with_traceback(tb)

@@ -1,0 +1,82 @@
+"""Messages as frames: a msgpack header followed by out-of-band pickle frames.
+
+``frames[0]`` is the msgpack encoding of the message. Every :class:`Serialize`
+in the message is pickled (and every :class:`Serialized` passed through as is);
+its frames are appended after the header and the value is replaced in the header
+by a msgpack extension that names the slice of frames holding it. On the way in
+that extension becomes a :class:`Serialized` again, *not* the object: a process
+that only forwards a payload (the scheduler) never unpickles it.
+
+Arrays are decoded as tuples, so keys such as ``("x", 0, (1, 2))`` come back
+exactly, and map keys may be any hashable msgpack value.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgpack
+
+from distributary.protocol.serialize import Serialize, Serialized, serialize
+
+__all__ = ["ProtocolError", "dumps_message", "loads_message"]
+
+_EXT_SERIALIZED = 42
+# (index of the first frame, number of frames) of one serialized value
+_EXT_PAYLOAD = struct.Struct("<II")
+
+
+class ProtocolError(ValueError):
+    """The bytes received are not a valid message."""
+
+
+def dumps_message(msg: Any) -> list:
+    """Encode a message into a list of frames (one frame if nothing is pickled)."""
+    frames: list = [b""]
+
+    def encode_default(obj: object) -> msgpack.ExtType:
+        if isinstance(obj, Serialize):
+            obj = serialize(obj.obj)
+        elif not isinstance(obj, Serialized):
+            raise TypeError(
+                f"Cannot put an object of type {type(obj).__name__} in a message; "
+                "wrap it in Serialize to pickle it"
+            )
+        payload = _EXT_PAYLOAD.pack(len(frames), len(obj.frames))
+        frames.extend(obj.frames)
+        return msgpack.ExtType(_EXT_SERIALIZED, payload)
+
+    frames[0] = msgpack.packb(msg, use_bin_type=True, default=encode_default)
+    return frames
+
+
+def loads_message(frames: list) -> Any:
+    """Decode frames made by :func:`dumps_message`; raise ProtocolError if malformed."""
+    if not frames:
+        raise ProtocolError("A message needs at least one frame")
+    nframes = len(frames)
+
+    def decode_ext(code: int, data: bytes) -> Serialized:
+        if code != _EXT_SERIALIZED or len(data) != _EXT_PAYLOAD.size:
+            raise ProtocolError(f"Unknown msgpack extension type {code}")
+        start, count = _EXT_PAYLOAD.unpack(data)
+        if start < 1 or count < 1 or start + count > nframes:
+            raise ProtocolError(
+                f"Serialized value refers to frames {start}..{start + count - 1} "
+                f"of a {nframes}-frame message"
+            )
+        return Serialized(list(frames[start : start + count]))
+
+    try:
+        return msgpack.unpackb(
+            frames[0],
+            use_list=False,
+            strict_map_key=False,
+            raw=False,
+            ext_hook=decode_ext,
+        )
+    except ProtocolError:
+        raise
+    except Exception as err:
+        raise ProtocolError(f"Malformed message: {type(err).__name__}: {err}") from err

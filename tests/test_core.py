@@ -1,0 +1,542 @@
+"""Tests for distributary.core: Server, ConnectionPool and BatchedSend over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+import traceback
+from collections.abc import AsyncIterator
+
+import msgpack
+import pytest
+
+from distributary.comm import (
+    PROTOCOL_VERSION,
+    Comm,
+    CommClosedError,
+    connect,
+    get_address_host_port,
+    listen,
+)
+from distributary.core import BatchedSend, ConnectionPool, Server
+from distributary.protocol import RemoteException, rebuild_exception
+
+
+def run(coro, timeout: float = 30):
+    """Run a coroutine in a fresh event loop, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def until(predicate, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+def _divide(a: int, b: int) -> float:
+    return a / b
+
+
+async def _add(comm: Comm, msg: dict) -> int:
+    await asyncio.sleep(0)
+    return msg["a"] + msg["b"]
+
+
+def default_handlers() -> dict:
+    return {
+        "ping": lambda comm, msg: "pong",
+        "add": _add,
+        "divide": lambda comm, msg: _divide(msg["a"], msg["b"]),
+        "peer": lambda comm, msg: comm.peer_address,
+    }
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    handlers: dict | None = None, stream_handlers: dict | None = None, address: str = "tcp"
+) -> AsyncIterator[Server]:
+    server = Server(handlers if handlers is not None else default_handlers(), stream_handlers or {})
+    await server.listen("tcp://127.0.0.1:0" if address == "tcp" else address)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def pool_for(**kwargs) -> AsyncIterator[ConnectionPool]:
+    pool = ConnectionPool(**kwargs)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def frame_message(msg: object) -> bytes:
+    data = msgpack.packb(msg, use_bin_type=True)
+    return struct.pack("<QQ", 1, len(data)) + data
+
+
+# --- Server ---------------------------------------------------------------------
+
+
+def test_server_answers_sync_and_async_handlers():
+    async def main():
+        async with serving() as server, pool_for() as pool:
+            assert server.address.startswith("tcp://127.0.0.1:")
+            assert not server.closed
+            assert await pool.call(server.address, {"op": "ping"}) == "pong"
+            assert await pool.rpc(server.address).add(a=1, b=2) == 3
+            assert await pool.rpc(server.address).ping() == "pong"
+
+    run(main())
+
+
+def test_handler_error_reaches_caller_with_remote_traceback():
+    async def main():
+        async with serving() as server, pool_for() as pool:
+            with pytest.raises(ZeroDivisionError) as info:
+                await pool.rpc(server.address).divide(a=1, b=0)
+            names = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
+            assert "_divide" in names
+            # the comm that carried the error is healthy and reused
+            assert await pool.rpc(server.address).divide(a=1, b=2) == 0.5
+            assert pool.open == 1
+
+    run(main())
+
+
+def test_unknown_operation_and_bad_messages_get_error_replies():
+    async def main():
+        async with serving() as server, pool_for() as pool:
+            with pytest.raises(ValueError, match="Unknown operation 'nope'"):
+                await pool.call(server.address, {"op": "nope"})
+            with pytest.raises(ValueError, match="Unknown operation None"):
+                await pool.call(server.address, {"no-op": 1})
+            comm = await connect(server.address)
+            try:
+                await comm.write(["not", "a", "dict"])
+                reply = await comm.read()
+                assert reply["status"] == "error"
+                with pytest.raises(ValueError, match="not"):
+                    raise rebuild_exception(reply)
+                await comm.write({"op": "ping"})
+                assert await comm.read() == "pong"
+            finally:
+                await comm.close()
+
+    run(main())
+
+
+def test_no_reply_when_not_wanted():
+    async def main():
+        seen: list = []
+        handlers = {**default_handlers(), "note": lambda comm, msg: seen.append(msg["x"])}
+        async with serving(handlers) as server, pool_for() as pool:
+            assert await pool.call(server.address, {"op": "note", "x": 1, "reply": False}) is None
+            await until(lambda: seen == [1])
+            # no stray reply is waiting on the reused comm
+            assert await pool.call(server.address, {"op": "ping"}) == "pong"
+            assert pool.open == 1
+
+    run(main())
+
+
+def test_unencodable_result_becomes_error_reply():
+    async def main():
+        handlers = {**default_handlers(), "bad": lambda comm, msg: {1, 2, 3}}
+        async with serving(handlers) as server, pool_for() as pool:
+            with pytest.raises(TypeError, match="set"):
+                await pool.call(server.address, {"op": "bad"})
+            assert await pool.call(server.address, {"op": "ping"}) == "pong"
+
+    run(main())
+
+
+async def _send_raw(address: str, data: bytes) -> bytes:
+    """Send raw bytes to a server and return what it sends back before closing."""
+    host, port = get_address_host_port(address)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "after_handshake",
+    [
+        struct.pack("<QQ", 1, 4) + b"\xc1\xc1\xc1\xc1",  # framing fine, msgpack garbage
+        struct.pack("<QQ", 1, 2**60),  # a frame no one could allocate
+        b"\xff" * 64,  # garbage framing
+    ],
+)
+def test_malformed_input_drops_connection_and_server_survives(after_handshake, caplog):
+    async def main():
+        async with serving() as server, pool_for() as pool:
+            handshake = frame_message({"distributary": PROTOCOL_VERSION})
+            await _send_raw(server.address, handshake + after_handshake)  # returns at EOF
+            await _send_raw(server.address, b"GET / HTTP/1.1\r\n\r\n" * 10)
+            assert await pool.call(server.address, {"op": "ping"}) == "pong"
+
+    with caplog.at_level(logging.WARNING, logger="distributary.comm"):
+        run(main())
+    assert "Closing the connection" in caplog.text or "Malformed" in caplog.text
+
+
+def test_handle_stream_dispatches_batches():
+    async def main():
+        seen: list = []
+        closed = asyncio.Event()
+
+        async def record_async(msg: dict) -> None:
+            await asyncio.sleep(0)
+            seen.append(("async", msg["i"]))
+
+        def fail(msg: dict) -> None:
+            raise RuntimeError("stream handler failed")
+
+        async def stream(comm: Comm, msg: dict) -> None:
+            await server.handle_stream(comm, on_close=closed.set)
+
+        stream_handlers = {
+            "record": lambda msg: seen.append(("sync", msg["i"])),
+            "record-async": record_async,
+            "fail": fail,
+        }
+        async with serving({"stream": stream}, stream_handlers) as server:
+            comm = await connect(server.address)
+            await comm.write({"op": "stream", "reply": False})
+            await comm.write({"op": "record", "i": 0})
+            await comm.write(
+                [
+                    {"op": "record-async", "i": 1},
+                    {"op": "fail"},
+                    {"op": "unknown-op"},
+                    "not a dict",
+                    {"op": "record", "i": 2},
+                ]
+            )
+            await until(lambda: len(seen) == 3)
+            assert seen == [("sync", 0), ("async", 1), ("sync", 2)]
+            assert not closed.is_set()
+            await comm.close()
+            await asyncio.wait_for(closed.wait(), 5)
+
+    run(main())
+
+
+def test_stream_handler_errors_are_logged(caplog):
+    async def main():
+        async def stream(comm: Comm, msg: dict) -> None:
+            await server.handle_stream(comm)
+
+        def fail(msg: dict) -> None:
+            raise RuntimeError("stream handler failed")
+
+        seen: list = []
+        async with serving({"stream": stream}, {"fail": fail, "ok": seen.append}) as server:
+            comm = await connect(server.address)
+            await comm.write({"op": "stream", "reply": False})
+            await comm.write([{"op": "fail"}, {"op": "ok"}])
+            await until(lambda: len(seen) == 1)
+            await comm.close()
+
+    with caplog.at_level(logging.ERROR, logger="distributary.core"):
+        run(main())
+    assert "Error in stream handler 'fail'" in caplog.text
+
+
+def test_server_close_aborts_comms_and_is_idempotent():
+    async def main():
+        never = asyncio.Event()
+        started = asyncio.Event()
+
+        async def hang(comm: Comm, msg: dict) -> None:
+            started.set()
+            await never.wait()
+
+        server = Server({"hang": hang, **default_handlers()}, {})
+        await server.listen("tcp://127.0.0.1:0")
+        address = server.address
+        async with pool_for() as pool:
+            call = asyncio.ensure_future(pool.call(address, {"op": "hang"}))
+            await asyncio.wait_for(started.wait(), 5)
+            await server.close()
+            assert server.closed
+            with pytest.raises(CommClosedError):
+                await asyncio.wait_for(call, 5)
+            await server.close()
+            with pytest.raises(OSError):
+                await connect(address, timeout=0.3)
+            assert pool.open == 0
+
+    run(main())
+
+
+def test_server_close_from_a_handler():
+    async def main():
+        async def shutdown(comm: Comm, msg: dict) -> str:
+            await server.close()
+            return "bye"
+
+        server = Server({"shutdown": shutdown}, {})
+        await server.listen("tcp://127.0.0.1:0")
+        async with pool_for() as pool:
+            with pytest.raises(CommClosedError):
+                await pool.call(server.address, {"op": "shutdown"})
+        assert server.closed
+
+    run(main())
+
+
+def test_server_listens_on_several_addresses():
+    async def main():
+        async with serving() as server, pool_for() as pool:
+            await server.listen("inproc://")
+            assert len(server.listeners) == 2
+            for listener in server.listeners:
+                assert await pool.call(listener.address, {"op": "ping"}) == "pong"
+
+    run(main())
+
+
+# --- ConnectionPool -----------------------------------------------------------------
+
+
+def test_pool_reuses_comms():
+    async def main():
+        async with serving() as server, pool_for() as pool:
+            peers = {await pool.rpc(server.address).peer() for _ in range(20)}
+            assert len(peers) == 1
+            assert pool.open == 1 and pool.active == 0
+            # "host:port" and "tcp://host:port" share comms
+            host, port = get_address_host_port(server.address)
+            assert await pool.rpc(f"{host}:{port}").peer() in peers
+
+    run(main())
+
+
+def test_pool_opens_comms_for_concurrent_calls_within_limit():
+    async def main():
+        release = asyncio.Event()
+        inside: list = []
+
+        async def wait(comm: Comm, msg: dict) -> int:
+            inside.append(msg["i"])
+            await release.wait()
+            return msg["i"]
+
+        async with serving({"wait": wait}) as server, pool_for(limit=3) as pool:
+            calls = [asyncio.ensure_future(pool.rpc(server.address).wait(i=i)) for i in range(10)]
+            await until(lambda: len(inside) == 3)
+            assert pool.open == 3 and pool.active == 3
+            release.set()
+            assert sorted(await asyncio.gather(*calls)) == list(range(10))
+            assert pool.open <= 3
+
+    run(main())
+
+
+def test_pool_limit_evicts_idle_comms_to_other_addresses():
+    async def main():
+        async with serving() as a, serving() as b, pool_for(limit=1) as pool:
+            for _ in range(3):
+                assert await pool.call(a.address, {"op": "ping"}) == "pong"
+                assert await pool.call(b.address, {"op": "ping"}) == "pong"
+                assert pool.open == 1
+
+    run(main())
+
+
+def test_pool_cancelled_call_does_not_return_comm():
+    async def main():
+        started = asyncio.Event()
+
+        async def slow(comm: Comm, msg: dict) -> str:
+            started.set()
+            await asyncio.sleep(60)
+            return "late"
+
+        handlers = {"slow": slow, "ping": lambda c, m: "pong"}
+        async with serving(handlers) as server, pool_for() as pool:
+            call = asyncio.ensure_future(pool.call(server.address, {"op": "slow"}))
+            await asyncio.wait_for(started.wait(), 5)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert pool.open == 0 and pool.active == 0
+            with pytest.raises(asyncio.TimeoutError):
+                await pool.call(server.address, {"op": "slow"}, timeout=0.1)
+            assert pool.open == 0
+            assert await pool.call(server.address, {"op": "ping"}) == "pong"
+            assert pool.open == 1
+
+    run(main())
+
+
+def test_pool_connect_failure_and_timeout():
+    async def main():
+        async with pool_for(timeout=0.3) as pool:
+            start = time.monotonic()
+            with pytest.raises(OSError):
+                await pool.call("tcp://127.0.0.1:1", {"op": "ping"})
+            assert time.monotonic() - start < 1.3
+            assert pool.open == 0
+
+    run(main())
+
+
+def test_pool_remove_and_close():
+    async def main():
+        async with serving() as server:
+            pool = ConnectionPool()
+            await pool.call(server.address, {"op": "ping"})
+            assert pool.open == 1
+            pool.remove(server.address)
+            assert pool.open == 0
+            comm = await pool.connect(server.address)
+            pool.reuse(server.address, comm)
+            await pool.close()
+            assert comm.closed() and pool.open == 0
+            with pytest.raises(CommClosedError):
+                await pool.call(server.address, {"op": "ping"})
+
+    run(main())
+
+
+def test_rebuilt_error_for_untransferable_exception():
+    class Weird(Exception):
+        def __init__(self, a, b):
+            super().__init__(f"{a}-{b}")
+
+    def weird(comm: Comm, msg: dict) -> None:
+        raise Weird(1, 2)
+
+    async def main():
+        async with serving({"weird": weird}) as server, pool_for() as pool:
+            with pytest.raises(RemoteException, match="1-2") as info:
+                await pool.call(server.address, {"op": "weird"})
+            assert type(info.value).__name__ == "Weird"
+
+    run(main())
+
+
+# --- BatchedSend --------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def batched_pair(interval: float = 0.0) -> AsyncIterator[tuple[BatchedSend, list]]:
+    """A BatchedSend to a listener that records every message it receives."""
+    received: list = []
+    accepted: list[Comm] = []
+
+    async def handle(comm: Comm) -> None:
+        accepted.append(comm)
+        try:
+            while True:
+                received.append(await comm.read())
+        except CommClosedError:
+            pass
+
+    listener = await listen("tcp://127.0.0.1:0", handle)
+    comm = await connect(listener.address)
+    stream = BatchedSend(comm, interval=interval)
+    try:
+        yield stream, received
+    finally:
+        stream.abort()
+        await listener.close()
+        for c in accepted:
+            c.abort()
+
+
+def test_batched_send_coalesces_one_loop_turn_into_one_message():
+    async def main():
+        async with batched_pair() as (stream, received):
+            tasks_before = len(asyncio.all_tasks())
+            for i in range(100):
+                stream.send({"op": "x", "i": i})
+            assert len(asyncio.all_tasks()) <= tasks_before + 1  # one flusher, not one per send
+            await until(lambda: received)
+            assert len(received) == 1
+            assert [m["i"] for m in received[0]] == list(range(100))
+
+    run(main())
+
+
+def test_batched_send_preserves_order_across_batches():
+    async def main():
+        async with batched_pair() as (stream, received):
+            n = 0
+            for burst in range(50):
+                stream.send(*({"i": n + j} for j in range(burst % 7 + 1)))
+                n += burst % 7 + 1
+                if burst % 3 == 0:
+                    await asyncio.sleep(0)
+            await until(lambda: sum(len(batch) for batch in received) == n)
+            flat = [m["i"] for batch in received for m in batch]
+            assert flat == list(range(n))
+            assert len(received) < 50
+
+    run(main())
+
+
+def test_batched_send_interval_groups_sends():
+    async def main():
+        async with batched_pair(interval=0.05) as (stream, received):
+            for i in range(10):
+                stream.send({"i": i})
+                await asyncio.sleep(0.002)
+            await until(lambda: sum(len(batch) for batch in received) == 10)
+            assert len(received) < 10
+            assert [m["i"] for batch in received for m in batch] == list(range(10))
+
+    run(main())
+
+
+def test_batched_send_close_flushes_then_refuses():
+    async def main():
+        async with batched_pair() as (stream, received):
+            stream.send({"i": 0}, {"i": 1})
+            await stream.close()
+            assert stream.closed() and stream.comm.closed()
+            with pytest.raises(CommClosedError):
+                stream.send({"i": 2})
+            await until(lambda: received)
+            assert [m["i"] for m in received[0]] == [0, 1]
+
+    run(main())
+
+
+def test_batched_send_detects_closed_comm():
+    async def main():
+        async with batched_pair() as (stream, received):
+            stream.send({"i": 0})
+            await until(lambda: received)
+            stream.comm.abort()
+            assert stream.closed()
+            with pytest.raises(CommClosedError):
+                stream.send({"i": 1})
+
+    run(main())
+
+
+def test_batched_send_drops_only_unencodable_messages(caplog):
+    async def main():
+        async with batched_pair() as (stream, received):
+            stream.send({"i": 0}, {"i": {1, 2}}, {"i": 2})
+            await until(lambda: sum(len(batch) for batch in received) == 2)
+            assert [m["i"] for batch in received for m in batch] == [0, 2]
+            assert not stream.closed()
+
+    with caplog.at_level(logging.ERROR, logger="distributary.core"):
+        run(main())
+    assert "Dropping a message" in caplog.text
