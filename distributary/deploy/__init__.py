@@ -1,0 +1,5 @@
+"""Deploying clusters: LocalCluster."""
+
+from distributary.deploy.local import LocalCluster
+
+__all__ = ["LocalCluster"]
