@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from asyncio import TimeoutError as _AsyncioTimeoutError
+import builtins
 from concurrent.futures import CancelledError
 
 __all__ = [
@@ -14,7 +14,8 @@ __all__ = [
     "TimeoutError",
 ]
 
-TimeoutError = _AsyncioTimeoutError  # the builtin TimeoutError on Python >= 3.11
+# The builtin; asyncio.TimeoutError is the same class from Python 3.11 on.
+TimeoutError = builtins.TimeoutError
 
 
 class FutureCancelledError(CancelledError):

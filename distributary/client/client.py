@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -34,14 +35,22 @@ logger = logging.getLogger("distributary.client")
 register_reference_type(Future)
 
 _default_client: Client | None = None
+# Every client that was made the default, by age: when the default closes, the most
+# recent one still running takes over (as in dask.distributed).
+_default_clients: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
+_default_counter = itertools.count()
 _stimulus_counter = itertools.count()
 
 
 def default_client() -> Client:
     """The client that ``dask.compute`` and friends use, or ValueError if none."""
-    if _default_client is None or _default_client.status == "closed":
-        raise ValueError("No clients found. Start a client with Client(...) first")
-    return _default_client
+    client = _default_client
+    if client is None or client.status == "closed":
+        running = [c for _, c in sorted(_default_clients.items()) if c.status == "running"]
+        if not running:
+            raise ValueError("No clients found. Start a client with Client(...) first")
+        client = running[-1]
+    return client
 
 
 def _stimulus(name: str) -> str:
@@ -82,9 +91,9 @@ class Client:
         )
         self.futures: dict[Any, FutureState] = {}
         self._refcount: dict[Any, int] = {}
-        self._ref_lock = threading.Lock()
-        self._to_release: list = []
-        self._release_scheduled = False
+        self._ref_lock = threading.RLock()  # Future.__del__ may run inside the lock (GC)
+        self._outbox: list = []  # messages (dicts) and released keys, in order
+        self._flush_scheduled = False
         self._batched: BatchedSend | None = None
         self._stream_task: asyncio.Task | None = None
         self.pool = ConnectionPool(limit=connection_limit, role="client")
@@ -156,6 +165,7 @@ class Client:
         self.status = "running"
         if self._set_as_default:
             _default_client = self
+            _default_clients[next(_default_counter)] = self
 
     def __await__(self):
         return self._start().__await__()
@@ -275,16 +285,50 @@ class Client:
             state.reset()
 
     def _send(self, msg: dict) -> None:
-        """Send a message on the scheduler stream, from any thread."""
+        """Send a message on the scheduler stream, from any thread, in order."""
         self._check_open()
-        if _in_loop(self.loop):
-            self._batched.send(msg)
-        else:
-            self.loop.call_soon_threadsafe(self._send_now, msg)
+        self._enqueue(msg)
 
-    def _send_now(self, msg: dict) -> None:
+    def _enqueue(self, item: Any) -> None:
+        # One ordered outbox for graphs and releases alike: a release must never overtake
+        # a graph sent before it that depends on the released key.
+        with self._ref_lock:
+            self._outbox.append(item)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        if _in_loop(self.loop):
+            self.loop.call_soon(self._flush_outbox)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._flush_outbox)
+            except RuntimeError:
+                pass  # the loop is closed: the scheduler drops this client's keys anyway
+
+    def _flush_outbox(self) -> None:
+        with self._ref_lock:
+            items = list(self._outbox)
+            self._outbox.clear()
+            self._flush_scheduled = False
+            releases: list = []
+            msgs: list[dict] = []
+            for item in items:
+                if isinstance(item, dict):
+                    if releases:
+                        msgs.append(self._release_message(releases))
+                        releases = []
+                    msgs.append(item)
+                elif item not in self._refcount:  # not wanted again since
+                    releases.append(item)
+            if releases:
+                msgs.append(self._release_message(releases))
         if self._batched is not None and not self._batched.closed():
-            self._batched.send(msg)
+            self._batched.send(*msgs)
+
+    def _release_message(self, keys: list) -> dict:
+        for key in keys:
+            self.futures.pop(key, None)
+        return {"op": "client-releases-keys", "keys": keys, "stimulus_id": _stimulus("release")}
 
     # ------------------------------------------------------------------ reference counting
 
@@ -305,26 +349,8 @@ class Client:
                 self._refcount[key] = count
                 return
             self._refcount.pop(key, None)
-            self._to_release.append(key)
-            if self._release_scheduled or self.status != "running":
-                return
-            self._release_scheduled = True
-        try:
-            self.loop.call_soon_threadsafe(self._flush_releases)
-        except RuntimeError:
-            pass  # the loop is closed: the scheduler drops this client's keys anyway
-
-    def _flush_releases(self) -> None:
-        with self._ref_lock:
-            keys = [k for k in self._to_release if k not in self._refcount]
-            self._to_release.clear()
-            self._release_scheduled = False
-        for key in keys:
-            self.futures.pop(key, None)
-        if keys and self._batched is not None and not self._batched.closed():
-            self._batched.send(
-                {"op": "client-releases-keys", "keys": keys, "stimulus_id": _stimulus("release")}
-            )
+        if self.status == "running":
+            self._enqueue(key)
 
     # ------------------------------------------------------------------ submit and map
 
@@ -524,9 +550,8 @@ class Client:
 
         A list gives a list of futures, a dict a dict, a single object one future.
         """
-        return self.sync(
-            self._scatter, data, workers=workers, broadcast=broadcast, hash=hash, timeout=timeout
-        )
+        # positionally: ``timeout=`` would be taken by ``sync`` itself
+        return self.sync(self._scatter, data, workers, broadcast, hash, timeout)
 
     async def _scatter(
         self, data: Any, workers: Any, broadcast: bool, hash: bool, timeout: Any

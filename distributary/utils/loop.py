@@ -85,6 +85,8 @@ def sync(
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
+        if future.done():  # the awaitable itself raised TimeoutError (or just finished)
+            return future.result()
         future.cancel()
         raise TimeoutError(f"Operation did not finish within {timeout} s") from None
 

@@ -89,6 +89,17 @@ class GatherDepFailure(WorkerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class GatherDepError(WorkerEvent):
+    """A peer answered, but its data for these keys cannot be had: it could not be
+    serialized there, or deserialized here.  The tasks waiting for them fail with
+    ``error`` (an error message: exception, traceback and their texts)."""
+
+    worker: str
+    keys: tuple
+    error: dict
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateData(WorkerEvent):
     """Data put here directly (scatter, or a replica pushed by a peer)."""
 

@@ -235,10 +235,14 @@ class Worker(ServerNode):
             finally:
                 set_task_context(None)
 
+        def done(f: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(self._task_done, key, run_id, f)
+            except RuntimeError:
+                pass  # the loop closed while the task ran: nobody is left to tell
+
         future = self.executor.submit(run)
-        future.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._task_done, key, run_id, f)
-        )
+        future.add_done_callback(done)
 
     def _task_done(self, key: Any, run_id: int, future: Any) -> None:
         if self.status != "running":
@@ -272,6 +276,11 @@ class Worker(ServerNode):
 
     def secede_current_task(self, key: Any) -> None:
         """Called from a task's thread: that task stops counting against the thread pool."""
+        if self._own_executor:
+            # The seceded task keeps its thread: let the pool start one more for the
+            # tasks the state machine now sends (idle threads are reused first).
+            with self.executor._shutdown_lock:
+                self.executor._max_workers += 1
         self.loop.call_soon_threadsafe(self._handle, ev.Secede(f"secede-{key}", key))
 
     async def _gather_dep(self, instruction: ins.GatherDep) -> None:
@@ -286,6 +295,12 @@ class Worker(ServerNode):
                         instruction.worker, exc)
             event: ev.WorkerEvent = ev.GatherDepFailure(
                 stimulus_id, instruction.worker, instruction.keys
+            )
+        except Exception as exc:  # the peer's data cannot be serialized or deserialized
+            logger.warning("Could not get %d keys from %s: %r", len(instruction.keys),
+                           instruction.worker, exc)
+            event = ev.GatherDepError(
+                stimulus_id, instruction.worker, instruction.keys, error_message(exc)
             )
         else:
             nbytes = {key: sizeof(value) for key, value in data.items()}

@@ -111,6 +111,7 @@ class WorkerState:
             ev.Secede: self._handle_secede,
             ev.GatherDepSuccess: self._handle_gather_success,
             ev.GatherDepFailure: self._handle_gather_failure,
+            ev.GatherDepError: self._handle_gather_error,
             ev.UpdateData: self._handle_update_data,
             ev.PauseChange: self._handle_pause_change,
         }
@@ -321,6 +322,35 @@ class WorkerState:
             ts = self.tasks.get(key)
             if ts is not None and ts in peers_tasks:
                 recs.update(self._lost_holder(ts, event.worker, event.stimulus_id))
+        return recs
+
+    def _handle_gather_error(self, event: ev.GatherDepError) -> Recs:
+        recs: Recs = {}
+        peers_tasks = self.in_flight_peers.pop(event.worker, set())
+        error = event.error
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts not in peers_tasks:
+                continue
+            ts.coming_from = None
+            recs[key] = "released"
+            if ts.state == "cancelled":
+                continue
+            for dependent in list(ts.dependents):
+                if dependent.state == "waiting":
+                    self._out.append(
+                        ins.TaskErredMsg(
+                            event.stimulus_id,
+                            dependent.key,
+                            dependent.run_id,
+                            error["exception"],
+                            error["traceback"],
+                            error["exception_text"],
+                            error["traceback_text"],
+                        )
+                    )
+                    dependent.run_id = 0
+                    recs[dependent.key] = "forgotten"
         return recs
 
     def _lost_holder(self, ts: WorkerTask, worker: str, stimulus_id: str) -> Recs:

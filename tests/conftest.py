@@ -1,0 +1,108 @@
+"""Shared test helpers: an in-process cluster for async tests, and a leak check.
+
+``@gen_cluster()`` runs ``async def test(c, s, *workers)`` in ``asyncio.run`` with a
+real Scheduler, Workers and an asynchronous Client.  The autouse ``check_leaks``
+fixture fails a test that leaves threads, the client's event-loop thread or child
+processes behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+import pytest
+
+from distributary import Client, LocalCluster, Scheduler, Worker
+
+LEAK_DEADLINE = 5.0
+
+
+def poll(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.005) -> None:
+    """Wait until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+async def apoll(predicate: Callable[[], object], timeout: float = 10.0) -> None:
+    """``poll`` for coroutines: yields to the event loop between checks."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        await asyncio.sleep(0.005)
+
+
+def gen_cluster(nthreads: tuple = (1, 1), protocols: tuple = ("tcp",), timeout: float = 30):
+    """Decorate ``async def test(c, s, *workers)``: run it against a fresh cluster.
+
+    The test runs once per transport in ``protocols`` (``"tcp"``, ``"inproc"``).
+    """
+
+    def decorator(fn):
+        @pytest.mark.parametrize("protocol", protocols)
+        def test(protocol: str) -> None:
+            async def main() -> None:
+                async with Scheduler(protocol=protocol) as s:
+                    workers = []
+                    try:
+                        for n in nthreads:
+                            workers.append(await Worker(s.address, nthreads=n))
+                        async with Client(s.address, asynchronous=True) as c:
+                            await asyncio.wait_for(fn(c, s, *workers), timeout)
+                    finally:
+                        for w in workers:
+                            await w.close()
+
+            asyncio.run(main())
+
+        test.__name__ = fn.__name__
+        test.__qualname__ = fn.__qualname__
+        test.__module__ = fn.__module__
+        test.__doc__ = fn.__doc__
+        return test
+
+    return decorator
+
+
+def _leaks(before: set[int]) -> list[str]:
+    found = [
+        f"thread {t.name!r}"
+        for t in threading.enumerate()
+        if t.is_alive()
+        and (t.name == "distributary-loop" or (not t.daemon and t.ident not in before))
+    ]
+    found += [f"child process {p.pid}" for p in psutil.Process().children(recursive=True)]
+    return found
+
+
+@pytest.fixture
+def cluster():
+    """A blocking LocalCluster with two single-threaded in-process workers."""
+    with LocalCluster(processes=False, n_workers=2, threads_per_worker=1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def c(cluster):
+    """A blocking Client of ``cluster``."""
+    with Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(autouse=True)
+def check_leaks():
+    """After each test: no new non-daemon threads, no loop thread, no child processes."""
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    deadline = time.monotonic() + LEAK_DEADLINE
+    while leaks := _leaks(before):
+        if time.monotonic() > deadline:
+            pytest.fail(f"leaked after the test: {', '.join(leaks)}")
+        time.sleep(0.01)
