@@ -123,7 +123,7 @@ class SchedulerState:
         """Apply events in order; return the instructions they produce."""
         for event in events:
             recs = self._handlers[type(event)](event)
-            if recs:
+            if recs or (self._queue and self.idle):
                 self._run(recs, event.stimulus_id)
             if self.validate_each_step:
                 self.validate()
@@ -137,12 +137,22 @@ class SchedulerState:
 
     def _run(self, recs: Recs, stimulus_id: str) -> None:
         tasks = self.tasks
-        while recs:
-            key, finish = recs.popitem()
-            ts = tasks.get(key)
-            if ts is None or ts.state == finish:
-                continue
-            recs.update(self._transition(ts, finish, stimulus_id))
+        while True:
+            while recs:
+                key, finish = recs.popitem()
+                ts = tasks.get(key)
+                if ts is None or ts.state == finish:
+                    continue
+                recs.update(self._transition(ts, finish, stimulus_id))
+            # A slot counted for a queued task that did not start there (it was released,
+            # or placed on another worker) is filled now: queued tasks never wait while a
+            # worker has room.  Usually one of the two is empty.
+            if not (self._queue and self.idle):
+                return
+            for ws in list(self.idle.values()):
+                recs.update(self._fill_slots(ws))
+            if not recs:
+                return
 
     def _transition(self, ts: TaskRecord, finish: str, stimulus_id: str) -> Recs:
         start = ts.state
@@ -291,16 +301,23 @@ class SchedulerState:
             if ts in seen or ts.state != "erred":
                 continue
             seen.add(ts)
-            recs[ts.key] = "waiting"
-            stack.extend(ts.dependencies)
+            erred_deps = [dep for dep in ts.dependencies if dep.state == "erred"]
+            if erred_deps:
+                stack.extend(erred_deps)
+            else:  # a root cause: its erred dependents follow it from erred -> released
+                recs[ts.key] = "waiting"
         return recs
 
     def _handle_scatter_data(self, event: ev.ScatterData) -> Recs:
         cs = self._client(event.client) if event.client else None
+        recs: Recs = {}
         for key, addresses in event.who_has.items():
             ts = self.tasks.get(key)
             if ts is None:
                 ts = self.tasks[key] = TaskRecord(key, key_split(key))
+            elif ts.state == "erred":  # scattered again after its data was lost
+                recs.update(self._transition(ts, "released", event.stimulus_id))
+                recs.pop(key, None)
             ts.nbytes = event.nbytes.get(key, 0)
             ts.type = event.types.get(key, "")
             for address in addresses:
@@ -313,7 +330,9 @@ class SchedulerState:
             if cs is not None:
                 ts.who_wants.add(cs.client_id)
                 cs.wants_what.add(ts)
-        return {}
+            if ts.state == "released" and self._is_needed(ts):  # its workers are gone
+                recs[key] = "waiting"
+        return recs
 
     # ------------------------------------------------------------------ workers
 
@@ -516,9 +535,13 @@ class SchedulerState:
         queue = self._queue
         while queue and free > 0:
             _, _, ts = heapq.heappop(queue)
-            if ts.state == "queued" and ts.key not in recs:
+            if ts.state != "queued" or ts.key in recs:
+                continue
+            if self._is_needed(ts):
                 recs[ts.key] = "processing"
                 free -= 1
+            else:  # nobody wants it any more (its release may be pending): do not start it
+                recs[ts.key] = "released"
         return recs
 
     def _is_needed(self, ts: TaskRecord) -> bool:
@@ -613,7 +636,7 @@ class SchedulerState:
             if dep.state == "erred":
                 ts.exception_blame = dep.exception_blame or dep
                 recs[ts.key] = "erred"
-            elif dep.state != "memory":
+            elif dep.state != "memory" or not dep.who_has:  # (lost: its release is pending)
                 ts.waiting_on.add(dep)
                 if dep.state == "released":
                     recs[dep.key] = "waiting"
@@ -706,7 +729,8 @@ class SchedulerState:
                 recs[dependent.key] = "erred"
         for client in ts.who_wants:
             self._out.append(self._erred_instruction(ts, client, stimulus_id))
-        if self._drop_fire_and_forget(ts) and not self._is_needed(ts) and not ts.dependents:
+        self._drop_fire_and_forget(ts)
+        if not self._is_needed(ts) and not ts.dependents:  # nobody will ask for the error
             recs[ts.key] = "forgotten"
         return recs
 
@@ -798,10 +822,12 @@ class SchedulerState:
     def _erred_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
         recs: Recs = {}
         ts.state = "released"
-        ts.exception = ts.traceback = ts.exception_blame = None
-        ts.exception_text = ""
+        # The exception stays: dependents still erred may blame this task.
+        ts.exception_blame = None
         for dependent in ts.dependents:
-            if dependent.state == "erred":
+            if dependent.state == "erred" and not any(
+                dep.state == "erred" for dep in dependent.dependencies
+            ):
                 recs[dependent.key] = "released"
         self._after_release(ts, recs)
         return recs
@@ -850,6 +876,8 @@ class SchedulerState:
             if ts.state in ("waiting", "queued", "no-worker", "processing"):
                 for dep in ts.dependencies:
                     assert ts in dep.waiters, (ts, dep)
+            if ts.state == "queued":
+                assert not self.idle, (ts, self.idle)  # no queued task while a worker has room
         for ws in self.workers.values():
             for ts in ws.processing:
                 assert ts.processing_on is ws, (ws, ts)
