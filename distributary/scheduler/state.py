@@ -594,10 +594,14 @@ class SchedulerState:
         valid = self._valid_workers(ts)
         candidates: Iterable[WorkerRecord]
         if ts.dependencies and (valid is None or ts.loose_restrictions):
-            candidates = {ws for dep in ts.dependencies for ws in dep.who_has}
-            candidates = [ws for ws in candidates if ws.status == "running"]
+            holders = {ws for dep in ts.dependencies for ws in dep.who_has}
+            candidates = [ws for ws in holders if ws.status == "running"]
+            for ws in self.idle.values():  # one idle worker competes with the holders
+                if ws not in holders:
+                    candidates.append(ws)
+                break
             if not candidates:
-                candidates = list(self.idle.values()) or self.workers.values()
+                candidates = self.workers.values()
         elif valid is None:
             candidates = list(self.idle.values()) or self.workers.values()
         else:
