@@ -78,8 +78,29 @@ def _leaks(before: set[int]) -> list[str]:
         if t.is_alive()
         and (t.name == "distributary-loop" or (not t.daemon and t.ident not in before))
     ]
-    found += [f"child process {p.pid}" for p in psutil.Process().children(recursive=True)]
+    found += [f"child process {p.pid}" for p in children()]
     return found
+
+
+def children() -> list[psutil.Process]:
+    """This process's children, except multiprocessing's resource tracker, a helper that
+    the first spawned process starts and that lives as long as the test session."""
+    result = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                result.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return result
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.fixture

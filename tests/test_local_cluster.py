@@ -10,61 +10,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import psutil
 import pytest
+from conftest import children, gone, poll
 
 from distributary import LocalCluster, Nanny, Worker
 from distributary.deploy.local import _workers_and_threads
 from distributary.nanny import cpu_count
-
-
-def children() -> list[psutil.Process]:
-    """Our child processes, except multiprocessing's resource tracker."""
-    result = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                result.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return result
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 10, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out waiting for {message}")
-        time.sleep(0.01)
-
-
-@pytest.fixture(autouse=True)
-def check_leaks():
-    """Replaces conftest's check here: no new thread, no child process except
-    multiprocessing's resource tracker, which ``stop_resource_tracker`` stops."""
-    threads = set(threading.enumerate())
-    yield
-    wait_until(lambda: not children(), message="child processes to exit")
-    wait_until(lambda: set(threading.enumerate()) <= threads, message="threads to stop")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def stop_resource_tracker():
-    """Spawning starts the stdlib's resource tracker, a helper process that lives as
-    long as this one; stop it so that later tests see no child process."""
-    yield
-    from multiprocessing import resource_tracker
-
-    resource_tracker._resource_tracker._stop()
 
 
 def registered(cluster: LocalCluster) -> dict:
@@ -129,7 +82,7 @@ def test_scale_blocking():
         assert sorted(registered(cluster)) == [0, 1, 2]
         cluster.scale(1)
         assert sorted(cluster.workers) == [0]
-        wait_until(lambda: sorted(registered(cluster)) == [0])
+        poll(lambda: sorted(registered(cluster)) == [0])
         cluster.scale(cores=2)
         assert sorted(cluster.workers) == [0, 3]
         cluster.wait_for_workers(2, timeout=5)
@@ -147,7 +100,7 @@ def test_scale_processes():
         second = cluster.workers[1].process.pid
         cluster.scale(1)
         assert gone(second) and not gone(first)
-        wait_until(lambda: sorted(registered(cluster)) == [0])
+        poll(lambda: sorted(registered(cluster)) == [0])
 
 
 def test_asynchronous_threads():
@@ -215,7 +168,7 @@ def test_forgotten_cluster_is_closed_when_collected():
     assert any(t.name == "distributary-loop" for t in threading.enumerate())
     del cluster
     gc.collect()
-    wait_until(lambda: not any(t.name == "distributary-loop" for t in threading.enumerate()))
+    poll(lambda: not any(t.name == "distributary-loop" for t in threading.enumerate()))
 
 
 def test_forgotten_cluster_is_closed_at_exit():
@@ -234,4 +187,4 @@ def test_forgotten_cluster_is_closed_at_exit():
     assert proc.returncode == 0, proc.stderr
     pids = [int(pid) for pid in proc.stdout.split()]
     assert len(pids) == 2
-    wait_until(lambda: all(gone(pid) for pid in pids), message="worker processes to exit")
+    poll(lambda: all(gone(pid) for pid in pids))

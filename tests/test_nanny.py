@@ -7,71 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import dask.config
 import psutil
 import pytest
+from conftest import apoll, children, gone, poll
 
 from distributary.core import ConnectionPool
 from distributary.nanny import Nanny
 from distributary.scheduler.server import Scheduler
-
-
-def children() -> list[psutil.Process]:
-    """Our child processes, except multiprocessing's resource tracker."""
-    result = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                result.append(child)
-        except psutil.NoSuchProcess:
-            pass
-    return result
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_until(predicate, timeout: float = 10, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out waiting for {message}")
-        time.sleep(0.01)
-
-
-async def async_wait_until(predicate, timeout: float = 10, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out waiting for {message}")
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture(autouse=True)
-def check_leaks():
-    """Replaces conftest's check here: no new thread, no child process except
-    multiprocessing's resource tracker, which ``stop_resource_tracker`` stops."""
-    threads = set(threading.enumerate())
-    yield
-    wait_until(lambda: not children(), message="child processes to exit")
-    wait_until(lambda: set(threading.enumerate()) <= threads, message="threads to stop")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def stop_resource_tracker():
-    """Spawning starts the stdlib's resource tracker, a helper process that lives as
-    long as this one; stop it so that later tests see no child process."""
-    yield
-    from multiprocessing import resource_tracker
-
-    resource_tracker._resource_tracker._stop()
 
 
 class ExitingWorker:
@@ -87,7 +32,7 @@ def test_worker_runs_in_another_process_and_registers():
             with dask.config.set({"distributed.nanny.environ": {"DISTRIBUTARY_CONFIG_VAR": 1}}):
                 nanny = Nanny(s.address, nthreads=2, name="n1", env={"DISTRIBUTARY_TEST_VAR": "x"})
             async with nanny as n:
-                await async_wait_until(lambda: len(s.state.workers) == 1)
+                await apoll(lambda: len(s.state.workers) == 1)
                 ws = s.state.workers[n.worker_address]
                 assert ws.name == "n1"
                 assert ws.nanny == n.address
@@ -116,20 +61,20 @@ def test_kill_instantiate_restart():
             assert await n.kill() == "OK"
             assert n.process is None and n.worker_address is None
             assert gone(first_pid)
-            await async_wait_until(lambda: not s.state.workers, message="worker removal")
+            await apoll(lambda: not s.state.workers)
             assert await n.kill() == "OK"  # nothing to kill
 
             assert await n.instantiate() == "running"
             second_pid = n.process.pid
             assert second_pid != first_pid and not gone(second_pid)
-            await async_wait_until(lambda: n.worker_address in s.state.workers)
+            await apoll(lambda: n.worker_address in s.state.workers)
             assert first_address not in s.state.workers
             assert await n.instantiate() == "running"  # already running: same process
             assert n.process.pid == second_pid
 
             assert await n.restart() == "OK"
             assert gone(second_pid)
-            await async_wait_until(lambda: list(s.state.workers) == [n.worker_address])
+            await apoll(lambda: list(s.state.workers) == [n.worker_address])
 
             process = n.process  # several coroutines may wait for its end at once
             assert await process.join(0.01) is False
@@ -153,7 +98,7 @@ def test_kill_escalates_when_the_worker_does_not_close():
             await n.kill(timeout=0.5)
             assert gone(process.pid)
             assert time.monotonic() - start < 10
-            await async_wait_until(lambda: not s.state.workers, message="worker removal")
+            await apoll(lambda: not s.state.workers)
 
     asyncio.run(main())
 
@@ -170,14 +115,14 @@ def test_rpc_handlers():
                 assert await pool.call(n.address, {"op": "kill"}) == "OK"
                 assert n.process is None
                 assert await pool.call(n.address, {"op": "instantiate"}) == "running"
-                await async_wait_until(lambda: n.worker_address in s.state.workers)
+                await apoll(lambda: n.worker_address in s.state.workers)
                 assert await pool.call(n.address, {"op": "restart", "timeout": 20}) == "OK"
                 assert await pool.call(n.address, {"op": "terminate"}) == "OK"
                 await asyncio.wait_for(n.finished(), 10)
                 assert n.status == "closed"
             finally:
                 await pool.close()
-            await async_wait_until(lambda: not s.state.workers, message="worker removal")
+            await apoll(lambda: not s.state.workers)
 
     asyncio.run(main())
 
@@ -236,4 +181,4 @@ def test_worker_exits_when_the_nanny_process_dies():
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    wait_until(lambda: gone(worker_pid), timeout=10, message="the orphaned worker to exit")
+    poll(lambda: gone(worker_pid), timeout=10)
