@@ -25,7 +25,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -35,6 +34,7 @@ from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.records import ClientRecord, TaskRecord, WorkerRecord
+from distributary.transitions import TransitionEngine
 
 Recs = dict  # key -> recommended state
 
@@ -43,11 +43,7 @@ _BANDWIDTH = 100e6  # bytes/s assumed for transfers when placing tasks
 _UNKNOWN_DURATION = 0.5
 
 
-class InvalidTransition(RuntimeError):
-    """A recommendation asked for a transition that the table does not allow."""
-
-
-class SchedulerState:
+class SchedulerState(TransitionEngine):
     """Tasks, workers and clients, and the rules that move tasks between states."""
 
     def __init__(
@@ -58,6 +54,7 @@ class SchedulerState:
         transition_log_length: int = 100_000,
         validate: bool = False,
     ):
+        super().__init__(transition_log_length)
         self.allowed_failures = allowed_failures
         self.worker_saturation = worker_saturation
         self.unknown_duration = unknown_duration
@@ -70,7 +67,6 @@ class SchedulerState:
         self.workers_by_name: dict[Any, str] = {}
         self.workers_by_host: dict[str, set[str]] = {}
         self.durations: dict[str, float] = {}
-        self.transition_log: deque = deque(maxlen=transition_log_length)
         self._queue: list = []
         self._queue_counter = itertools.count()
         self._run_ids = itertools.count(1)  # unique across records: a key may come back
@@ -130,20 +126,9 @@ class SchedulerState:
         out, self._out = self._out, []
         return out
 
-    def story(self, *keys: Any) -> list[tuple]:
-        """The logged transitions ``(key, start, finish, stimulus_id)`` of these keys."""
-        wanted = set(keys)
-        return [entry for entry in self.transition_log if entry[0] in wanted]
-
     def _run(self, recs: Recs, stimulus_id: str) -> None:
-        tasks = self.tasks
         while True:
-            while recs:
-                key, finish = recs.popitem()
-                ts = tasks.get(key)
-                if ts is None or ts.state == finish:
-                    continue
-                recs.update(self._transition(ts, finish, stimulus_id))
+            super()._run(recs, stimulus_id)
             # A slot counted for a queued task that did not start there (it was released,
             # or placed on another worker) is filled now: queued tasks never wait while a
             # worker has room.  Usually one of the two is empty.
@@ -153,22 +138,6 @@ class SchedulerState:
                 recs.update(self._fill_slots(ws))
             if not recs:
                 return
-
-    def _transition(self, ts: TaskRecord, finish: str, stimulus_id: str) -> Recs:
-        start = ts.state
-        method = self._table.get((start, finish))
-        if method is not None:
-            recs = method(ts, stimulus_id)
-        elif start != "released" and finish != "released":
-            recs = self._transition(ts, "released", stimulus_id)
-            if ts.state == "released":
-                recs.pop(ts.key, None)
-                recs.update(self._transition(ts, finish, stimulus_id))
-            return recs
-        else:
-            raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
-        self.transition_log.append((ts.key, start, ts.state, stimulus_id))
-        return recs
 
     # ------------------------------------------------------------------ clients
 

@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from distributary.transitions import TransitionEngine
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 
@@ -69,7 +70,7 @@ class WorkerTask:
         return f"<WorkerTask {self.key!r} {self.state}>"
 
 
-class WorkerState:
+class WorkerState(TransitionEngine):
     """The tasks of one worker and the rules that move them."""
 
     def __init__(
@@ -83,6 +84,7 @@ class WorkerState:
         transition_log_length: int = 100_000,
         validate: bool = False,
     ):
+        super().__init__(transition_log_length)
         self.address = address
         self.nthreads = nthreads
         self.data: MutableMapping = {} if data is None else data
@@ -96,7 +98,6 @@ class WorkerState:
         self.executing: set[WorkerTask] = set()
         self.long_running: set[WorkerTask] = set()
         self.in_flight_peers: dict[str, set[WorkerTask]] = {}
-        self.transition_log: deque = deque(maxlen=transition_log_length)
         self._ready: list = []
         self._constrained: deque[WorkerTask] = deque()
         self._fetch: list = []
@@ -158,33 +159,10 @@ class WorkerState:
         out, self._out = self._out, []
         return out
 
-    def story(self, *keys: Any) -> list[tuple]:
-        """The logged transitions ``(key, start, finish, stimulus_id)`` of these keys."""
-        wanted = set(keys)
-        return [entry for entry in self.transition_log if entry[0] in wanted]
-
     @property
     def busy_threads(self) -> int:
         """Threads running tasks (seceded tasks do not count)."""
         return len(self.executing)
-
-    def _run(self, recs: Recs, stimulus_id: str) -> None:
-        while recs:
-            key, finish = recs.popitem()
-            ts = self.tasks.get(key)
-            if ts is None or ts.state == finish:
-                continue
-            start = ts.state
-            method = self._table.get((start, finish))
-            if method is not None:
-                recs.update(method(ts, stimulus_id))
-            elif start != "released" and finish != "released":
-                recs.update(self._table[(start, "released")](ts, stimulus_id))
-                if ts.state == "released":  # then on to where it was going
-                    recs[key] = finish
-            else:
-                raise RuntimeError(f"Invalid worker transition {key!r}: {start} -> {finish}")
-            self.transition_log.append((key, start, ts.state, stimulus_id))
 
     def _task(self, key: Any) -> WorkerTask:
         ts = self.tasks.get(key)

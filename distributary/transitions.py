@@ -1,0 +1,57 @@
+"""The engine both state machines share: a transitions table run to a fixed point.
+
+A subclass fills ``_table`` with ``(start, finish) -> method``; each method moves one
+task and returns further recommendations ``{key: finish}``.  A pair missing from the
+table goes through ``released``.  Every transition is logged, bounded, for ``story``.
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+
+class InvalidTransition(RuntimeError):
+    """A recommendation asked for a transition that the table does not allow."""
+
+
+class TransitionEngine:
+    """Runs recommendations through a table of transitions and keeps their log."""
+
+    tasks: dict[Any, Any]
+    _table: dict[tuple[str, str], Callable[[Any, str], dict]]
+
+    def __init__(self, transition_log_length: int):
+        self.transition_log: deque = deque(maxlen=transition_log_length)
+
+    def story(self, *keys: Any) -> list[tuple]:
+        """The logged transitions ``(key, start, finish, stimulus_id)`` of these keys."""
+        wanted = set(keys)
+        return [entry for entry in self.transition_log if entry[0] in wanted]
+
+    def _run(self, recs: dict, stimulus_id: str) -> None:
+        tasks = self.tasks
+        while recs:
+            key, finish = recs.popitem()
+            ts = tasks.get(key)
+            if ts is None or ts.state == finish:
+                continue
+            recs.update(self._transition(ts, finish, stimulus_id))
+
+    def _transition(self, ts: Any, finish: str, stimulus_id: str) -> dict:
+        start = ts.state
+        method = self._table.get((start, finish))
+        if method is not None:
+            recs = method(ts, stimulus_id)
+        elif start != "released" and finish != "released":
+            recs = self._transition(ts, "released", stimulus_id)
+            if ts.state == "released":
+                recs.pop(ts.key, None)
+                recs.update(self._transition(ts, finish, stimulus_id))
+            return recs
+        else:
+            raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
+        self.transition_log.append((ts.key, start, ts.state, stimulus_id))
+        return recs
