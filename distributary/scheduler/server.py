@@ -165,6 +165,9 @@ class Scheduler(ServerNode):
                 return
             if isinstance(msgs, dict):
                 msgs = (msgs,)
+            elif not isinstance(msgs, list | tuple):
+                logger.warning("Malformed batch from %s: %.200r", sender, msgs)
+                continue
             events = []
             for msg in msgs:
                 op = msg.get("op") if isinstance(msg, dict) else None
@@ -286,19 +289,31 @@ def _serializable(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- translators
-# One per message type: (sender, message) -> event.  A missing field raises KeyError,
-# which drops that one message with a warning.
+# One per message type: (sender, message) -> event.  A missing field raises KeyError
+# and a field of the wrong type TypeError, which drop that one message with a warning:
+# the state machine only ever sees well-typed events.
+
+
+def _key(key: Any) -> Any:
+    hash(key)  # TypeError for an unhashable "key"
+    return key
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{name}: unexpected {type(value).__name__} {value!r:.50}")
+    return value
 
 
 def _task_finished(worker: str, msg: dict) -> ev.SchedulerEvent:
     return ev.TaskFinished(
         msg["stimulus_id"],
         worker,
-        msg["key"],
-        msg["run_id"],
-        msg["nbytes"],
-        msg.get("type", ""),
-        msg.get("duration", 0.0),
+        _key(msg["key"]),
+        _typed(msg["run_id"], int, "run_id"),
+        _typed(msg["nbytes"], int, "nbytes"),
+        _typed(msg.get("type", ""), str, "type"),
+        _typed(msg.get("duration", 0.0), int | float, "duration"),
     )
 
 
@@ -306,72 +321,108 @@ def _task_erred(worker: str, msg: dict) -> ev.SchedulerEvent:
     return ev.TaskErred(
         msg["stimulus_id"],
         worker,
-        msg["key"],
-        msg["run_id"],
+        _key(msg["key"]),
+        _typed(msg["run_id"], int, "run_id"),
         msg["exception"],
         msg.get("traceback"),
-        msg.get("exception_text", ""),
-        msg.get("traceback_text", ""),
+        _typed(msg.get("exception_text", ""), str, "exception_text"),
+        _typed(msg.get("traceback_text", ""), str, "traceback_text"),
     )
 
 
 def _reschedule(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.TaskRescheduled(msg["stimulus_id"], worker, msg["key"], msg["run_id"])
+    return ev.TaskRescheduled(
+        msg["stimulus_id"], worker, _key(msg["key"]), _typed(msg["run_id"], int, "run_id")
+    )
 
 
 def _long_running(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.LongRunning(msg["stimulus_id"], worker, msg["key"], msg["run_id"])
+    return ev.LongRunning(
+        msg["stimulus_id"], worker, _key(msg["key"]), _typed(msg["run_id"], int, "run_id")
+    )
 
 
 def _add_keys(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.AddKeys(msg["stimulus_id"], worker, tuple(msg["keys"]))
+    return ev.AddKeys(msg["stimulus_id"], worker, _keys(msg["keys"]))
 
 
 def _missing_data(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.MissingData(msg["stimulus_id"], worker, msg["key"], msg["errant_worker"])
+    return ev.MissingData(
+        msg["stimulus_id"],
+        worker,
+        _key(msg["key"]),
+        _typed(msg["errant_worker"], str, "errant_worker"),
+    )
 
 
 def _worker_status_change(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.WorkerStatusChange(msg["stimulus_id"], worker, msg["status"])
+    return ev.WorkerStatusChange(msg["stimulus_id"], worker, _typed(msg["status"], str, "status"))
+
+
+def _keys(keys: Any, name: str = "keys") -> tuple:
+    return tuple(_key(k) for k in _typed(keys, list | tuple, name))
+
+
+def _task_spec(t: dict) -> ev.TaskSpec:
+    # A priority of another type would poison comparisons with other clients' tasks.
+    priority = _typed(t.get("priority", (0,)), list | tuple, "priority")
+    for p in priority:
+        _typed(p, int | float, "priority")
+    workers = t.get("workers")
+    if workers:
+        workers = tuple(_typed(w, str, "workers") for w in _typed(workers, list | tuple, "workers"))
+    resources = t.get("resources")
+    if resources:
+        resources = dict(_typed(resources, dict, "resources"))
+        for name, amount in resources.items():
+            _typed(name, str, "resources")
+            _typed(amount, int | float, "resources")
+    return ev.TaskSpec(
+        _key(t["key"]),
+        t["payload"],
+        _keys(t.get("dependencies", ()), "dependencies"),
+        tuple(priority),
+        int(t.get("retries") or 0),
+        workers or None,
+        bool(t.get("allow_other_workers", False)),
+        resources or None,
+    )
 
 
 def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
-    tasks = tuple(
-        ev.TaskSpec(
-            t["key"],
-            t["payload"],
-            tuple(t.get("dependencies", ())),
-            tuple(t.get("priority", (0,))),
-            int(t.get("retries") or 0),
-            tuple(t["workers"]) if t.get("workers") else None,
-            bool(t.get("allow_other_workers", False)),
-            dict(t["resources"]) if t.get("resources") else None,
-        )
-        for t in msg["tasks"]
-    )
-    return ev.UpdateGraph(msg["stimulus_id"], client, tasks, tuple(msg.get("wanted", ())))
+    tasks = tuple(_task_spec(t) for t in _typed(msg["tasks"], list | tuple, "tasks"))
+    return ev.UpdateGraph(msg["stimulus_id"], client, tasks, _keys(msg.get("wanted", ())))
 
 
 def _client_releases_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.ClientReleasesKeys(msg["stimulus_id"], client, tuple(msg["keys"]))
+    return ev.ClientReleasesKeys(msg["stimulus_id"], client, _keys(msg["keys"]))
 
 
 def _client_desires_keys(client: str, msg: dict) -> ev.SchedulerEvent:
     if msg.get("client") == FIRE_AND_FORGET:
         client = FIRE_AND_FORGET
-    return ev.ClientDesiresKeys(msg["stimulus_id"], client, tuple(msg["keys"]))
+    return ev.ClientDesiresKeys(msg["stimulus_id"], client, _keys(msg["keys"]))
 
 
 def _cancel_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.CancelKeys(msg["stimulus_id"], client, tuple(msg["keys"]), bool(msg.get("force")))
+    return ev.CancelKeys(msg["stimulus_id"], client, _keys(msg["keys"]), bool(msg.get("force")))
 
 
 def _retry_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.RetryKeys(msg["stimulus_id"], client, tuple(msg["keys"]))
+    return ev.RetryKeys(msg["stimulus_id"], client, _keys(msg["keys"]))
 
 
 def _scatter_data(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.ScatterData(
-        msg["stimulus_id"], client, dict(msg["who_has"]), dict(msg["nbytes"]),
-        dict(msg.get("types") or {}),
-    )
+    who_has = {
+        _key(key): tuple(_typed(w, str, "who_has") for w in _typed(where, list | tuple, "who_has"))
+        for key, where in _typed(msg["who_has"], dict, "who_has").items()
+    }
+    nbytes = {
+        _key(key): _typed(n, int, "nbytes")
+        for key, n in _typed(msg["nbytes"], dict, "nbytes").items()
+    }
+    types = {
+        _key(key): _typed(t, str, "types")
+        for key, t in _typed(msg.get("types") or {}, dict, "types").items()
+    }
+    return ev.ScatterData(msg["stimulus_id"], client, who_has, nbytes, types)
