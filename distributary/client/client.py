@@ -622,8 +622,13 @@ class Client:
 
     # ------------------------------------------------------------------ control
 
-    def cancel(self, futures: Any, asynchronous: bool | None = None, force: bool = False,
-               reason: str | None = None) -> Any:
+    def cancel(
+        self,
+        futures: Any,
+        asynchronous: bool | None = None,
+        force: bool = False,
+        reason: str | None = None,
+    ) -> Any:
         """Cancel futures: stop their tasks if nobody else wants them and release data."""
         return self.sync(self._cancel, futures, force=force, reason=reason)
 
@@ -688,8 +693,8 @@ class Client:
         return self.sync(self._who_has, futures)
 
     async def _who_has(self, futures: Any) -> dict:
-        keys = [f.key for f in collect_futures(futures)] if futures is not None else list(
-            self.futures
+        keys = (
+            [f.key for f in collect_futures(futures)] if futures is not None else list(self.futures)
         )
         return await self.pool.call(self.scheduler_address, {"op": "who-has", "keys": keys})
 

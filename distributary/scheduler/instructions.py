@@ -30,6 +30,7 @@ class ToWorker(SchedulerInstruction):
 @dataclass(frozen=True, slots=True)
 class ComputeTask(Message, ToWorker):
     """Run ``key``: its dependencies are held by the workers in ``who_has``."""
+
     op: ClassVar[str] = "compute-task"
 
     key: Key
@@ -44,6 +45,7 @@ class ComputeTask(Message, ToWorker):
 @dataclass(frozen=True, slots=True)
 class FreeKeys(Message, ToWorker):
     """Forget these keys: stop running them and drop their data."""
+
     op: ClassVar[str] = "free-keys"
 
     keys: tuple
@@ -83,6 +85,7 @@ class KeyCancelled(Message, ToClient):
 @dataclass(frozen=True, slots=True)
 class KeyLost(Message, ToClient):
     """The data of a finished key was lost; it is being computed again."""
+
     op: ClassVar[str] = "lost-data"
 
     key: Key

@@ -62,9 +62,7 @@ class Scheduler(ServerNode):
         self.state = SchedulerState(
             allowed_failures=allowed_failures,
             worker_saturation=float(saturation),
-            unknown_duration=parse_timedelta(
-                config("distributed.scheduler.unknown-task-duration")
-            ),
+            unknown_duration=parse_timedelta(config("distributed.scheduler.unknown-task-duration")),
             validate=validate,
         )
         self.scheduler_file = scheduler_file

@@ -25,9 +25,7 @@ class LoopRunner:
     def __init__(self) -> None:
         self.loop = new_event_loop()
         self.users = 0
-        self._thread = threading.Thread(
-            target=self._run, name="distributary-loop", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="distributary-loop", daemon=True)
         self._started = threading.Event()
         self._thread.start()
         self._started.wait()

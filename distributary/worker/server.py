@@ -291,14 +291,16 @@ class Worker(ServerNode):
             )
             data = {key: deserialize(value) for key, value in reply["data"].items()}
         except (OSError, asyncio.TimeoutError) as exc:
-            logger.info("Could not get %d keys from %s: %s", len(instruction.keys),
-                        instruction.worker, exc)
+            logger.info(
+                "Could not get %d keys from %s: %s", len(instruction.keys), instruction.worker, exc
+            )
             event: ev.WorkerEvent = ev.GatherDepFailure(
                 stimulus_id, instruction.worker, instruction.keys
             )
         except Exception as exc:  # the peer's data cannot be serialized or deserialized
-            logger.warning("Could not get %d keys from %s: %r", len(instruction.keys),
-                           instruction.worker, exc)
+            logger.warning(
+                "Could not get %d keys from %s: %r", len(instruction.keys), instruction.worker, exc
+            )
             event = ev.GatherDepError(
                 stimulus_id, instruction.worker, instruction.keys, error_message(exc)
             )

@@ -31,6 +31,11 @@ from distributary.worker import instructions as ins
 
 Recs = dict
 
+# States of a dependency that a waiting task may wait for: on its way, or computed here.
+_PRODUCING = frozenset(
+    {"fetch", "flight", "released", "waiting", "ready", "executing", "long-running", "cancelled"}
+)
+
 
 class WorkerTask:
     """A task, or a dependency fetched from a peer, as the worker tracks it."""
@@ -120,6 +125,10 @@ class WorkerState(TransitionEngine):
             ("released", "waiting"): self._released_to_waiting,
             ("released", "fetch"): self._released_to_fetch,
             ("released", "forgotten"): self._to_forgotten,
+            ("released", "memory"): self._arrived_to_memory,
+            ("fetch", "memory"): self._arrived_to_memory,
+            ("waiting", "memory"): self._arrived_to_memory,
+            ("ready", "memory"): self._arrived_to_memory,
             ("waiting", "ready"): self._waiting_to_ready,
             ("waiting", "released"): self._waiting_to_released,
             ("ready", "executing"): self._ready_to_executing,
@@ -135,7 +144,7 @@ class WorkerState(TransitionEngine):
             ("cancelled", "flight"): self._cancelled_to_resumed,
             ("fetch", "flight"): self._fetch_to_flight,
             ("fetch", "released"): self._fetch_to_released,
-            ("flight", "memory"): self._flight_to_memory,
+            ("flight", "memory"): self._arrived_to_memory,
             ("flight", "fetch"): self._flight_to_fetch,
             ("flight", "released"): self._flight_to_released,
             ("memory", "released"): self._memory_to_released,
@@ -177,7 +186,6 @@ class WorkerState(TransitionEngine):
         ts.run_id = event.run_id
         ts.payload = event.payload
         ts.priority = event.priority
-        ts.resources = event.resources
         if ts.state == "memory":
             self._out.append(
                 ins.TaskFinishedMsg(event.stimulus_id, ts.key, ts.run_id, ts.nbytes, ts.type, 0.0)
@@ -187,6 +195,7 @@ class WorkerState(TransitionEngine):
             return {ts.key: "executing" if ts.coming_from is None else "flight"}
         if ts.state not in ("released", "fetch"):
             return {}
+        ts.resources = event.resources  # not before: a running task gives back what it took
         recs: Recs = {}
         if ts.state == "fetch":
             recs[ts.key] = "released"
@@ -200,6 +209,8 @@ class WorkerState(TransitionEngine):
                 ts.waiting_for_data.add(dep)
                 if dep.state == "released":
                     recs[dep_key] = "fetch"
+                elif dep.state == "cancelled" and dep.coming_from is not None:
+                    recs[dep_key] = "flight"  # the transfer under way will do
                 if not dep.priority or ts.priority < dep.priority:
                     dep.priority = ts.priority
         recs[ts.key] = "waiting"
@@ -266,6 +277,10 @@ class WorkerState(TransitionEngine):
 
     def _handle_secede(self, event: ev.Secede) -> Recs:
         ts = self.tasks.get(event.key)
+        if ts is not None and ts.state == "cancelled" and ts in self.executing:
+            self._release_thread(ts)  # it stays cancelled, but no longer takes a thread
+            self.long_running.add(ts)
+            return {}
         if ts is None or ts.state != "executing":
             return {}
         return {ts.key: "long-running"}
@@ -286,9 +301,12 @@ class WorkerState(TransitionEngine):
                     continue
                 self.data[key] = event.data[key]
                 arrived.append(key)
-                recs[key] = "memory"
             else:
                 recs.update(self._lost_holder(ts, event.worker, event.stimulus_id))
+        # Added last, these run first (the engine takes the newest recommendation first):
+        # a dependent given back for a missing key must not release them on its way out.
+        for key in arrived:
+            recs[key] = "memory"
         if arrived:
             self._out.append(ins.AddKeysMsg(event.stimulus_id, tuple(arrived)))
         return recs
@@ -314,20 +332,23 @@ class WorkerState(TransitionEngine):
             recs[key] = "released"
             if ts.state == "cancelled":
                 continue
-            for dependent in list(ts.dependents):
-                if dependent.state == "waiting":
-                    self._out.append(
-                        ins.TaskErredMsg(
-                            event.stimulus_id,
-                            dependent.key,
-                            dependent.run_id,
-                            error["exception"],
-                            error["traceback"],
-                            error["exception_text"],
-                            error["traceback_text"],
-                        )
+            # the dependents fail, and so does ``ts`` if the scheduler asked us to compute it
+            failed = [ts] if ts.run_id else []
+            failed += [dep for dep in ts.dependents if dep.state == "waiting" and dep.run_id]
+            for dependent in failed:
+                self._out.append(
+                    ins.TaskErredMsg(
+                        event.stimulus_id,
+                        dependent.key,
+                        dependent.run_id,
+                        error["exception"],
+                        error["traceback"],
+                        error["exception_text"],
+                        error["traceback_text"],
                     )
-                    dependent.run_id = 0
+                )
+                dependent.run_id = 0
+                if dependent is not ts:
                     recs[dependent.key] = "forgotten"
         return recs
 
@@ -341,8 +362,12 @@ class WorkerState(TransitionEngine):
         if ts.who_has:
             return {ts.key: "fetch"}
         recs: Recs = {ts.key: "released"}
+        if ts.run_id:  # the scheduler asked us to compute it meanwhile: give it back too
+            self._out.append(ins.RescheduleMsg(stimulus_id, ts.key, ts.run_id))
+            ts.run_id = 0
+            ts.payload = None
         for dependent in list(ts.dependents):
-            if dependent.state == "waiting":
+            if dependent.state == "waiting" and dependent.run_id:  # not given back already
                 self._out.append(ins.RescheduleMsg(stimulus_id, dependent.key, dependent.run_id))
                 dependent.run_id = 0
                 recs[dependent.key] = "forgotten"
@@ -352,15 +377,17 @@ class WorkerState(TransitionEngine):
         recs: Recs = {}
         for key, value in event.data.items():
             ts = self._task(key)
+            if ts.state in ("executing", "long-running") or (
+                ts.state == "cancelled" and ts.coming_from is None
+            ):
+                continue  # running here: its own result will do
+            if ts.coming_from is not None:  # in flight: the reply will be ignored
+                self.in_flight_peers[ts.coming_from].discard(ts)
+                ts.coming_from = None
             self.data[key] = value
             ts.nbytes = event.nbytes.get(key, 0)
             ts.type = event.types.get(key, "")
-            if ts.state in ("released", "fetch", "waiting", "ready"):
-                ts.state = "memory"  # a fetch heap entry is skipped when popped
-                for dependent in ts.dependents:
-                    dependent.waiting_for_data.discard(ts)
-                    if not dependent.waiting_for_data and dependent.state == "waiting":
-                        recs[dependent.key] = "ready"
+            recs[key] = "memory"  # a fetch or ready heap entry is skipped when popped
         return recs
 
     def _handle_pause_change(self, event: ev.PauseChange) -> Recs:
@@ -413,14 +440,22 @@ class WorkerState(TransitionEngine):
                 continue
             peer = min(peers)
             batch = [ts]
+            chosen = {ts}  # a task may have several entries in the heap
             total = max(ts.nbytes, 0)
             for other_item in itertools.islice(self._fetch, 1000):
                 other = other_item[2]
                 if total >= self.transfer_batch_bytes:
                     break
-                if other.state == "fetch" and peer in other.who_has and other is not ts:
+                nbytes = max(other.nbytes, 0)
+                if (
+                    other.state == "fetch"
+                    and peer in other.who_has
+                    and other not in chosen
+                    and total + nbytes <= self.transfer_batch_bytes
+                ):
                     batch.append(other)
-                    total += max(other.nbytes, 0)
+                    chosen.add(other)
+                    total += nbytes
             self.in_flight_peers[peer] = set(batch)
             for member in batch:
                 member.coming_from = peer
@@ -439,8 +474,12 @@ class WorkerState(TransitionEngine):
     def _release_dependencies(self, ts: WorkerTask, recs: Recs) -> None:
         for dep in ts.dependencies:
             dep.dependents.discard(ts)
-            if not dep.dependents and dep.run_id == 0 and dep.state in ("fetch", "flight"):
+            if dep.dependents or dep.run_id:
+                continue
+            if dep.state in ("fetch", "flight"):
                 recs[dep.key] = "released"
+            elif dep.state == "released":  # freed while ``ts`` still needed it
+                recs[dep.key] = "forgotten"
         ts.dependencies.clear()
         ts.waiting_for_data.clear()
 
@@ -495,7 +534,8 @@ class WorkerState(TransitionEngine):
         self._release_thread(ts)
         return self._to_memory(ts)
 
-    def _flight_to_memory(self, ts: WorkerTask, stimulus_id: str) -> Recs:
+    def _arrived_to_memory(self, ts: WorkerTask, stimulus_id: str) -> Recs:
+        """The data came from elsewhere (a peer, or put here directly)."""
         recs = self._to_memory(ts)
         if ts.run_id:
             self._out.append(
@@ -532,13 +572,16 @@ class WorkerState(TransitionEngine):
         ts.state = "released"
         self._release_dependencies(ts, recs)
         self._forget_if_unneeded(ts, recs)
+        if ts.dependents:  # needed meanwhile by a task here: its result was dropped
+            recs[ts.key] = "fetch"
         return recs
 
     def _cancelled_to_resumed(self, ts: WorkerTask, stimulus_id: str) -> Recs:
         if ts.coming_from is not None:
             ts.state = "flight"
         elif ts in self.long_running:
-            ts.state = "long-running"
+            ts.state = "long-running"  # the scheduler counts it in a thread until told
+            self._out.append(ins.LongRunningMsg(stimulus_id, ts.key, ts.run_id))
         else:
             ts.state = "executing"
         return {}
@@ -587,7 +630,7 @@ class WorkerState(TransitionEngine):
             if ts.state == "waiting":
                 assert ts.waiting_for_data, ts
                 for dep in ts.waiting_for_data:
-                    assert dep.state in ("fetch", "flight", "released", "executing"), (ts, dep)
+                    assert dep.state in _PRODUCING, (ts, dep)
             if ts.state in ("executing",):
                 assert ts in self.executing, ts
             if ts.state == "flight":
