@@ -34,7 +34,6 @@ from distributary.comm.addressing import parse_address
 from distributary.core import ConnectionPool, Server
 from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol.errors import error_message, rebuild_exception
-from distributary.utils.loop import run
 
 logger = logging.getLogger("distributary.nanny")
 
@@ -450,7 +449,7 @@ def _run_worker(
         from distributary.worker.server import Worker
 
         worker_class = Worker
-    if not run(_serve_worker(conn, parent_pid, worker_class, worker_kwargs)):
+    if not asyncio.run(_serve_worker(conn, parent_pid, worker_class, worker_kwargs)):
         sys.exit(1)
 
 

@@ -23,7 +23,7 @@ class LoopRunner:
     _shared: LoopRunner | None = None
 
     def __init__(self) -> None:
-        self.loop = new_event_loop()
+        self.loop = asyncio.new_event_loop()
         self.users = 0
         self._thread = threading.Thread(target=self._run, name="distributary-loop", daemon=True)
         self._started = threading.Event()
@@ -36,7 +36,14 @@ class LoopRunner:
         try:
             self.loop.run_forever()
         finally:
-            _shutdown(self.loop)
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+            self.loop.close()
 
     @classmethod
     def acquire(cls) -> LoopRunner:
@@ -62,38 +69,6 @@ class LoopRunner:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and wait for its result from another thread."""
         return sync(self.loop, coro, timeout)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when it is installed, asyncio's otherwise."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on the loop of :func:`new_event_loop`."""
-    loop = new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        _shutdown(loop)
-        asyncio.set_event_loop(None)
-
-
-def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is left on a stopped loop, finish its generators and executor, close it."""
-    pending = asyncio.all_tasks(loop)
-    for task in pending:
-        task.cancel()
-    if pending:
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.run_until_complete(loop.shutdown_default_executor())
-    loop.close()
 
 
 def sync(
