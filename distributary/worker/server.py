@@ -247,7 +247,7 @@ class Worker(ServerNode):
     def _task_done(self, key: Any, run_id: int, future: Any) -> None:
         if self.status != "running":
             return
-        stimulus_id = f"task-done-{key}"
+        stimulus_id = "task-done"  # the transition log pairs it with the key
         outcome: TaskOutcome = future.result()
         if outcome.reschedule:
             event: ev.WorkerEvent = ev.RescheduleTask(stimulus_id, key, run_id)
