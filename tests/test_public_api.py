@@ -204,6 +204,7 @@ STATE_MACHINE_FILES = [
     "scheduler/events.py",
     "scheduler/instructions.py",
     "scheduler/records.py",
+    "scheduler/placement.py",
     "worker/state.py",
     "worker/events.py",
     "worker/instructions.py",

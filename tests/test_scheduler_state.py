@@ -1233,7 +1233,7 @@ def test_scatter_to_unknown_worker():
 # ---------------------------------------------------------------------- purity
 
 
-_CORE_FILES = ("state.py", "events.py", "instructions.py", "records.py")
+_CORE_FILES = ("state.py", "events.py", "instructions.py", "records.py", "placement.py")
 _FORBIDDEN = ("asyncio", "socket", "selectors", "time", "distributary.comm", "distributary.core")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,13 +32,13 @@ from dask.utils import key_split
 from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler.placement import decide_worker
 from distributary.scheduler.records import ClientRecord, TaskRecord, WorkerRecord
 from distributary.transitions import TransitionEngine
 
 Recs = dict  # key -> recommended state
 
 FIRE_AND_FORGET = "fire-and-forget"  # the pseudo-client that wants keys until they finish
-_BANDWIDTH = 100e6  # bytes/s assumed for transfers when placing tasks
 _UNKNOWN_DURATION = 0.5
 
 
@@ -529,63 +528,6 @@ class SchedulerState(TransitionEngine):
         elif not ts.dependents:
             recs[ts.key] = "forgotten"
 
-    # ------------------------------------------------------------------ placement
-
-    def _valid_workers(self, ts: TaskRecord) -> set[str] | None:
-        """Addresses the task may run on, or None when any worker will do."""
-        valid: set[str] | None = None
-        if ts.worker_restrictions is not None:
-            valid = set()
-            for spec in ts.worker_restrictions:
-                if spec in self.workers:
-                    valid.add(spec)
-                elif spec in self.workers_by_name:
-                    valid.add(self.workers_by_name[spec])
-                else:
-                    valid.update(self.workers_by_host.get(spec, ()))
-        if ts.resource_restrictions is not None:
-            having = {
-                ws.address
-                for ws in self.workers.values()
-                if all(ws.resources.get(r, 0) >= n for r, n in ts.resource_restrictions.items())
-            }
-            valid = having if valid is None else valid & having
-        if valid is not None and not valid and ts.loose_restrictions:
-            return None
-        return valid
-
-    def _decide_worker(self, ts: TaskRecord) -> WorkerRecord | None:
-        if ts.is_queueable:
-            for ws in self.idle.values():
-                return ws
-            if self.worker_saturation != math.inf or not self.workers:
-                return None
-        valid = self._valid_workers(ts)
-        candidates: Iterable[WorkerRecord]
-        if ts.dependencies and (valid is None or ts.loose_restrictions):
-            holders = {ws for dep in ts.dependencies for ws in dep.who_has}
-            candidates = [ws for ws in holders if ws.status == "running"]
-            for ws in self.idle.values():  # one idle worker competes with the holders
-                if ws not in holders:
-                    candidates.append(ws)
-                break
-            if not candidates:
-                candidates = self.workers.values()
-        elif valid is None:
-            candidates = list(self.idle.values()) or self.workers.values()
-        else:
-            candidates = [self.workers[a] for a in valid]
-        best, best_cost = None, math.inf
-        duration = self.durations.get(ts.prefix, self.unknown_duration)
-        for ws in candidates:
-            if ws.status != "running":
-                continue
-            missing = sum(max(d.nbytes, 0) for d in ts.dependencies if ws not in d.who_has)
-            cost = (ws.occupied + 1) / ws.nthreads * duration + missing / _BANDWIDTH
-            if cost < best_cost:
-                best, best_cost = ws, cost
-        return best
-
     # ------------------------------------------------------------------ transitions
 
     def _released_to_waiting(self, ts: TaskRecord, stimulus_id: str) -> Recs:
@@ -618,7 +560,7 @@ class SchedulerState(TransitionEngine):
         return recs
 
     def _waiting_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
-        ws = self._decide_worker(ts)
+        ws = decide_worker(self, ts)
         if ws is None:
             return {ts.key: "queued" if ts.is_queueable and self.workers else "no-worker"}
         self._assign(ts, ws, stimulus_id)
@@ -660,7 +602,7 @@ class SchedulerState(TransitionEngine):
         return {}
 
     def _queued_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
-        ws = self._decide_worker(ts)
+        ws = decide_worker(self, ts)
         if ws is None:
             heapq.heappush(self._queue, (ts.priority, next(self._queue_counter), ts))
             return {}
@@ -668,7 +610,7 @@ class SchedulerState(TransitionEngine):
         return {}
 
     def _no_worker_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
-        ws = self._decide_worker(ts)
+        ws = decide_worker(self, ts)
         if ws is None:
             if ts.is_queueable and self.workers:
                 del self.unrunnable[ts]
