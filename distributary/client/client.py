@@ -20,6 +20,7 @@ import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
+from distributary.client.collections import CollectionsMixin
 from distributary.client.future import Future, FutureState
 from distributary.client.structures import collect_futures, substitute_results
 from distributary.comm import CommClosedError, connect
@@ -53,11 +54,34 @@ def default_client() -> Client:
     return client
 
 
+# What dask.compute and friends use while a distributary client is the default; the
+# settings that were there before come back when no default client is left.
+_DASK_SETTINGS = ("scheduler", "dataframe.shuffle.method", "array.rechunk.method")
+_dask_settings_before: dict | None = None
+
+
+def _use_for_dask(client: Client | None) -> None:
+    global _dask_settings_before
+    if client is not None:
+        if _dask_settings_before is None:
+            _dask_settings_before = {k: dask.config.get(k, None) for k in _DASK_SETTINGS}
+        dask.config.set(
+            {
+                "scheduler": client,
+                "dataframe.shuffle.method": "tasks",
+                "array.rechunk.method": "tasks",
+            }
+        )
+    elif _dask_settings_before is not None:
+        dask.config.set(_dask_settings_before)
+        _dask_settings_before = None
+
+
 def _stimulus(name: str) -> str:
     return f"{name}-{next(_stimulus_counter)}"
 
 
-class Client:
+class Client(CollectionsMixin):
     """Connect to a cluster and submit computation to it.
 
     ``Client()`` starts a ``LocalCluster`` (closed with the client);
@@ -166,6 +190,7 @@ class Client:
         if self._set_as_default:
             _default_client = self
             _default_clients[next(_default_counter)] = self
+            _use_for_dask(self)
 
     def __await__(self):
         return self._start().__await__()
@@ -216,6 +241,11 @@ class Client:
         self.status = "closed"
         if _default_client is self:
             _default_client = None
+        if dask.config.get("scheduler", None) is self:
+            try:
+                _use_for_dask(default_client())
+            except ValueError:
+                _use_for_dask(None)
 
     @classmethod
     def current(cls, allow_global: bool = True) -> Client:

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from dask._task_spec import TaskRef
+
 from distributary.exceptions import FutureCancelledError
 from distributary.protocol.errors import rebuild_exception
 
@@ -76,7 +78,7 @@ class FutureState:
         return rebuild_exception(self.error or {})
 
 
-class Future:
+class Future(TaskRef):
     """A remote computation's result, which may not exist yet.
 
     Created by ``Client.submit``, ``map`` and ``scatter``.  While any Future of a key
@@ -84,7 +86,9 @@ class Future:
     collected (or ``release()``\\ d), the result is freed.
     """
 
-    __slots__ = ("key", "client", "_state", "_released", "__weakref__")
+    __slots__ = ("client", "_state", "_released", "__weakref__")  # ``key`` is TaskRef's
+
+    # As a dask TaskRef, a Future inside a graph or a task's arguments is a dependency.
 
     def __init__(self, key: Any, client: Client | None = None, _state: FutureState | None = None):
         from distributary.client.client import default_client
@@ -186,6 +190,8 @@ class Future:
     def __repr__(self) -> str:
         kind = f", type: {self._state.type}" if self._state.status == "finished" else ""
         return f"<Future: {self._state.status}{kind}, key: {self.key}>"
+
+    __str__ = __repr__  # not TaskRef's bare key
 
     def _repr_html_(self) -> str:
         return f"<b>Future: {self.key}</b> status: {self._state.status}"

@@ -32,8 +32,11 @@ def run_task(payload: Mapping, dependencies: Mapping) -> TaskOutcome:
     outcome = TaskOutcome()
     start = time.perf_counter()
     try:
-        func, args, kwargs = loads_task(payload, dependencies)
-        value = func(*args, **kwargs)
+        if "node" in payload:  # a dask graph node: it takes its dependencies' values
+            value = payload["node"].deserialize()(dependencies)
+        else:
+            func, args, kwargs = loads_task(payload, dependencies)
+            value = func(*args, **kwargs)
     except Reschedule:
         outcome.reschedule = True
         return outcome

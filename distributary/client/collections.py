@@ -1,0 +1,169 @@
+"""Running dask graphs and collections on the cluster: ``get``, ``compute``, ``persist``.
+
+``Client`` inherits these.  The client materialises and orders the graph with dask's
+own functions (see :mod:`distributary.client.graphs`) and sends it as one message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dask.base import collections_to_expr, is_dask_collection
+from dask.core import flatten
+
+from distributary.client.future import Future, FutureState
+from distributary.client.graphs import graph_to_tasks
+
+
+class CollectionsMixin:
+    """``Client.get``, ``compute`` and ``persist``."""
+
+    def _graph_to_futures(
+        self: Any,
+        graph: Any,
+        keys: list,
+        priority: int = 0,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: dict | None = None,
+        retries: int | None = None,
+    ) -> dict[Any, Future]:
+        """Send what ``keys`` need of ``graph``; return a future for each key."""
+        from distributary.client.client import _stimulus, _task_options
+
+        self._check_open()
+        options = _task_options(workers, resources, retries, bool(allow_other_workers))
+        tasks = graph_to_tasks(graph, keys, self.futures.__contains__, priority, options)
+        wanted = set(keys)
+        new = []
+        for task in tasks:
+            state = self.futures.get(task["key"])
+            if state is not None and state.status != "cancelled":
+                continue  # a future of this client holds it: it is on the cluster
+            if task["key"] in wanted:
+                self.futures[task["key"]] = FutureState()
+            new.append(task)  # the scheduler skips tasks it already has
+        futures = {key: Future(key, self) for key in keys}
+        if new:
+            new_keys = {task["key"] for task in new}
+            self._send(
+                {
+                    "op": "update-graph",
+                    "tasks": new,
+                    "wanted": [key for key in futures if key in new_keys],
+                    "stimulus_id": _stimulus("update-graph"),
+                }
+            )
+        return futures
+
+    def get(
+        self: Any,
+        dsk: Any,
+        keys: Any,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: dict | None = None,
+        sync: bool = True,
+        asynchronous: bool | None = None,
+        direct: bool | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Compute the ``keys`` of a dask graph on the cluster (dask's scheduler ``get``).
+
+        ``keys`` may be nested lists; the results come back in the same shape.
+        With ``sync=False`` the futures come back instead.
+        """
+        futures = self._graph_to_futures(
+            dsk, list(flatten(keys)), priority, workers, allow_other_workers, resources, retries
+        )
+        packed = _pack(keys, futures)
+        return self.gather(packed) if sync else packed
+
+    def compute(
+        self: Any,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        workers: Any = None,
+        allow_other_workers: bool = False,
+        resources: dict | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        traverse: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections; return a future per collection.
+
+        A list gives a list; with ``sync=True`` the results instead of futures.
+        """
+        single = not isinstance(collections, list | tuple | set | frozenset)
+        items = [collections] if single else list(collections)
+        dask_items = [item for item in items if is_dask_collection(item)]
+        futures: dict = {}
+        if dask_items:
+            from dask._expr import FinalizeCompute
+
+            expr = FinalizeCompute(collections_to_expr(dask_items, optimize_graph)).optimize()
+            keys = _keys_per_collection(expr, len(dask_items))
+            final_keys = [list(flatten(k))[0] for k in keys]
+            by_key = self._graph_to_futures(
+                expr, final_keys, priority, workers, allow_other_workers, resources, retries
+            )
+            futures = {id(item): by_key[key] for item, key in zip(dask_items, final_keys)}
+        results = [futures.get(id(item), item) for item in items]
+        if sync:
+            results = self.gather(results)
+        return results[0] if single else results
+
+    def persist(
+        self: Any,
+        collections: Any,
+        optimize_graph: bool = True,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: dict | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections; return them backed by futures on the cluster."""
+        single = not isinstance(collections, list | tuple)
+        items = [collections] if single else list(collections)
+        dask_items = [item for item in items if is_dask_collection(item)]
+        rebuilt: dict = {}
+        if dask_items:
+            expr = collections_to_expr(dask_items, optimize_graph).optimize()
+            keys = [list(flatten(k)) for k in _keys_per_collection(expr, len(dask_items))]
+            futures = self._graph_to_futures(
+                expr,
+                [key for ks in keys for key in ks],
+                priority,
+                workers,
+                allow_other_workers,
+                resources,
+                retries,
+            )
+            for item, item_keys in zip(dask_items, keys):
+                rebuild, state = item.__dask_postpersist__()
+                rebuilt[id(item)] = rebuild({key: futures[key] for key in item_keys}, *state)
+        results = [rebuilt.get(id(item), item) for item in items]
+        return results[0] if single else results
+
+
+def _keys_per_collection(expr: Any, count: int) -> list:
+    keys = expr.__dask_keys__()
+    return [keys] if count == 1 else list(keys)
+
+
+def _pack(keys: Any, futures: dict) -> Any:
+    if isinstance(keys, list):
+        return [_pack(k, futures) for k in keys]
+    return futures[keys]

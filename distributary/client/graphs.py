@@ -1,0 +1,111 @@
+"""Turning dask graphs into task records for the scheduler.
+
+Any graph dask produces is accepted: a dict of legacy tuple tasks, a HighLevelGraph,
+``dask._task_spec`` nodes, or an expression (anything with ``__dask_graph__``).  dask's
+own functions convert it (``convert_legacy_graph``) and order it (``dask.order``).  Only
+what the wanted keys need is sent; a missing dependency or a cycle is reported before
+anything runs.  Futures inside the graph are dask ``TaskRef``\\ s, so they become
+dependencies on data already on the cluster.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cloudpickle
+import dask.order
+from dask._task_spec import Alias, GraphNode, TaskRef, convert_legacy_graph
+
+from distributary.protocol.serialize import Serialized
+
+
+class GraphError(ValueError):
+    """The graph cannot be run: a missing dependency, a cycle or an unknown key."""
+
+
+def materialize(graph: Any) -> dict:
+    """A plain ``{key: GraphNode}`` dict from any graph-like object."""
+    if not isinstance(graph, Mapping) and hasattr(graph, "__dask_graph__"):
+        graph = graph.__dask_graph__()
+    nodes = {}
+    for key, value in dict(graph).items():
+        if isinstance(value, TaskRef) and not isinstance(value, GraphNode):
+            if value.key == key:
+                continue  # a persisted collection's {key: future}: the data is on the cluster
+            value = Alias(key, value.key)  # {"y": future}: y is that future's data
+        nodes[key] = value
+    return convert_legacy_graph(nodes)
+
+
+def needed_nodes(nodes: dict, keys: Iterable, known: Any) -> dict:
+    """The nodes the wanted ``keys`` need, checked for missing keys and cycles.
+
+    ``known(key)`` says whether a key outside the graph exists on the cluster.
+    """
+    needed: dict = {}
+    state: dict = {}  # key -> "visiting" | "done", for an iterative depth-first walk
+    for root in keys:
+        if root not in nodes:
+            if known(root):
+                continue
+            raise GraphError(f"Key {root!r} is not in the graph")
+        stack = [(root, False)]
+        while stack:
+            key, leaving = stack.pop()
+            if leaving:
+                state[key] = "done"
+                continue
+            mark = state.get(key)
+            if mark == "done":
+                continue
+            if mark == "visiting":
+                raise GraphError(f"The graph has a cycle through {key!r}")
+            state[key] = "visiting"
+            node = nodes[key]
+            needed[key] = node
+            stack.append((key, True))
+            for dep in node.dependencies:
+                if dep in nodes:
+                    if state.get(dep) == "visiting":
+                        raise GraphError(f"The graph has a cycle through {dep!r}")
+                    if state.get(dep) is None:
+                        stack.append((dep, False))
+                elif not known(dep):
+                    raise GraphError(f"Task {key!r} depends on {dep!r}, which is not in the graph")
+    return needed
+
+
+def pack_node(node: GraphNode) -> dict:
+    """A task payload for a graph node: the node pickled (cloudpickle if it must)."""
+    buffers: list = []
+    try:
+        header = pickle.dumps(node, protocol=5, buffer_callback=buffers.append)
+    except Exception:
+        buffers = []
+        try:
+            header = cloudpickle.dumps(node, protocol=5, buffer_callback=buffers.append)
+        except Exception as err:
+            raise TypeError(f"Could not serialize task {node.key!r}: {err}") from err
+    return {"node": Serialized([header, *(b.raw() for b in buffers)])}
+
+
+def graph_to_tasks(
+    graph: Any, keys: Iterable, known: Any, user_priority: int, options: dict
+) -> list[dict]:
+    """Task records (as ``update-graph`` carries them) for what ``keys`` need."""
+    nodes = needed_nodes(materialize(graph), keys, known)
+    order = dask.order.order(nodes) if len(nodes) > 1 else dict.fromkeys(nodes, 0)
+    tasks = []
+    for key, node in nodes.items():
+        task = {
+            "key": key,
+            "payload": pack_node(node),
+            "priority": (-user_priority, order[key]),
+            **options,
+        }
+        if node.dependencies:
+            task["dependencies"] = tuple(node.dependencies)
+        tasks.append(task)
+    return tasks
