@@ -21,6 +21,7 @@ from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
 from distributary.client.collections import CollectionsMixin
+from distributary.client.datasets import DatasetsMixin
 from distributary.client.future import Future, FutureState
 from distributary.client.structures import collect_futures, substitute_results
 from distributary.comm import CommClosedError, connect
@@ -81,7 +82,7 @@ def _stimulus(name: str) -> str:
     return f"{name}-{next(_stimulus_counter)}"
 
 
-class Client(CollectionsMixin):
+class Client(CollectionsMixin, DatasetsMixin):
     """Connect to a cluster and submit computation to it.
 
     ``Client()`` starts a ``LocalCluster`` (closed with the client);

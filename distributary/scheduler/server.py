@@ -26,6 +26,7 @@ from distributary.node import ServerNode, listen_address_for
 from distributary.protocol.serialize import Serialize, Serialized
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.state import FIRE_AND_FORGET, SchedulerState
 
 logger = logging.getLogger("distributary.scheduler")
@@ -97,6 +98,9 @@ class Scheduler(ServerNode):
             "retry-keys": _retry_keys,
             "scatter-data": _scatter_data,
         }
+        self.datasets = DatasetExtension(self)
+        self.server.handlers.update(self.datasets.handlers)
+        self._from_client.update(self.datasets.stream_handlers)
 
     @property
     def address(self) -> str:

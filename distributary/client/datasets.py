@@ -1,0 +1,330 @@
+"""Published datasets, client side: ``Client.publish_dataset``, ``get_dataset`` and friends.
+
+A published value is pickled here, with every :class:`Future` in it pickled as a
+persistent reference to its key (:class:`_DatasetPickler`): the bytes name keys only,
+and the pickler reports exactly which keys they name.  The scheduler stores the bytes
+and makes a pseudo-client want those keys (see :mod:`distributary.scheduler.datasets`).
+
+``get_dataset`` unpickles with :class:`_DatasetUnpickler`, which turns each reference
+back into a Future of *this* client (not of the default client), and then tells the
+scheduler on the client's ordered stream that this client wants those keys; they stay
+alive while its futures do, even once the dataset is unpublished.
+
+Ordering: publish and unpublish first send a ``publish-flush`` message on the stream and
+then make their request over rpc carrying the same ``uid``; the scheduler acts on the
+request only once that message has arrived, so the futures created just before (a
+``map`` or a ``scatter`` whose messages are still on the stream) are known to it.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import pickle
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from distributary.client.future import Future
+from distributary.protocol.serialize import OUT_OF_BAND_THRESHOLD, Serialized
+
+if TYPE_CHECKING:
+    from distributary.client.client import Client
+
+__all__ = ["Datasets", "DatasetsMixin"]
+
+_no_default = "__no_default__"
+_FUTURE_TAG = "distributary-future"
+_MAIN_MARKER = b"__main__"
+_counter = itertools.count()
+
+
+# ---------------------------------------------------------------------- pickling
+
+
+def _make_pickler(base: type) -> type:
+    class Pickler(base):  # type: ignore[misc, valid-type]
+        """Pickle futures as persistent references to their keys, and collect those."""
+
+        def __init__(self, file: Any, buffers: list) -> None:
+            def buffer_callback(buf: pickle.PickleBuffer) -> bool:
+                raw = buf.raw()
+                if raw.nbytes < OUT_OF_BAND_THRESHOLD:
+                    return True  # small: in band
+                buffers.append(raw)
+                return False
+
+            super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+            self.keys: dict = {}
+
+        def persistent_id(self, obj: Any) -> Any:
+            if isinstance(obj, Future):
+                self.keys[obj.key] = None
+                return (_FUTURE_TAG, obj.key)
+            return None
+
+    return Pickler
+
+
+_DatasetPickler = _make_pickler(pickle.Pickler)
+_DatasetCloudPickler = _make_pickler(cloudpickle.Pickler)
+_DatasetPickler.__name__ = _DatasetPickler.__qualname__ = "_DatasetPickler"
+_DatasetCloudPickler.__name__ = _DatasetCloudPickler.__qualname__ = "_DatasetCloudPickler"
+
+
+def dumps_dataset(value: Any) -> tuple[Serialized, list]:
+    """Pickle ``value`` into frames; return them and the keys of the futures inside.
+
+    The standard pickler first (fast), cloudpickle when it fails or when the value
+    refers to ``__main__`` (which another process cannot import).
+    """
+    error: Exception | None = None
+    for pickler in (_DatasetPickler, _DatasetCloudPickler):
+        file = io.BytesIO()
+        buffers: list = []
+        try:
+            p = pickler(file, buffers)
+            p.dump(value)
+        except Exception as exc:
+            error = exc
+            continue
+        frames = [file.getvalue(), *buffers]
+        if pickler is _DatasetPickler and _MAIN_MARKER in frames[0]:
+            continue
+        return Serialized(frames), list(p.keys)
+    raise TypeError(
+        f"Could not serialize dataset of type {type(value).__name__}: {error}"
+    ) from error
+
+
+class _DatasetUnpickler(pickle.Unpickler):
+    """Unpickle a dataset, making its futures futures of ``client``."""
+
+    def __init__(self, frames: list, client: Client) -> None:
+        super().__init__(io.BytesIO(frames[0]), buffers=frames[1:])
+        self.client = client
+        self.futures: dict[Any, Future] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _FUTURE_TAG):
+            raise pickle.UnpicklingError(f"Unknown persistent reference {pid!r:.100}")
+        key = pid[1]
+        future = self.futures.get(key)
+        if future is None:  # one Future per key: shared references stay shared
+            future = self.futures[key] = Future(key, self.client)
+        return future
+
+
+# ---------------------------------------------------------------------- Client methods
+
+
+class DatasetsMixin:
+    """The dataset methods of :class:`~distributary.client.client.Client`."""
+
+    # provided by Client
+    id: str
+    asynchronous: bool
+    scheduler_address: str | None
+    pool: Any
+
+    def publish_dataset(
+        self, *args: Any, name: Any = None, override: bool = False, **kwargs: Any
+    ) -> Any:
+        """Publish named datasets on the scheduler, for any client to get.
+
+        ``publish_dataset(x=futures, y=collection)`` or ``publish_dataset(value,
+        name="x")`` (several positional values are published as one tuple), or
+        ``publish_dataset({"x": value})``.  The futures inside (and so their results,
+        as long as the dataset exists) are kept by the cluster; values are not
+        computed: persist a dask collection before publishing it.  Publishing a name
+        that exists raises KeyError unless ``override=True``.
+        """
+        return self.sync(self._publish_dataset, args, name, override, kwargs)
+
+    async def _publish_dataset(self, args: tuple, name: Any, override: bool, kwargs: dict) -> None:
+        names = list(kwargs)
+        values = list(kwargs.values())
+        if name is not None:
+            if not args:
+                raise ValueError(
+                    "If name is provided, expecting call signature like "
+                    "publish_dataset(df, name='ds')"
+                )
+            names.append(name)
+            values.append(args[0] if len(args) == 1 else args)
+        elif args:
+            if len(args) != 1 or not isinstance(args[0], Mapping):
+                raise ValueError(
+                    "If name is omitted, the positional argument must be a {name: value} dict"
+                )
+            names.extend(args[0])
+            values.extend(args[0].values())
+        if not names:
+            return
+        if len(set(names)) != len(names):
+            raise ValueError(f"Dataset names given more than once: {names!r}")
+        data = []
+        keys = []
+        for value in values:
+            frames, value_keys = dumps_dataset(value)
+            data.append(frames)
+            keys.append(value_keys)
+        uid = self._publish_flush()
+        await self.pool.call(
+            self.scheduler_address,
+            {
+                "op": "publish-put",
+                "names": names,
+                "data": data,
+                "keys": keys,
+                "override": bool(override),
+                "client": self.id,
+                "uid": uid,
+            },
+        )
+
+    def get_dataset(self, name: Any, default: Any = _no_default, **kwargs: Any) -> Any:
+        """The dataset published as ``name`` (a list of names gives a list of datasets).
+
+        Its futures belong to this client.  A missing name raises KeyError, unless a
+        ``default`` is given, which is returned instead.
+        """
+        return self.sync(self._get_dataset, name, default)
+
+    async def _get_dataset(self, name: Any, default: Any = _no_default) -> Any:
+        names = list(name) if isinstance(name, list) else [name]
+        self._check_open()
+        replies = await self.pool.call(
+            self.scheduler_address, {"op": "publish-get", "names": names, "client": self.id}
+        )
+        # The scheduler made this client want every key of the datasets returned: from
+        # here on this client's futures, or the releases below, account for that want.
+        outs = []
+        wanted: dict = {}
+        made: dict = {}
+        error: BaseException | None = None
+        for each, reply in zip(names, replies):
+            if reply is None:
+                if default is _no_default and error is None:
+                    error = KeyError(f"Dataset {each!r} not found")
+                outs.append(default)
+                continue
+            wanted.update(dict.fromkeys(reply["keys"]))
+            if error is not None:
+                continue
+            unpickler = _DatasetUnpickler(reply["data"].frames, self)
+            try:
+                outs.append(unpickler.load())
+            except Exception as exc:
+                error = exc
+            made.update(unpickler.futures)
+            del unpickler
+        if error is None and made:
+            # On the ordered stream, after any release of these keys sent before.
+            self._send(
+                {
+                    "op": "client-desires-keys",
+                    "keys": list(made),
+                    "stimulus_id": f"get-dataset-{next(_counter)}",
+                }
+            )
+        if error is not None:
+            outs.clear()
+            made.clear()  # the futures made so far go, and release their keys
+        for key in wanted:
+            if key not in made:
+                # No future made here holds it: release it, unless (checked when the
+                # outbox is flushed) another future of this client does.
+                self._enqueue(key)
+        if error is not None:
+            raise error
+        return outs if isinstance(name, list) else outs[0]
+
+    def list_datasets(self, **kwargs: Any) -> Any:
+        """The names of the datasets published on the scheduler."""
+        return self.sync(self._list_datasets)
+
+    async def _list_datasets(self) -> list:
+        self._check_open()
+        return list(await self.pool.call(self.scheduler_address, {"op": "publish-list"}))
+
+    def unpublish_dataset(self, name: Any, **kwargs: Any) -> Any:
+        """Remove the dataset ``name``; its data is freed unless someone else holds it."""
+        return self.sync(self._unpublish_dataset, name)
+
+    async def _unpublish_dataset(self, name: Any) -> None:
+        uid = self._publish_flush()
+        await self.pool.call(
+            self.scheduler_address,
+            {"op": "publish-delete", "names": [name], "client": self.id, "uid": uid},
+        )
+
+    @property
+    def datasets(self) -> Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"] = value``, ..."""
+        return Datasets(self)
+
+    def _publish_flush(self) -> str:
+        """Send a flush marker on the stream; the scheduler waits for it before acting."""
+        uid = uuid.uuid4().hex
+        self._send({"op": "publish-flush", "uid": uid})
+        return uid
+
+
+class Datasets(MutableMapping):
+    """The published datasets, as a mapping over a client's dataset methods.
+
+    With an asynchronous client only ``await datasets[name]`` and ``async for`` work.
+    """
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getitem__(self, name: Any) -> Any:
+        return self._client.get_dataset(name)
+
+    def __setitem__(self, name: Any, value: Any) -> None:
+        self._check_blocking("client.datasets[name] = value", "publish_dataset(value, name=name)")
+        self._client.publish_dataset(value, name=name)
+
+    def __delitem__(self, name: Any) -> None:
+        self._check_blocking("del client.datasets[name]", "unpublish_dataset(name)")
+        if name not in self._client.list_datasets():
+            raise KeyError(name)
+        self._client.unpublish_dataset(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._check_blocking("name in client.datasets", "list_datasets()")
+        return name in self._client.list_datasets()
+
+    def __iter__(self) -> Iterator:
+        self._check_blocking("iter(client.datasets)", "list_datasets()")
+        return iter(self._client.list_datasets())
+
+    def __aiter__(self) -> AsyncIterator:
+        if not self._client.asynchronous:
+            raise TypeError("Use 'for' rather than 'async for' with a blocking client")
+
+        async def names() -> AsyncIterator:
+            for name in await self._client.list_datasets():
+                yield name
+
+        return names()
+
+    def __len__(self) -> int:
+        self._check_blocking("len(client.datasets)", "list_datasets()")
+        return len(self._client.list_datasets())
+
+    def _check_blocking(self, operation: str, instead: str) -> None:
+        if self._client.asynchronous:
+            raise TypeError(
+                f"Can't use '{operation}' with an asynchronous client; "
+                f"await client.{instead} instead"
+            )
+
+    def __repr__(self) -> str:
+        return f"<Datasets of {self._client!r}>"

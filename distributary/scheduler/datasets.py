@@ -1,0 +1,251 @@
+"""Published datasets: named values that the scheduler keeps for any client to fetch.
+
+Theory of operation
+-------------------
+A client publishes a value under a name (``Client.publish_dataset``).  The value
+reaches the scheduler already pickled, as an opaque :class:`Serialized`, together
+with the keys of the futures it refers to (futures are pickled as their keys only).
+The scheduler never unpickles it: it stores the frames and hands them back to
+whoever asks (``Client.get_dataset``).
+
+Keeping the data alive: each dataset has a pseudo-client, ``published-<name>``,
+that wants the dataset's keys in the state machine exactly as a real client would
+(``ClientDesiresKeys`` when published, ``RemoveClient`` when unpublished), so the
+ordinary reference counting keeps the results while the dataset exists and frees
+them afterwards unless somebody else still wants them.
+
+Ordering: a client sends its graphs and scattered data on its ordered stream, but
+these requests come on an rpc connection, which may overtake the stream.  So before
+it publishes (or unpublishes), the client sends ``{"op": "publish-flush", "uid": u}``
+on its stream, and the request carries the same ``uid``: the scheduler waits until
+that flush message has been read before acting on the request, so everything the
+client sent before (the tasks of the futures it publishes) is known by then.  The
+flush translator runs while a batch read from the stream is being translated; the
+waiting request resumes only after the event loop gets control back, that is after
+the whole batch (translated and handled synchronously) has reached the state machine.
+After the flush the scheduler still checks that every key exists and refuses the
+publication with a ValueError naming the first missing key (a cancelled or released
+future), publishing nothing.
+
+Fetching: ``publish-get`` also makes the asking client want the dataset's keys, at the
+same moment it reads the dataset, so that an unpublish racing with the fetch cannot
+free them before the client's own ``client-desires-keys`` (sent on its stream once it
+has made the futures) arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from distributary.protocol.serialize import Serialized
+from distributary.scheduler import events as ev
+
+if TYPE_CHECKING:
+    from distributary.scheduler.server import Scheduler
+
+logger = logging.getLogger("distributary.scheduler")
+
+# How long a request waits between checks that its client is still connected while it
+# waits for the client's flush message.
+_FLUSH_CHECK_INTERVAL = 1.0
+# Flush messages whose request never came (the client died in between) are forgotten
+# beyond this many.
+_MAX_PENDING_FLUSHES = 10_000
+
+
+@dataclass(slots=True)
+class Dataset:
+    """One published dataset: its pickled value and the keys of the futures in it."""
+
+    name: Any
+    data: Serialized
+    keys: tuple
+    client: str  # the pseudo-client that wants ``keys``
+
+
+class DatasetExtension:
+    """The scheduler's store of published datasets.
+
+    ``handlers`` (request/reply operations) go into the scheduler server's handlers and
+    ``stream_handlers`` (translators of client stream messages, which return no event)
+    into the scheduler's client stream translators.
+    """
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        self.datasets: dict[Any, Dataset] = {}
+        self._flushes: OrderedDict[str, asyncio.Event] = OrderedDict()
+        self.handlers = {
+            "publish-put": self.put,
+            "publish-get": self.get,
+            "publish-list": self.list,
+            "publish-delete": self.delete,
+        }
+        self.stream_handlers = {"publish-flush": self.flush_received}
+
+    # ------------------------------------------------------------------ ordering
+
+    def flush_received(self, client: str, msg: dict) -> None:
+        """A client's ``publish-flush`` stream message: wake the request waiting for it."""
+        uid = msg["uid"]
+        if not isinstance(uid, str):
+            raise TypeError(f"uid: unexpected {type(uid).__name__}")
+        self._flush_event(uid).set()
+        while len(self._flushes) > _MAX_PENDING_FLUSHES:
+            self._flushes.popitem(last=False)
+
+    def _flush_event(self, uid: str) -> asyncio.Event:
+        event = self._flushes.get(uid)
+        if event is None:
+            event = self._flushes[uid] = asyncio.Event()
+        return event
+
+    async def _wait_for_flush(self, client: Any, uid: Any) -> None:
+        """Wait until the stream of ``client`` delivered its flush message ``uid``."""
+        if uid is None:
+            return
+        if not isinstance(uid, str):
+            raise TypeError(f"uid: unexpected {type(uid).__name__}")
+        event = self._flush_event(uid)
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(event.wait(), _FLUSH_CHECK_INTERVAL)
+                    return
+                except asyncio.TimeoutError:
+                    if client not in self.scheduler.client_streams:
+                        raise RuntimeError(
+                            f"Client {client!r} is not connected to the scheduler: "
+                            "its earlier messages cannot be waited for"
+                        ) from None
+        finally:
+            self._flushes.pop(uid, None)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def put(self, comm: Any, msg: dict) -> None:
+        """Publish ``data[i]`` (holding the futures ``keys[i]``) under ``names[i]``.
+
+        All or nothing: an existing name (without ``override``) raises KeyError and a
+        key the scheduler does not know raises ValueError, and then nothing is published.
+        """
+        names = _names(msg["names"])
+        data = _sequence(msg["data"], "data")
+        keys = [_keys(k) for k in _sequence(msg["keys"], "keys")]
+        if not len(names) == len(data) == len(keys):
+            raise ValueError("publish-put needs as many data and keys as names")
+        for value in data:
+            if not isinstance(value, Serialized):
+                raise TypeError(f"data: expected a serialized value, got {type(value).__name__}")
+        override = bool(msg.get("override", False))
+        client = msg.get("client")
+        await self._wait_for_flush(client, msg.get("uid"))
+
+        if len(set(names)) != len(names):
+            raise ValueError(f"Dataset names given more than once: {list(names)!r}")
+        if not override:
+            for name in names:
+                if name in self.datasets:
+                    raise KeyError(f"Dataset {name} already exists")
+        tasks = self.scheduler.state.tasks
+        for name, dataset_keys in zip(names, keys):
+            for key in dataset_keys:
+                if key not in tasks:
+                    raise ValueError(
+                        f"Cannot publish dataset {name!r}: the scheduler does not know key "
+                        f"{key!r} (was its future released or cancelled?)"
+                    )
+
+        stimulus_id = f"publish-{msg.get('uid') or id(msg)}"
+        for name, value, dataset_keys in zip(names, data, keys):
+            old = self.datasets.pop(name, None)
+            pseudo = self._pseudo_client(name)
+            self.datasets[name] = Dataset(name, value, dataset_keys, pseudo)
+            # Want the new keys before letting go of the old ones: a key in both stays.
+            if dataset_keys:
+                self.scheduler._handle(ev.ClientDesiresKeys(stimulus_id, pseudo, dataset_keys))
+            if old is not None:
+                self._release(old, stimulus_id, keep=set(dataset_keys))
+
+    def get(self, comm: Any, msg: dict) -> list:
+        """The datasets ``names`` (None for a missing one), each ``{"data", "keys"}``.
+
+        The asking ``client`` (if connected) wants their keys from now on.
+        """
+        names = _names(msg["names"])
+        client = msg.get("client")
+        connected = client is not None and client in self.scheduler.client_streams
+        out: list = []
+        wanted: dict = {}
+        for name in names:
+            dataset = self.datasets.get(name)
+            if dataset is None:
+                out.append(None)
+                continue
+            out.append({"data": dataset.data, "keys": dataset.keys})
+            wanted.update(dict.fromkeys(dataset.keys))
+        if connected and wanted:
+            self.scheduler._handle(
+                ev.ClientDesiresKeys(f"publish-get-{client}", client, tuple(wanted))
+            )
+        return out
+
+    def list(self, comm: Any, msg: dict) -> list:
+        """The names of the published datasets, sorted by their text."""
+        return sorted(self.datasets, key=str)
+
+    async def delete(self, comm: Any, msg: dict) -> None:
+        """Unpublish ``names``; a name that is not published is ignored."""
+        names = _names(msg["names"])
+        await self._wait_for_flush(msg.get("client"), msg.get("uid"))
+        stimulus_id = f"unpublish-{msg.get('uid') or id(msg)}"
+        for name in names:
+            dataset = self.datasets.pop(name, None)
+            if dataset is not None:
+                self._release(dataset, stimulus_id)
+
+    # ------------------------------------------------------------------ pseudo-clients
+
+    def _pseudo_client(self, name: Any) -> str:
+        """``published-<name>``; made unique if another name prints the same (1, "1")."""
+        base = f"published-{name}"
+        taken = {d.client for d in self.datasets.values()}
+        candidate = base
+        n = 1
+        while candidate in taken:
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def _release(self, dataset: Dataset, stimulus_id: str, keep: set | None = None) -> None:
+        if keep is None or dataset.client not in {d.client for d in self.datasets.values()}:
+            # Nobody else goes by this pseudo-client: drop it with all its wants.
+            self.scheduler._handle(ev.RemoveClient(stimulus_id, dataset.client))
+            return
+        unwanted = tuple(k for k in dataset.keys if k not in keep)
+        if unwanted:
+            self.scheduler._handle(ev.ClientReleasesKeys(stimulus_id, dataset.client, unwanted))
+
+
+def _sequence(value: Any, name: str) -> tuple | list:
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"{name}: expected a list, got {type(value).__name__}")
+    return value
+
+
+def _names(names: Any) -> tuple:
+    names = tuple(_sequence(names, "names"))
+    for name in names:
+        hash(name)  # TypeError for an unhashable name
+    return names
+
+
+def _keys(keys: Any) -> tuple:
+    keys = tuple(_sequence(keys, "keys"))
+    for key in keys:
+        hash(key)
+    return keys
