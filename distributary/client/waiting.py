@@ -40,19 +40,25 @@ def wait(fs: Any, timeout: Any = None, return_when: str = ALL_COMPLETED) -> Any:
 
 
 async def _wait(futures: list[Future], return_when: str) -> DoneAndNotDoneFutures:
-    pending = {asyncio.ensure_future(f._wait()): f for f in futures if not f.done()}
-    try:
-        while pending:
-            if return_when == FIRST_COMPLETED and len(pending) < len(futures):
-                break
-            if return_when == FIRST_EXCEPTION and any(f.status == "error" for f in futures):
-                break
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                del pending[task]
-    finally:
-        for task in pending:
-            task.cancel()
+    pending = [f for f in futures if not f.done()]
+    if return_when == ALL_COMPLETED:
+        for future in pending:
+            await future._wait()
+    elif pending and not (
+        return_when == FIRST_EXCEPTION and any(f.status == "error" for f in futures)
+    ):
+        woken = asyncio.Event()
+        remaining = [len(pending)]
+
+        def on_done(future: Future) -> None:
+            remaining[0] -= 1
+            failed = future.status == "error"
+            if return_when == FIRST_COMPLETED or failed or not remaining[0]:
+                woken.set()
+
+        for future in pending:
+            future._state.callbacks.append(lambda future=future: on_done(future))
+        await woken.wait()
     finished = {f for f in futures if f.done()}
     return DoneAndNotDoneFutures(finished, set(futures) - finished)
 
