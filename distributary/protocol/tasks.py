@@ -25,6 +25,7 @@ from distributary.protocol.serialize import Serialized, dumps_function, loads_fu
 _SCALARS = (int, float, str, bool, type(None), bytes)
 _SCAN_BUDGET = 1000
 _reference_types: tuple[type, ...] = ()
+_key_attributes: dict[type, str] = {}
 
 
 def register_reference_type(cls: type, key_attribute: str = "key") -> None:
@@ -33,9 +34,6 @@ def register_reference_type(cls: type, key_attribute: str = "key") -> None:
     if cls not in _reference_types:
         _reference_types = (*_reference_types, cls)
     _key_attributes[cls] = key_attribute
-
-
-_key_attributes: dict[type, str] = {}
 
 
 def _contains_reference(obj: Any, budget: list[int]) -> bool:
@@ -52,20 +50,34 @@ def _contains_reference(obj: Any, budget: list[int]) -> bool:
     return False
 
 
+class _ReferencesMixin:
+    """Pickles reference objects (futures) as their keys and collects those keys."""
+
+    deps: set
+
+    def persistent_id(self, value: Any) -> Any:
+        if isinstance(value, _reference_types):
+            key = getattr(value, _key_attributes[type(value)])
+            self.deps.add(key)
+            return ("ref", key)
+        return None
+
+
+class _ReferencePickler(_ReferencesMixin, pickle.Pickler):
+    pass
+
+
+class _ReferenceCloudPickler(_ReferencesMixin, cloudpickle.CloudPickler):
+    pass
+
+
 def _pickle_with_references(obj: Any, deps: set, cloud: bool) -> Serialized:
     buffers: list = []
     file = io.BytesIO()
-    base = cloudpickle.CloudPickler if cloud else pickle.Pickler
-
-    class ReferencePickler(base):  # type: ignore[valid-type, misc]
-        def persistent_id(self, value: Any) -> Any:
-            if isinstance(value, _reference_types):
-                key = getattr(value, _key_attributes[type(value)])
-                deps.add(key)
-                return ("ref", key)
-            return None
-
-    ReferencePickler(file, protocol=5, buffer_callback=buffers.append).dump(obj)
+    pickler_type = _ReferenceCloudPickler if cloud else _ReferencePickler
+    pickler = pickler_type(file, protocol=5, buffer_callback=buffers.append)
+    pickler.deps = deps
+    pickler.dump(obj)
     return Serialized([file.getvalue(), *(b.raw() for b in buffers)])
 
 
