@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dask.base import collections_to_expr, is_dask_collection
+from dask import delayed
+from dask.base import collections_to_expr, is_dask_collection, unpack_collections
 from dask.core import flatten
 
 from distributary.client.future import Future, FutureState
@@ -36,24 +37,34 @@ class CollectionsMixin:
         tasks = graph_to_tasks(graph, keys, self.futures.__contains__, priority, options)
         wanted = set(keys)
         new = []
-        for task in tasks:
-            state = self.futures.get(task["key"])
-            if state is not None and state.status != "cancelled":
-                continue  # a future of this client holds it: it is on the cluster
-            if task["key"] in wanted:
-                self.futures[task["key"]] = FutureState()
-            new.append(task)  # the scheduler skips tasks it already has
-        futures = {key: Future(key, self) for key in keys}
-        if new:
-            new_keys = {task["key"] for task in new}
-            self._send(
-                {
-                    "op": "update-graph",
-                    "tasks": new,
-                    "wanted": [key for key in futures if key in new_keys],
-                    "stimulus_id": _stimulus("update-graph"),
-                }
-            )
+        # Under the lock: no release of a key found held here may slip in before the graph.
+        with self._ref_lock:
+            for task in tasks:
+                key = task["key"]
+                state = self.futures.get(key)
+                if (
+                    state is not None
+                    and state.status != "cancelled"
+                    and (key in wanted or key in self._refcount)
+                ):
+                    # A future of this client holds it (or will, below, before the release
+                    # of its last one is flushed): it is on the cluster.  A key whose last
+                    # future is gone is being released, so it is sent again.
+                    continue
+                if key in wanted:
+                    self.futures[key] = FutureState()
+                new.append(task)  # the scheduler skips tasks it already has
+            futures = {key: Future(key, self) for key in keys}
+            if new:
+                new_keys = {task["key"] for task in new}
+                self._send(
+                    {
+                        "op": "update-graph",
+                        "tasks": new,
+                        "wanted": [key for key in futures if key in new_keys],
+                        "stimulus_id": _stimulus("update-graph"),
+                    }
+                )
         return futures
 
     def get(
@@ -77,8 +88,9 @@ class CollectionsMixin:
         ``keys`` may be nested lists; the results come back in the same shape.
         With ``sync=False`` the futures come back instead.
         """
+        wanted = list(flatten([keys]))  # [keys]: a lone tuple key is one key, not a list
         futures = self._graph_to_futures(
-            dsk, list(flatten(keys)), priority, workers, allow_other_workers, resources, retries
+            dsk, wanted, priority, workers, allow_other_workers, resources, retries
         )
         packed = _pack(keys, futures)
         return self.gather(packed) if sync else packed
@@ -104,6 +116,8 @@ class CollectionsMixin:
         """
         single = not isinstance(collections, list | tuple | set | frozenset)
         items = [collections] if single else list(collections)
+        if traverse:  # dask objects inside lists, tuples, sets, dicts: compute those too
+            items = [_delayed_if_holding_dask(item) for item in items]
         dask_items = [item for item in items if is_dask_collection(item)]
         futures: dict = {}
         if dask_items:
@@ -156,6 +170,12 @@ class CollectionsMixin:
                 rebuilt[id(item)] = rebuild({key: futures[key] for key in item_keys}, *state)
         results = [rebuilt.get(id(item), item) for item in items]
         return results[0] if single else results
+
+
+def _delayed_if_holding_dask(item: Any) -> Any:
+    if type(item) in (list, tuple, set, frozenset, dict) and unpack_collections(item)[0]:
+        return delayed(item)
+    return item
 
 
 def _keys_per_collection(expr: Any, count: int) -> list:

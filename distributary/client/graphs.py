@@ -29,14 +29,16 @@ def materialize(graph: Any) -> dict:
     """A plain ``{key: GraphNode}`` dict from any graph-like object."""
     if not isinstance(graph, Mapping) and hasattr(graph, "__dask_graph__"):
         graph = graph.__dask_graph__()
+    graph = dict(graph)
     nodes = {}
-    for key, value in dict(graph).items():
+    for key, value in graph.items():
         if isinstance(value, TaskRef) and not isinstance(value, GraphNode):
             if value.key == key:
                 continue  # a persisted collection's {key: future}: the data is on the cluster
             value = Alias(key, value.key)  # {"y": future}: y is that future's data
         nodes[key] = value
-    return convert_legacy_graph(nodes)
+    # every key of the graph, the dropped ones too: legacy tasks name those as strings
+    return convert_legacy_graph(nodes, all_keys=set(graph))
 
 
 def needed_nodes(nodes: dict, keys: Iterable, known: Any) -> dict:
