@@ -151,7 +151,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="one or two comma-separated module names; the ratio is first / second",
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per library (alternated)")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds per subprocess")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        help="seconds per subprocess (default: the scenario's own, 300 for most)",
+    )
     parser.add_argument("--json", type=Path, help="also write all results to this file")
     args = parser.parse_args(argv)
     args.libraries = [name.strip() for name in args.libraries.split(",") if name.strip()]
@@ -185,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                record = run_subprocess(lib, sc.name, kind, args.quick, args.timeout)
+                timeout = sc.timeout if args.timeout is None else args.timeout
+                record = run_subprocess(lib, sc.name, kind, args.quick, timeout)
                 print(
                     f" {'ok' if record['ok'] else 'FAILED'} ({record['wall_s']:.1f} s)",
                     file=sys.stderr,

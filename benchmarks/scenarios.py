@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -39,6 +40,7 @@ class Scenario:
     kinds: tuple[str, ...] = CLUSTER_KINDS
     better: str = "faster"  # word for "distributary wins", e.g. "2.3x faster"
     worse: str = "slower"
+    timeout: float = 300  # seconds per run unless --timeout is given
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -156,3 +158,225 @@ def cluster_lifecycle(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> F
     closed = time.perf_counter()
     start_s, close_s = started - start, closed - closing
     return {"total_s": start_s + close_s, "start_s": start_s, "close_s": close_s}
+
+
+# ---------------------------------------------------------------------------------------
+# Collections and large graphs.  These run on the process-based cluster only.  Heavy
+# imports (numpy, pandas, dask.array, dask.dataframe, psutil) happen inside the scenarios
+# so that the scenarios above do not need them.
+
+
+@contextmanager
+def connected(lib: ModuleType, kwargs: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
+    """Start ``LocalCluster(**kwargs)`` and a client with all workers; close both after."""
+    with lib.LocalCluster(**kwargs) as cluster, lib.Client(cluster) as client:
+        client.wait_for_workers(kwargs["n_workers"])
+        yield cluster, client
+
+
+@scenario(
+    "array-mean",
+    headline="seconds",
+    unit="s",
+    higher_is_better=False,
+    details=("submit_s",),
+    kinds=("processes",),
+)
+def array_mean(lib: ModuleType, client: Any, quick: bool) -> Figures:
+    """``client.compute((x + x.T).mean()).result()`` on a random array of 100 chunks."""
+    import dask
+    import dask.array as da
+    import numpy as np
+
+    n = 1_000 if quick else 4_000
+    x = da.random.default_rng(0).random((n, n), chunks=n // 10)
+    expr = (x + x.T).mean()
+    # Reference values, computed in this process before the timed part: the same graph on
+    # dask's local threaded scheduler, and numpy on the very same (seeded) data.
+    (expected,) = dask.compute(expr, scheduler="threads")
+    data = x.compute(scheduler="threads")
+    reference = float((data + data.T).mean())
+    del data
+    if not np.isclose(expected, reference, rtol=1e-9, atol=0):
+        raise AssertionError(f"threaded dask gave {expected!r}, numpy {reference!r}")
+
+    start = time.perf_counter()
+    future = client.compute(expr)
+    submitted = time.perf_counter()
+    result = future.result()
+    elapsed = time.perf_counter() - start
+    del future
+    if not np.isclose(result, expected, rtol=1e-9, atol=0):
+        raise AssertionError(f"mean is {result!r}, expected {expected!r}")
+    return {
+        "seconds": elapsed,
+        "submit_s": submitted - start,
+        "chunks": x.npartitions,
+        "tasks": len(expr.__dask_graph__()),
+    }
+
+
+@scenario(
+    "dataframe-groupby",
+    headline="seconds",
+    unit="s",
+    higher_is_better=False,
+    details=("submit_s",),
+    kinds=("processes",),
+)
+def dataframe_groupby(lib: ModuleType, client: Any, quick: bool) -> Figures:
+    """``client.compute(df.groupby("k").x.mean()).result()`` on 20 in-memory partitions."""
+    import dask.dataframe as dd
+    import numpy as np
+    import pandas as pd
+
+    rows = 1_000_000 if quick else 10_000_000
+    rng = np.random.default_rng(0)
+    pdf = pd.DataFrame({"k": rng.integers(0, 1_000, rows), "x": rng.random(rows)})
+    expected = pdf.groupby("k").x.mean()
+    ddf = dd.from_pandas(pdf, npartitions=20)
+    expr = ddf.groupby("k").x.mean()
+
+    start = time.perf_counter()
+    future = client.compute(expr)
+    submitted = time.perf_counter()
+    result = future.result()
+    elapsed = time.perf_counter() - start
+    del future, expr, ddf, pdf
+    result = result.sort_index()
+    if not result.index.equals(expected.index):
+        raise AssertionError(f"got {len(result)} groups, expected {len(expected)}")
+    if not np.allclose(result.to_numpy(), expected.to_numpy(), rtol=1e-9, atol=0):
+        raise AssertionError("group means differ from pandas")
+    return {
+        "seconds": elapsed,
+        "submit_s": submitted - start,
+        "rows": rows,
+        "groups": len(expected),
+    }
+
+
+@scenario(
+    "graph-100k",
+    headline="map_total_s",
+    unit="s",
+    higher_is_better=False,
+    details=("map_first_s", "tree_accept_s", "tree_total_s"),
+    own_cluster=True,
+    kinds=("processes",),
+    timeout=1800,
+)
+def graph_100k(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """Schedule many small tasks: a two-step ``client.map`` chain, then a delayed tree.
+
+    Each part gets a fresh cluster (start-up not timed), so the tree does not share the
+    scheduler with the released map futures.
+    """
+    import dask
+
+    tasks = 10_000 if quick else 100_000
+    figures: Figures = {"tasks": tasks}
+
+    # (a) client.map(inc, range(tasks / 2)) followed by client.map(inc, <those futures>).
+    half = tasks // 2
+    with connected(lib, kwargs) as (_, client):
+        start = time.perf_counter()
+        a = client.map(inc, range(half))
+        b = client.map(inc, a)
+        submitted = time.perf_counter()
+        first = b[0].result()
+        first_done = time.perf_counter()
+        lib.wait(b)
+        done = time.perf_counter()
+        results = client.gather(b)
+        del a, b
+    if first != 2 or results != list(range(2, half + 2)):
+        raise AssertionError("client.map chain gave wrong results")
+    del results
+    figures.update(
+        map_submit_s=submitted - start,
+        map_first_s=first_done - start,
+        map_total_s=done - start,
+    )
+
+    # (b) ``tasks`` delayed leaves inc(i), reduced pairwise with add into a binary tree.
+    build = time.perf_counter()
+    delayed_inc, delayed_add = dask.delayed(inc), dask.delayed(add)
+    level = [delayed_inc(i) for i in range(tasks)]
+    while len(level) > 1:
+        paired = [delayed_add(x, y) for x, y in zip(level[::2], level[1::2])]
+        level = paired + level[len(paired) * 2 :]
+    (tree,) = level
+    del level, paired
+    figures["tree_build_s"] = time.perf_counter() - build
+    with connected(lib, kwargs) as (_, client):
+        start = time.perf_counter()
+        future = client.compute(tree)
+        accepted = time.perf_counter()
+        total = future.result()
+        done = time.perf_counter()
+        del future
+    if total != sum(range(tasks)) + tasks:
+        raise AssertionError(f"tree reduction gave {total!r}")
+    figures.update(
+        tree_tasks=2 * tasks - 1,
+        tree_accept_s=accepted - start,
+        tree_total_s=done - start,
+    )
+    return figures
+
+
+@scenario(
+    "scheduler-memory",
+    headline="bytes_per_task",
+    unit="B/task",
+    higher_is_better=False,
+    details=("growth_mb",),
+    own_cluster=True,
+    kinds=("processes",),
+    better="less memory",
+    worse="more memory",
+    timeout=900,
+)
+def scheduler_memory(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """RSS growth of the process hosting the scheduler while finished tasks are held.
+
+    With ``processes=True`` the scheduler runs in this process and only the workers are
+    subprocesses; the growth therefore also includes this client's futures.
+    """
+    import gc
+
+    import psutil
+
+    tasks = 10_000 if quick else 100_000
+    process = psutil.Process()
+
+    def rss_after_settling() -> int:
+        time.sleep(0.5)  # let pending messages (results, releases) be handled
+        gc.collect()
+        return process.memory_info().rss
+
+    with connected(lib, kwargs) as (cluster, client):
+        if not isinstance(cluster.scheduler, lib.Scheduler):
+            raise AssertionError(f"scheduler is not in this process: {cluster.scheduler!r}")
+        # Warm-up with other keys, then release them.
+        warmup = client.map(inc, range(-1_000, 0))
+        if client.gather(warmup) != list(range(-999, 1)):
+            raise AssertionError("warm-up gave wrong results")
+        del warmup
+        before = rss_after_settling()
+        futures = client.map(inc, range(tasks))
+        lib.wait(futures)
+        after = rss_after_settling()
+        ok = client.gather(futures) == list(range(1, tasks + 1))
+        del futures
+    if not ok:
+        raise AssertionError("wrong results")
+    growth = after - before
+    return {
+        "bytes_per_task": growth / tasks,
+        "growth_mb": growth / 2**20,
+        "rss_before_mb": before / 2**20,
+        "rss_after_mb": after / 2**20,
+        "tasks": tasks,
+    }
