@@ -266,16 +266,22 @@ class UnpicklableError(Exception):
         self.lock = threading.Lock()
 
 
-class BadInitError(Exception):
-    def __init__(self, a: int, b: int):
-        super().__init__(f"{a} and {b}")
+def _bad_init_error() -> Exception:
+    # Made at test time: dask.multiprocessing (imported with dask.dataframe) installs tblib's
+    # pickling support, which makes every exception class existing by then picklable.
+    class BadInitError(Exception):
+        def __init__(self, a: int, b: int):
+            super().__init__(f"{a} and {b}")
+
+    return BadInitError(1, 2)
 
 
 @pytest.mark.parametrize(
-    "exc, text",
-    [(UnpicklableError("cannot travel"), "cannot travel"), (BadInitError(1, 2), "1 and 2")],
+    "make, text",
+    [(lambda: UnpicklableError("cannot travel"), "cannot travel"), (_bad_init_error, "1 and 2")],
 )
-def test_untransferable_exception_is_substituted(exc, text):
+def test_untransferable_exception_is_substituted(make, text):
+    exc = make()
     exc = _capture(lambda: (_ for _ in ()).throw(exc))
     msg = roundtrip(error_message(exc))
     rebuilt = rebuild_exception(msg)
