@@ -30,6 +30,11 @@ def poll(predicate: Callable[[], object], timeout: float = 10.0, interval: float
         time.sleep(interval)
 
 
+def run(coro, timeout: float = 30):
+    """Run a coroutine in a fresh event loop, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
 async def apoll(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     """``poll`` for coroutines: yields to the event loop between checks."""
     deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import dask.config
 import msgpack
 import numpy as np
 import pytest
+from conftest import apoll, run
 
 from distributary.comm import (
     PROTOCOL_VERSION,
@@ -31,20 +32,6 @@ from distributary.comm import (
     unparse_address,
 )
 from distributary.protocol import Serialize, deserialize
-
-
-def run(coro, timeout: float = 30):
-    """Run a coroutine in a fresh event loop, bounded in time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager
@@ -302,7 +289,7 @@ def test_tcp_abort_wakes_pending_read():
             comm.abort()
             with pytest.raises(CommClosedError):
                 await asyncio.wait_for(reader, 5)
-            await until(lambda: accepted and accepted[0].closed())
+            await apoll(lambda: accepted and accepted[0].closed())
 
     run(main())
 
@@ -455,7 +442,7 @@ def test_bad_frames_close_the_connection(garbage, log, caplog):
                 writer.write(frame_message({"distributary": PROTOCOL_VERSION}))
                 writer.write(garbage)
                 await read_to_eof(reader)
-                await until(lambda: accepted and accepted[0].closed())
+                await apoll(lambda: accepted and accepted[0].closed())
             finally:
                 writer.close()
             # the listener is unharmed
@@ -499,7 +486,7 @@ def test_handle_comm_errors_are_logged_and_listener_survives(caplog):
             for _ in range(2):
                 comm = await connect(listener.address)
                 comm.abort()
-            await until(lambda: len(calls) == 2)
+            await apoll(lambda: len(calls) == 2)
         finally:
             await listener.close()
 
@@ -572,7 +559,7 @@ def test_inproc_passes_messages_by_reference():
                 assert accepted[0].peer_address == comm.local_address
             finally:
                 await comm.close()
-            await until(lambda: accepted[0].closed())
+            await apoll(lambda: accepted[0].closed())
             with pytest.raises(CommClosedError):
                 await comm.write("x")
 

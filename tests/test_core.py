@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
+from conftest import apoll, run
 
 from distributary.comm import (
     PROTOCOL_VERSION,
@@ -23,20 +24,6 @@ from distributary.comm import (
 )
 from distributary.core import BatchedSend, ConnectionPool, Server
 from distributary.protocol import RemoteException, rebuild_exception
-
-
-def run(coro, timeout: float = 30):
-    """Run a coroutine in a fresh event loop, bounded in time."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(predicate, timeout: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def _divide(a: int, b: int) -> float:
@@ -140,7 +127,7 @@ def test_no_reply_when_not_wanted():
         handlers = {**default_handlers(), "note": lambda comm, msg: seen.append(msg["x"])}
         async with serving(handlers) as server, pool_for() as pool:
             assert await pool.call(server.address, {"op": "note", "x": 1, "reply": False}) is None
-            await until(lambda: seen == [1])
+            await apoll(lambda: seen == [1])
             # no stray reply is waiting on the reused comm
             assert await pool.call(server.address, {"op": "ping"}) == "pong"
             assert pool.open == 1
@@ -224,7 +211,7 @@ def test_handle_stream_dispatches_batches():
                     {"op": "record", "i": 2},
                 ]
             )
-            await until(lambda: len(seen) == 3)
+            await apoll(lambda: len(seen) == 3)
             assert seen == [("sync", 0), ("async", 1), ("sync", 2)]
             assert not closed.is_set()
             await comm.close()
@@ -246,7 +233,7 @@ def test_stream_handler_errors_are_logged(caplog):
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
             await comm.write([{"op": "fail"}, {"op": "ok"}])
-            await until(lambda: len(seen) == 1)
+            await apoll(lambda: len(seen) == 1)
             await comm.close()
 
     with caplog.at_level(logging.ERROR, logger="distributary.core"):
@@ -336,7 +323,7 @@ def test_pool_opens_comms_for_concurrent_calls_within_limit():
 
         async with serving({"wait": wait}) as server, pool_for(limit=3) as pool:
             calls = [asyncio.ensure_future(pool.rpc(server.address).wait(i=i)) for i in range(10)]
-            await until(lambda: len(inside) == 3)
+            await apoll(lambda: len(inside) == 3)
             assert pool.open == 3 and pool.active == 3
             release.set()
             assert sorted(await asyncio.gather(*calls)) == list(range(10))
@@ -465,7 +452,7 @@ def test_batched_send_coalesces_one_loop_turn_into_one_message():
             for i in range(100):
                 stream.send({"op": "x", "i": i})
             assert len(asyncio.all_tasks()) <= tasks_before + 1  # one flusher, not one per send
-            await until(lambda: received)
+            await apoll(lambda: received)
             assert len(received) == 1
             assert [m["i"] for m in received[0]] == list(range(100))
 
@@ -481,7 +468,7 @@ def test_batched_send_preserves_order_across_batches():
                 n += burst % 7 + 1
                 if burst % 3 == 0:
                     await asyncio.sleep(0)
-            await until(lambda: sum(len(batch) for batch in received) == n)
+            await apoll(lambda: sum(len(batch) for batch in received) == n)
             flat = [m["i"] for batch in received for m in batch]
             assert flat == list(range(n))
             assert len(received) < 50
@@ -495,7 +482,7 @@ def test_batched_send_interval_groups_sends():
             for i in range(10):
                 stream.send({"i": i})
                 await asyncio.sleep(0.002)
-            await until(lambda: sum(len(batch) for batch in received) == 10)
+            await apoll(lambda: sum(len(batch) for batch in received) == 10)
             assert len(received) < 10
             assert [m["i"] for batch in received for m in batch] == list(range(10))
 
@@ -510,7 +497,7 @@ def test_batched_send_close_flushes_then_refuses():
             assert stream.closed() and stream.comm.closed()
             with pytest.raises(CommClosedError):
                 stream.send({"i": 2})
-            await until(lambda: received)
+            await apoll(lambda: received)
             assert [m["i"] for m in received[0]] == [0, 1]
 
     run(main())
@@ -520,7 +507,7 @@ def test_batched_send_detects_closed_comm():
     async def main():
         async with batched_pair() as (stream, received):
             stream.send({"i": 0})
-            await until(lambda: received)
+            await apoll(lambda: received)
             stream.comm.abort()
             assert stream.closed()
             with pytest.raises(CommClosedError):
@@ -533,7 +520,7 @@ def test_batched_send_drops_only_unencodable_messages(caplog):
     async def main():
         async with batched_pair() as (stream, received):
             stream.send({"i": 0}, {"i": {1, 2}}, {"i": 2})
-            await until(lambda: sum(len(batch) for batch in received) == 2)
+            await apoll(lambda: sum(len(batch) for batch in received) == 2)
             assert [m["i"] for batch in received for m in batch] == [0, 2]
             assert not stream.closed()
 
