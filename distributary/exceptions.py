@@ -32,20 +32,26 @@ class KilledWorker(Exception):
 
     ``allowed_failures`` (``distributed.scheduler.allowed-failures``) workers may
     die while running a task; the next death gives up on the task with this error.
+    ``reason`` says why the last worker died, when that is known (for example, its
+    nanny killed it for using too much memory).
     """
 
-    def __init__(self, task: object, last_worker: str, allowed_failures: int):
+    def __init__(self, task: object, last_worker: str, allowed_failures: int, reason: str = ""):
         self.task = task
         self.last_worker = last_worker
         self.allowed_failures = allowed_failures
-        super().__init__(task, last_worker, allowed_failures)
+        self.reason = reason
+        super().__init__(task, last_worker, allowed_failures, reason)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"Attempted to run task {self.task!r} on {self.allowed_failures + 1} different "
             f"workers, but all those workers died while running it. The last worker that "
             f"attempted to run the task was {self.last_worker}."
         )
+        if self.reason:
+            text += f" Why it died: {self.reason}."
+        return text
 
 
 class Reschedule(Exception):

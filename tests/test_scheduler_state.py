@@ -22,6 +22,7 @@ import pytest
 from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler.retirement import retirement_done
 from distributary.scheduler.state import SchedulerState
 
 _sids = itertools.count()
@@ -1233,7 +1234,15 @@ def test_scatter_to_unknown_worker():
 # ---------------------------------------------------------------------- purity
 
 
-_CORE_FILES = ("state.py", "events.py", "instructions.py", "records.py", "placement.py")
+_CORE_FILES = (
+    "state.py",
+    "events.py",
+    "instructions.py",
+    "records.py",
+    "placement.py",
+    "validation.py",
+    "retirement.py",
+)
 _FORBIDDEN = ("asyncio", "socket", "selectors", "time", "distributary.comm", "distributary.core")
 
 
@@ -1295,6 +1304,124 @@ def test_importing_the_core_loads_no_io_modules():
     assert not {m for m in _modules_loaded_by_core() if m.split(".")[0] in io}
 
 
+# ---------------------------------------------------------------------- workers leaving
+
+
+def test_killed_worker_names_the_reason():
+    s = state(allowed_failures=0)
+    s.handle(add_worker(A), add_worker(B))
+    ct = one_compute(s.handle(graph("c", spec("x"))))
+    out = s.handle(ev.RemoveWorker(sid(), ct.worker, reason="exceeded 95% of its memory limit"))
+    (err,) = of(out, ins.KeyErred)
+    assert isinstance(err.exception, KilledWorker)
+    assert err.exception.last_worker == ct.worker
+    assert "exceeded 95% of its memory limit" in str(err.exception)
+
+
+def test_heartbeat_records_memory_and_time():
+    s = state()
+    s.handle(add_worker(A, memory_limit=1000))
+    beat = {"process": 900, "managed": 300, "spilled": 50}
+    assert s.handle(ev.WorkerHeartbeat(sid(), A, time=12.5, memory=beat)) == []
+    ws = s.workers[A]
+    assert ws.last_seen == 12.5
+    assert (ws.memory.process, ws.memory.managed, ws.memory.spilled) == (900, 300, 50)
+    assert ws.memory.unmanaged == 600
+    s.handle(ev.WorkerHeartbeat(sid(), "tcp://gone:1", time=13.0, memory=beat))  # ignored
+
+
+def _retire_setup():
+    """Workers A and B; x on A only, y on both A and B; both wanted by client c."""
+    s = state()
+    s.handle(add_worker(A), add_worker(B))
+    x = one_compute(s.handle(graph("c", spec("x", workers=(A,)))))
+    s.handle(finished(x, nbytes=100))
+    y = one_compute(s.handle(graph("c", spec("y", workers=(A,)))))
+    s.handle(finished(y, nbytes=10))
+    s.handle(ev.AddKeys(sid(), B, ("y",)))
+    return s
+
+
+def test_retire_copies_unique_data_then_is_done():
+    s = _retire_setup()
+    out = s.handle(ev.RetireWorkers(sid(), (A,)))
+    (acquire,) = of(out, ins.AcquireReplicas)
+    assert acquire.worker == B
+    assert acquire.who_has == {"x": (A,)} and acquire.nbytes == {"x": 100}
+    assert s.workers[A].status == "closing_gracefully"
+    assert A not in s.idle
+    assert not retirement_done(s, A)
+    # asked again while the copy is under way: not asked twice, unless replanned
+    assert of(s.handle(ev.RetireWorkers(sid(), (A,))), ins.AcquireReplicas) == []
+    assert of(s.handle(ev.RetireWorkers(sid(), (A,), replan=True)), ins.AcquireReplicas)
+    # no new task goes to the retiring worker
+    ct = one_compute(s.handle(graph("c", spec("z"))))
+    assert ct.worker == B
+    s.handle(finished(ct))
+    s.handle(ev.AddKeys(sid(), B, ("x",)))
+    assert retirement_done(s, A)
+    out = s.handle(ev.RemoveWorker(sid(), A, safe=True))
+    assert of(out, ins.KeyLost) == [] and computes(out) == []
+    assert states(s, "x", "y") == ["memory", "memory"]
+    assert s.retiring == {}
+
+
+def test_retirement_waits_for_running_tasks():
+    s = state()
+    s.handle(add_worker(A), add_worker(B))
+    ct = one_compute(s.handle(graph("c", spec("x", workers=(A,)))))
+    s.handle(ev.RetireWorkers(sid(), (A,)))
+    assert not retirement_done(s, A)
+    out = s.handle(finished(ct))
+    assert not retirement_done(s, A)  # its result is only there now
+    out = s.handle(ev.RetireWorkers(sid(), (A,)))
+    assert of(out, ins.AcquireReplicas)[0].worker == B
+
+
+def test_cancelled_retirement_runs_tasks_again():
+    s = state()
+    s.handle(add_worker(A))
+    x = one_compute(s.handle(graph("c", spec("x"))))
+    s.handle(finished(x))
+    assert of(s.handle(ev.RetireWorkers(sid(), (A,))), ins.AcquireReplicas) == []  # nowhere
+    out = s.handle(graph("c", spec("y")))
+    assert computes(out) == [] and states(s, "y") == ["queued"]
+    out = s.handle(ev.CancelRetirement(sid(), (A,)))
+    assert one_compute(out).worker == A
+    assert s.workers[A].status == "running" and s.retiring == {}
+
+
+def test_retiring_worker_status_is_not_undone_by_the_worker():
+    s = state()
+    s.handle(add_worker(A), add_worker(B))
+    s.handle(ev.RetireWorkers(sid(), (A,)))
+    s.handle(ev.WorkerStatusChange(sid(), A, "running"))
+    assert s.workers[A].status == "closing_gracefully"
+    s.handle(ev.WorkerStatusChange(sid(), B, "closing"))  # not the worker's to say
+    assert s.workers[B].status == "running"
+
+
+def test_restart_forgets_everything_and_tells_clients():
+    s = state()
+    s.handle(add_worker(A), add_worker(B), ev.AddClient(sid(), "c2"))
+    x = one_compute(s.handle(graph("c", spec("x"))))
+    s.handle(finished(x))
+    s.handle(graph("c", spec("y", "x"), spec("q1"), spec("q2"), spec("q3")))
+    out = s.handle(ev.Restart(sid()))
+    assert {i.client for i in of(out, ins.Restarted)} == {"c", "c2"}
+    assert computes(out) == [] and freed(out) == set()
+    assert s.tasks == {} and not s.idle and not s.unrunnable
+    for ws in s.workers.values():
+        assert ws.status == "closing" and not ws.processing and not ws.has_what
+        assert ws.nbytes == 0
+    # late reports from the old workers are harmless; new work waits for new workers
+    s.handle(finished(x))
+    assert states(s, "x") == ["forgotten"]
+    assert computes(s.handle(graph("c", spec("x")))) == []
+    s.handle(remove_worker(A), remove_worker(B))
+    assert one_compute(s.handle(add_worker(C))).key == "x"
+
+
 # ---------------------------------------------------------------------- randomized
 
 
@@ -1319,6 +1446,7 @@ class _Cluster:
         self.wanted: dict[str, set] = {c: set() for c in _CLIENTS}
         self.last: dict[tuple, type] = {}  # (client, key) -> last instruction type
         self.graphs = itertools.count()
+        self.acquiring: list[tuple] = []  # (worker, key) copies asked for a retirement
 
     # -- plumbing
 
@@ -1340,6 +1468,9 @@ class _Cluster:
                 run_id = self.running.pop((i.worker, key), None)
                 if run_id is not None and self.rng.random() < 0.3:
                     self.late.append((i.worker, key, run_id))  # it finished meanwhile
+        elif isinstance(i, ins.AcquireReplicas):
+            assert s.workers[i.worker].status == "running", i
+            self.acquiring.extend((i.worker, key) for key in i.who_has)
         elif isinstance(i, ins.KeyCancelled):
             self.wanted[i.client].discard(i.key)
             self.last[(i.client, i.key)] = type(i)
@@ -1441,6 +1572,29 @@ class _Cluster:
         else:
             self.handle(ev.ReleaseWorkerData(sid(), worker=holder, key=key))
 
+    def retire(self) -> None:
+        rng, s = self.rng, self.s
+        roll = rng.random()
+        if roll < 0.4 and self.acquiring:  # a copy arrives
+            worker, key = self.acquiring.pop(rng.randrange(len(self.acquiring)))
+            if worker in s.workers:
+                self.handle(ev.AddKeys(sid(), worker=worker, keys=(key,)))
+            return
+        retiring = sorted(s.retiring)
+        if roll < 0.6 or not retiring:
+            address = self.live[rng.choice(sorted(self.live))]
+            self.handle(ev.RetireWorkers(sid(), (address,), replan=rng.random() < 0.3))
+            return
+        address = rng.choice(retiring)
+        if retirement_done(s, address):
+            index = next(i for i, a in self.live.items() if a == address)
+            del self.live[index]
+            self.handle(remove_worker(address, safe=True))
+        elif roll < 0.7:
+            self.handle(ev.CancelRetirement(sid(), (address,)))
+        else:
+            self.handle(ev.RetireWorkers(sid(), (address,)))
+
     # -- the clients
 
     def submit(self) -> None:
@@ -1539,6 +1693,7 @@ class _Cluster:
             (3 if self.live else 0, self.remove_worker),
             (3 if self.live else 0, self.pause_or_resume),
             (3 if self.live else 0, self.replicas),
+            (3 if self.live else 0, self.retire),
             (9, self.release),
             (2, self.cancel),
             (2, self.desire),
@@ -1558,6 +1713,7 @@ class _Cluster:
         for index in range(_NWORKERS):
             if index not in self.live:
                 self.add_worker(index)
+        self.handle(ev.CancelRetirement(sid(), tuple(self.s.retiring)))
         for address in self.live.values():
             if self.s.workers[address].status != "running":
                 self.handle(ev.WorkerStatusChange(sid(), address=address, status="running"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import threading
 import uuid
@@ -20,6 +21,7 @@ import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
+from distributary.client.cluster import ClusterMixin
 from distributary.client.collections import CollectionsMixin
 from distributary.client.datasets import DatasetsMixin
 from distributary.client.future import Future, FutureState
@@ -82,7 +84,7 @@ def _stimulus(name: str) -> str:
     return f"{name}-{next(_stimulus_counter)}"
 
 
-class Client(CollectionsMixin, DatasetsMixin):
+class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
     """Connect to a cluster and submit computation to it.
 
     ``Client()`` starts a ``LocalCluster`` (closed with the client);
@@ -123,9 +125,8 @@ class Client(CollectionsMixin, DatasetsMixin):
         self._stream_task: asyncio.Task | None = None
         self.pool = ConnectionPool(limit=connection_limit, role="client")
         self.scheduler_address: str | None = None
+        self.scheduler_file = scheduler_file
         if scheduler_file is not None:
-            import json
-
             with open(scheduler_file) as f:
                 address = json.load(f)["address"]
         if address is not None and not hasattr(address, "scheduler_address"):
@@ -277,6 +278,7 @@ class Client(CollectionsMixin, DatasetsMixin):
             "task-erred": self._on_task_erred,
             "cancelled-key": self._on_cancelled_key,
             "lost-data": self._on_lost_data,
+            "restart": self._on_restart,
         }
         try:
             while True:
@@ -699,45 +701,6 @@ class Client(CollectionsMixin, DatasetsMixin):
             register()
         else:
             self.loop.call_soon_threadsafe(register)
-
-    # ------------------------------------------------------------------ cluster information
-
-    def scheduler_info(self, **kwargs: Any) -> Any:
-        """The scheduler's identity and its workers."""
-        return self.sync(self._scheduler_info)
-
-    async def _scheduler_info(self) -> dict:
-        return await self.pool.call(self.scheduler_address, {"op": "identity"})
-
-    def nthreads(self, workers: Any = None, **kwargs: Any) -> Any:
-        """Threads of each worker, by address."""
-        return self.sync(self._nthreads)
-
-    async def _nthreads(self) -> dict:
-        info = await self._scheduler_info()
-        return {addr: w["nthreads"] for addr, w in info["workers"].items()}
-
-    ncores = nthreads
-
-    def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
-        """The workers holding each future's data."""
-        return self.sync(self._who_has, futures)
-
-    async def _who_has(self, futures: Any) -> dict:
-        keys = (
-            [f.key for f in collect_futures(futures)] if futures is not None else list(self.futures)
-        )
-        return await self.pool.call(self.scheduler_address, {"op": "who-has", "keys": keys})
-
-    def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
-        """Block until at least ``n_workers`` workers have joined."""
-        return self.sync(self._wait_for_workers, n_workers, timeout=timeout)
-
-    async def _wait_for_workers(self, n_workers: int) -> None:
-        delay = 0.01
-        while len((await self._scheduler_info())["workers"]) < n_workers:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"

@@ -208,6 +208,12 @@ class DatasetExtension:
             if dataset is not None:
                 self._release(dataset, stimulus_id)
 
+    def clear(self) -> None:
+        """Unpublish everything (the cluster restarts: the data is gone)."""
+        datasets, self.datasets = self.datasets, {}
+        for dataset in datasets.values():
+            self._release(dataset, "restart")
+
     # ------------------------------------------------------------------ pseudo-clients
 
     def _pseudo_client(self, name: Any) -> str:

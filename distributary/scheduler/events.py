@@ -115,6 +115,43 @@ class RemoveWorker(SchedulerEvent):
 
     address: str
     safe: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat(SchedulerEvent):
+    """A worker is alive; ``memory`` holds its ``process``, ``managed`` and ``spilled`` bytes."""
+
+    address: str
+    time: float
+    memory: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RetireWorkers(SchedulerEvent):
+    """Stop giving these workers tasks and copy the data only they hold elsewhere.
+
+    Sent again while they retire; with ``replan`` the keys asked of other workers
+    earlier, whose copies have still not arrived, are asked again.
+    """
+
+    addresses: tuple
+    replan: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRetirement(SchedulerEvent):
+    """These workers stay after all (their data could not be moved): they run tasks again."""
+
+    addresses: tuple
+
+
+@dataclass(frozen=True, slots=True)
+class Restart(SchedulerEvent):
+    """Forget every task and every client's wants; the current workers get no more work.
+
+    The server restarts or closes those workers itself.
+    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,16 @@ class FreeKeys(Message, ToWorker):
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireReplicas(Message, ToWorker):
+    """Fetch these keys from the workers in ``who_has`` and keep them."""
+
+    op: ClassVar[str] = "acquire-replicas"
+
+    who_has: dict
+    nbytes: dict
+
+
+@dataclass(frozen=True, slots=True)
 class ToClient(SchedulerInstruction):
     """Base of the instructions addressed to one client."""
 
@@ -89,3 +99,10 @@ class KeyLost(Message, ToClient):
     op: ClassVar[str] = "lost-data"
 
     key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted(Message, ToClient):
+    """The cluster restarted: every future of the client is cancelled."""
+
+    op: ClassVar[str] = "restart"

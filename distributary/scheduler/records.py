@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -81,8 +82,32 @@ class TaskRecord:
         return f"<Task {self.key!r} {self.state}>"
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    """A worker's memory as it last reported it, in bytes.
+
+    ``managed``: results held in memory; ``spilled``: results written to disk;
+    ``process``: the worker process's resident memory; ``unmanaged``: the rest of it
+    (interpreter, libraries, task temporaries, fragmentation).
+    """
+
+    process: int = 0
+    managed: int = 0
+    spilled: int = 0
+
+    @property
+    def unmanaged(self) -> int:
+        """Process memory not taken by held results."""
+        return max(self.process - self.managed, 0)
+
+
 class WorkerRecord:
-    """A worker as the scheduler tracks it."""
+    """A worker as the scheduler tracks it.
+
+    ``status``: ``running``; ``paused`` (memory pressure); ``closing_gracefully`` (being
+    retired: its data is copied elsewhere); ``closing`` (restarting or leaving).  Only a
+    running worker is given tasks.
+    """
 
     __slots__ = (
         "address",
@@ -99,6 +124,7 @@ class WorkerRecord:
         "nbytes",
         "slots",
         "last_seen",
+        "memory",
     )
 
     def __init__(
@@ -128,6 +154,7 @@ class WorkerRecord:
             max(1, math.ceil(nthreads * saturation)) if saturation != math.inf else math.inf
         )
         self.last_seen = 0.0
+        self.memory = MemoryState()
 
     @property
     def occupied(self) -> int:

@@ -20,13 +20,15 @@ import dask.config
 from dask.utils import parse_timedelta
 
 from distributary.comm import CommClosedError
-from distributary.comm.addressing import get_address_host
-from distributary.core import BatchedSend, Server
+from distributary.comm.addressing import get_address_host, normalize_address
+from distributary.core import BatchedSend, ConnectionPool, Server
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol.serialize import Serialize, Serialized
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.datasets import DatasetExtension
+from distributary.scheduler.lifecycle import WorkerLifecycle
+from distributary.scheduler.records import WorkerRecord
 from distributary.scheduler.state import FIRE_AND_FORGET, SchedulerState
 
 logger = logging.getLogger("distributary.scheduler")
@@ -89,6 +91,7 @@ class Scheduler(ServerNode):
             "add-keys": _add_keys,
             "missing-data": _missing_data,
             "worker-status-change": _worker_status_change,
+            "heartbeat": _heartbeat,
         }
         self._from_client: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]] = {
             "update-graph": _update_graph,
@@ -98,9 +101,12 @@ class Scheduler(ServerNode):
             "retry-keys": _retry_keys,
             "scatter-data": _scatter_data,
         }
+        self.pool = ConnectionPool(role="scheduler")
         self.datasets = DatasetExtension(self)
         self.server.handlers.update(self.datasets.handlers)
         self._from_client.update(self.datasets.stream_handlers)
+        self.lifecycle = WorkerLifecycle(self, worker_ttl, idle_timeout)
+        self.server.handlers.update(self.lifecycle.handlers)
 
     @property
     def address(self) -> str:
@@ -121,6 +127,63 @@ class Scheduler(ServerNode):
         """What happened to these keys: ``(key, start, finish, stimulus_id)`` entries."""
         return self.state.story(*keys)
 
+    async def retire_workers(
+        self,
+        workers: list[str] | None = None,
+        *,
+        names: list | None = None,
+        close_workers: bool = False,
+        remove: bool = True,
+        **kwargs: Any,
+    ) -> dict[str, dict]:
+        """Gracefully retire workers: copy the data only they hold to others first.
+
+        ``workers`` (addresses) or ``names``; with neither, :meth:`workers_to_close`
+        chooses (``kwargs`` go to it).  ``remove`` drops them from the scheduler at once,
+        ``close_workers`` also closes them (and their nannies).  Returns
+        ``{address: info}`` of the workers retired.
+        """
+        return await self.lifecycle.retire_workers(
+            workers, names=names, close_workers=close_workers, remove=remove, **kwargs
+        )
+
+    def workers_to_close(self, **kwargs: Any) -> list:
+        """Workers that can be closed at little cost (see ``WorkerLifecycle.workers_to_close``)."""
+        return self.lifecycle.workers_to_close(**kwargs)
+
+    async def restart(self, timeout: float = 30, wait_for_workers: bool = True) -> None:
+        """Forget all tasks and data, restart the worker processes, wait for them to return."""
+        await self.lifecycle.restart(timeout, wait_for_workers)
+
+    def coerce_address(self, address: Any) -> str:
+        """A worker's address from its address or name."""
+        if address in self.state.workers_by_name:
+            return self.state.workers_by_name[address]
+        return normalize_address(address)
+
+    def worker_info(self, ws: WorkerRecord) -> dict:
+        """What the scheduler knows of a worker, as plain values."""
+        memory = ws.memory
+        return {
+            "name": ws.name,
+            "nthreads": ws.nthreads,
+            "memory_limit": ws.memory_limit,
+            "resources": ws.resources,
+            "nanny": ws.nanny,
+            "host": ws.host,
+            "status": ws.status,
+            "nbytes": ws.nbytes,
+            "processing": len(ws.processing),
+            "stored": len(ws.has_what),
+            "last_seen": ws.last_seen,
+            "metrics": {
+                "memory": memory.process,
+                "managed_bytes": memory.managed,
+                "spilled_bytes": memory.spilled,
+                "unmanaged_bytes": memory.unmanaged,
+            },
+        }
+
     # ------------------------------------------------------------------ lifecycle
 
     async def _start(self) -> None:
@@ -128,12 +191,15 @@ class Scheduler(ServerNode):
         if self.scheduler_file:
             with open(self.scheduler_file, "w") as f:
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
+        self.lifecycle.start()
         logger.info("Scheduler at %s", self.address)
 
     async def _close(self) -> None:
+        self.lifecycle.stop()
         for stream in [*self.worker_streams.values(), *self.client_streams.values()]:
             stream.abort()
         await self.server.close()
+        await self.pool.close()
         if self.scheduler_file and os.path.exists(self.scheduler_file):
             os.remove(self.scheduler_file)
 
@@ -224,7 +290,10 @@ class Scheduler(ServerNode):
             self.worker_streams.pop(address, None)
             stream.abort()
             if self.status == "running":
-                self._handle(ev.RemoveWorker(f"remove-worker-{address}", address, safe=safe))
+                reason = self.lifecycle.exit_reasons.pop(address, "")
+                self._handle(
+                    ev.RemoveWorker(f"remove-worker-{address}", address, safe=safe, reason=reason)
+                )
                 logger.info("Worker %s removed", address)
 
     async def _handle_register_client(self, comm: Any, msg: dict) -> None:
@@ -246,21 +315,7 @@ class Scheduler(ServerNode):
             "type": "Scheduler",
             "id": self.id,
             "address": self.address,
-            "workers": {
-                ws.address: {
-                    "name": ws.name,
-                    "nthreads": ws.nthreads,
-                    "memory_limit": ws.memory_limit,
-                    "resources": ws.resources,
-                    "nanny": ws.nanny,
-                    "host": ws.host,
-                    "status": ws.status,
-                    "nbytes": ws.nbytes,
-                    "processing": len(ws.processing),
-                    "stored": len(ws.has_what),
-                }
-                for ws in self.state.workers.values()
-            },
+            "workers": {ws.address: self.worker_info(ws) for ws in self.state.workers.values()},
         }
 
     def _handle_who_has(self, comm: Any, msg: dict) -> dict:
@@ -359,6 +414,15 @@ def _missing_data(worker: str, msg: dict) -> ev.SchedulerEvent:
 
 def _worker_status_change(worker: str, msg: dict) -> ev.SchedulerEvent:
     return ev.WorkerStatusChange(msg["stimulus_id"], worker, _typed(msg["status"], str, "status"))
+
+
+def _heartbeat(worker: str, msg: dict) -> ev.SchedulerEvent:
+    memory = {
+        name: _typed(value, int, "memory")
+        for name, value in _typed(msg.get("memory") or {}, dict, "memory").items()
+        if name in ("process", "managed", "spilled")
+    }
+    return ev.WorkerHeartbeat(msg["stimulus_id"], worker, time.time(), memory)
 
 
 def _keys(keys: Any, name: str = "keys") -> tuple:

@@ -33,7 +33,9 @@ from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.placement import decide_worker
-from distributary.scheduler.records import ClientRecord, TaskRecord, WorkerRecord
+from distributary.scheduler.records import ClientRecord, MemoryState, TaskRecord, WorkerRecord
+from distributary.scheduler.retirement import plan_replicas
+from distributary.scheduler.validation import validate_state
 from distributary.transitions import TransitionEngine
 
 Recs = dict  # key -> recommended state
@@ -66,6 +68,8 @@ class SchedulerState(TransitionEngine):
         self.workers_by_name: dict[Any, str] = {}
         self.workers_by_host: dict[str, set[str]] = {}
         self.durations: dict[str, float] = {}
+        # worker being retired -> the keys asked of another worker, and which one
+        self.retiring: dict[str, dict[TaskRecord, str]] = {}
         self._queue: list = []
         self._queue_counter = itertools.count()
         self._run_ids = itertools.count(1)  # unique across records: a key may come back
@@ -83,6 +87,10 @@ class SchedulerState(TransitionEngine):
             ev.AddWorker: self._handle_add_worker,
             ev.RemoveWorker: self._handle_remove_worker,
             ev.WorkerStatusChange: self._handle_worker_status_change,
+            ev.WorkerHeartbeat: self._handle_worker_heartbeat,
+            ev.RetireWorkers: self._handle_retire_workers,
+            ev.CancelRetirement: self._handle_cancel_retirement,
+            ev.Restart: self._handle_restart,
             ev.TaskFinished: self._handle_task_finished,
             ev.TaskErred: self._handle_task_erred,
             ev.TaskRescheduled: self._handle_task_rescheduled,
@@ -332,6 +340,7 @@ class SchedulerState(TransitionEngine):
         if ws is None:
             return {}
         self.idle.pop(ws.address, None)
+        self.retiring.pop(ws.address, None)
         if self.workers_by_name.get(ws.name) == ws.address:
             del self.workers_by_name[ws.name]
         host_set = self.workers_by_host.get(ws.host)
@@ -344,7 +353,7 @@ class SchedulerState(TransitionEngine):
             if not event.safe:
                 ts.suspicious += 1
                 if ts.suspicious > self.allowed_failures:
-                    exc = KilledWorker(ts.key, ws.address, self.allowed_failures)
+                    exc = KilledWorker(ts.key, ws.address, self.allowed_failures, event.reason)
                     self._set_exception(ts, exc, None, repr(exc))
                     recs[ts.key] = "erred"
                     continue
@@ -357,15 +366,74 @@ class SchedulerState(TransitionEngine):
 
     def _handle_worker_status_change(self, event: ev.WorkerStatusChange) -> Recs:
         ws = self.workers.get(event.address)
-        if ws is None:
+        # A worker pauses and resumes itself; leaving is decided here, and sticks.
+        if ws is None or ws.status not in ("running", "paused"):
+            return {}
+        if event.status not in ("running", "paused"):
             return {}
         ws.status = event.status
+        if ws.status == "running":
+            return self._resume(ws)
         self._update_idle(ws)
-        if ws.status != "running":
-            return {}
+        return {}
+
+    def _resume(self, ws: WorkerRecord) -> Recs:
+        self._update_idle(ws)
         recs = self._recommend_unrunnable()
         recs.update(self._fill_slots(ws))
         return recs
+
+    def _handle_worker_heartbeat(self, event: ev.WorkerHeartbeat) -> Recs:
+        ws = self.workers.get(event.address)
+        if ws is not None:
+            ws.last_seen = event.time
+            memory = event.memory
+            ws.memory = MemoryState(
+                memory.get("process", 0), memory.get("managed", 0), memory.get("spilled", 0)
+            )
+        return {}
+
+    def _handle_retire_workers(self, event: ev.RetireWorkers) -> Recs:
+        retiring = [self.workers[a] for a in event.addresses if a in self.workers]
+        for ws in retiring:
+            if ws.status in ("running", "paused"):
+                ws.status = "closing_gracefully"
+                self._update_idle(ws)
+            asked = self.retiring.setdefault(ws.address, {})
+            if event.replan:
+                asked.clear()
+        for recipient, who_has, nbytes in plan_replicas(self, retiring):
+            self._out.append(ins.AcquireReplicas(event.stimulus_id, recipient, who_has, nbytes))
+        return {}
+
+    def _handle_cancel_retirement(self, event: ev.CancelRetirement) -> Recs:
+        recs: Recs = {}
+        for address in event.addresses:
+            ws = self.workers.get(address)
+            self.retiring.pop(address, None)
+            if ws is not None and ws.status == "closing_gracefully":
+                ws.status = "running"
+                recs.update(self._resume(ws))
+        return recs
+
+    def _handle_restart(self, event: ev.Restart) -> Recs:
+        for client in self.clients:
+            self._out.append(ins.Restarted(event.stimulus_id, client))
+            self.clients[client].wants_what.clear()
+        for ts in self.tasks.values():
+            ts.state = "forgotten"  # (a record still referenced elsewhere must not look alive)
+        self.tasks.clear()
+        self.unrunnable.clear()
+        self._queue.clear()
+        self.idle.clear()
+        self.retiring.clear()
+        for ws in self.workers.values():
+            ws.status = "closing"
+            ws.processing.clear()
+            ws.long_running.clear()
+            ws.has_what.clear()
+            ws.nbytes = 0
+        return {}
 
     def _recommend_unrunnable(self) -> Recs:
         # Recommendations pop last-in first: insert the most urgent task last.
@@ -441,7 +509,7 @@ class SchedulerState(TransitionEngine):
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
                 self._add_replica(ts, ws)
-            else:
+            elif ts is None or ts.processing_on is not ws:  # (a stale copy of its own task)
                 unwanted.append(key)
         if unwanted:
             self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, tuple(unwanted)))
@@ -766,39 +834,4 @@ class SchedulerState(TransitionEngine):
 
     def validate(self) -> None:
         """Check the invariants that tie the records together; raise AssertionError."""
-        for key, ts in self.tasks.items():
-            assert ts.key == key
-            assert (ts.state == "processing") == (ts.processing_on is not None), ts
-            if ts.state == "processing":
-                assert ts in ts.processing_on.processing, ts
-                assert ts.processing_on.address in self.workers, ts
-                assert not ts.waiting_on, ts
-            if ts.state == "memory":
-                assert ts.who_has, ts
-            else:
-                assert not ts.who_has, ts
-            if ts.state == "waiting":
-                assert ts.waiting_on == {d for d in ts.dependencies if d.state != "memory"}, ts
-            else:
-                assert not ts.waiting_on, ts
-            assert (ts.state == "no-worker") == (ts in self.unrunnable), ts
-            for dep in ts.dependencies:
-                assert ts in dep.dependents, (ts, dep)
-                known = self.tasks.get(dep.key) is dep
-                assert known or ts.state in ("released", "erred"), (ts, dep)
-            for client in ts.who_wants:
-                assert ts in self.clients[client].wants_what, ts
-            if ts.state in ("waiting", "queued", "no-worker", "processing"):
-                for dep in ts.dependencies:
-                    assert ts in dep.waiters, (ts, dep)
-            if ts.state == "queued":
-                assert not self.idle, (ts, self.idle)  # no queued task while a worker has room
-        for ws in self.workers.values():
-            for ts in ws.processing:
-                assert ts.processing_on is ws, (ws, ts)
-            for ts in ws.has_what:
-                assert ws in ts.who_has, (ws, ts)
-            assert (ws.address in self.idle) == ws.has_room(), ws
-        for cs in self.clients.values():
-            for ts in cs.wants_what:
-                assert cs.client_id in ts.who_wants, (cs, ts)
+        validate_state(self)
