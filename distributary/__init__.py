@@ -3,36 +3,49 @@
 Change ``from dask.distributed import ...`` to ``from distributary import ...``.
 """
 
+import importlib
+
 from distributary import config  # noqa: F401  (registers the configuration defaults)
-from distributary.client import (
-    ALL_COMPLETED,
-    FIRST_COMPLETED,
-    FIRST_EXCEPTION,
-    Client,
-    Future,
-    as_completed,
-    default_client,
-    fire_and_forget,
-    futures_of,
-    wait,
-)
-from distributary.deploy import LocalCluster
-from distributary.exceptions import (
-    CancelledError,
-    FutureCancelledError,
-    KilledWorker,
-    Reschedule,
-    TimeoutError,
-)
-from distributary.nanny import Nanny
-from distributary.scheduler.server import Scheduler
-from distributary.worker.context import get_worker, secede
-from distributary.worker.server import Worker
+
+# Public names and the modules that define them, imported on first use: a worker
+# process imports the worker, not the client and the deployment code.
+_EXPORTS = {
+    "ALL_COMPLETED": "distributary.client",
+    "FIRST_COMPLETED": "distributary.client",
+    "FIRST_EXCEPTION": "distributary.client",
+    "Client": "distributary.client",
+    "Future": "distributary.client",
+    "as_completed": "distributary.client",
+    "default_client": "distributary.client",
+    "fire_and_forget": "distributary.client",
+    "futures_of": "distributary.client",
+    "wait": "distributary.client",
+    "get_client": "distributary.client",
+    "LocalCluster": "distributary.deploy",
+    "CancelledError": "distributary.exceptions",
+    "FutureCancelledError": "distributary.exceptions",
+    "KilledWorker": "distributary.exceptions",
+    "Reschedule": "distributary.exceptions",
+    "TimeoutError": "distributary.exceptions",
+    "Nanny": "distributary.nanny",
+    "Scheduler": "distributary.scheduler.server",
+    "get_worker": "distributary.worker.context",
+    "secede": "distributary.worker.context",
+    "Worker": "distributary.worker.server",
+}
 
 
-def get_client() -> Client:
-    """The client to use here: the default client of this process."""
-    return default_client()
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'distributary' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
 
 
 __version__ = "0.1.0"

@@ -284,22 +284,34 @@ def test_scheduler_state_loads_no_io_or_server_module():
     assert not {m for m in loaded if m.startswith(servers)}, sorted(loaded)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="``import distributary.worker.state`` runs distributary/__init__.py first, which "
-    "imports the client and the servers (and asyncio with them); the state machine itself "
-    "loads no I/O module (test_worker_state_machine_loads_no_io_module)",
-)
 def test_importing_worker_state_through_the_package_loads_no_asyncio():
+    """The package imports its public names lazily: the state machine comes alone."""
     result = run_python(
         """
         import sys
         import distributary.worker.state
-        print("asyncio" in sys.modules, "socket" in sys.modules)
+        servers = [m for m in sys.modules if m.startswith(("distributary.comm",
+                   "distributary.core", "distributary.client", "distributary.deploy"))]
+        print("asyncio" in sys.modules, servers)
         """
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"]
+    assert result.stdout.split() == ["False", "[]"]
+
+
+def test_public_names_resolve_lazily():
+    result = run_python(
+        """
+        import sys
+        import distributary
+        before = "distributary.client" in sys.modules
+        from distributary import *
+        print(before, Client.__module__, get_client.__module__, "Worker" in dir(distributary))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    client_module = "distributary.client.client"
+    assert result.stdout.split() == ["False", client_module, client_module, "True"]
 
 
 # ---------------------------------------------------------------------- signatures

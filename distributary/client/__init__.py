@@ -1,6 +1,6 @@
 """Clients, futures, and waiting on futures."""
 
-from distributary.client.client import Client, default_client
+from distributary.client.client import Client, default_client, get_client
 from distributary.client.future import Future
 from distributary.client.structures import futures_of
 from distributary.client.waiting import (
@@ -22,5 +22,6 @@ __all__ = [
     "default_client",
     "fire_and_forget",
     "futures_of",
+    "get_client",
     "wait",
 ]

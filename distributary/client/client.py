@@ -57,6 +57,11 @@ def default_client() -> Client:
     return client
 
 
+def get_client() -> Client:
+    """The client to use here: the default client of this process."""
+    return default_client()
+
+
 # What dask.compute and friends use while a distributary client is the default; the
 # settings that were there before come back when no default client is left.
 _DASK_SETTINGS = ("scheduler", "dataframe.shuffle.method", "array.rechunk.method")
