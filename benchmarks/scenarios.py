@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from benchmarks.tasks import add, inc, noop
+from benchmarks.tasks import add, inc, mark_and_sleep, noop
 
 Figures = dict[str, float]
 ScenarioFn = Callable[[ModuleType, Any, bool], Figures]
@@ -158,6 +158,64 @@ def cluster_lifecycle(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> F
     closed = time.perf_counter()
     start_s, close_s = started - start, closed - closing
     return {"total_s": start_s + close_s, "start_s": start_s, "close_s": close_s}
+
+
+@scenario(
+    "recovery",
+    headline="median_s",
+    unit="s",
+    higher_is_better=False,
+    details=("max_s",),
+    own_cluster=True,
+    kinds=("processes",),
+)
+def recovery(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """Time from SIGKILL of a worker process to its task running again on another worker.
+
+    A long task is pinned to one worker (``allow_other_workers=True``) and leaves a marker
+    file named after its process and start time; the benchmark kills that process and
+    waits for a marker from another process.
+    """
+    import os
+    import signal
+    import tempfile
+
+    rounds = 2 if quick else 5
+    samples = []
+    with connected(lib, kwargs) as (_, client), tempfile.TemporaryDirectory() as directory:
+        for _ in range(rounds):
+            client.wait_for_workers(kwargs["n_workers"])
+            target = sorted(client.scheduler_info()["workers"])[0]
+            before = set(os.listdir(directory))
+            future = client.submit(
+                mark_and_sleep,
+                directory,
+                60,
+                workers=[target],
+                allow_other_workers=True,
+                pure=False,
+            )
+            (marker,) = _new_markers(directory, before, 30)
+            victim = int(marker.split("-")[0])
+            killed = time.time()
+            os.kill(victim, signal.SIGKILL)
+            rerun = _new_markers(directory, before | {marker}, 30)[0]  # (the victim is dead)
+            samples.append(float(rerun.split("-", 1)[1]) - killed)
+            client.cancel(future)
+            del future
+    return {"median_s": statistics.median(samples), "max_s": max(samples)}
+
+
+def _new_markers(directory: str, seen: set[str], timeout: float) -> list[str]:
+    import os
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = sorted(set(os.listdir(directory)) - seen)
+        if new:
+            return new
+        time.sleep(0.002)
+    raise TimeoutError(f"no new marker in {directory} within {timeout} s")
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,3 +13,12 @@ def add(x: int, y: int) -> int:
 
 def noop(x: object) -> None:
     """Do nothing."""
+
+
+def mark_and_sleep(directory: str, seconds: float) -> None:
+    """Leave a file named ``<pid>-<time started>`` in ``directory``, then sleep."""
+    import os
+    import time
+
+    open(os.path.join(directory, f"{os.getpid()}-{time.time()!r}"), "w").close()
+    time.sleep(seconds)

@@ -800,6 +800,114 @@ def test_update_data_for_key_in_flight():
     assert_empty(s)
 
 
+# ---------------------------------------------------------------------- acquire-replicas
+
+
+def acquire(who_has: dict, nbytes: int = 10) -> ev.AcquireReplicas:
+    return ev.AcquireReplicas(sid(), who_has, {k: nbytes for k in who_has})
+
+
+def test_acquire_replicas_fetches_and_keeps_the_keys():
+    s = ws()
+    out = step(s, acquire({"a": [P1], "b": [P1, P2]}))
+    gd = one(out, ins.GatherDep)
+    assert (gd.worker, sorted(gd.keys)) == (P1, ["a", "b"])
+    assert states(s, "a", "b") == ["flight", "flight"]
+    e = gathered(gd, nbytes=7)
+    out = step(s, e)
+    assert out == [ins.AddKeysMsg(e.stimulus_id, gd.keys)]
+    assert states(s, "a", "b") == ["memory", "memory"]  # kept: no task here needs them
+    assert s.nbytes == 14
+    step(s, free("a", "b"))
+    assert_empty(s)
+    assert s.nbytes == 0
+
+
+def test_acquire_replicas_of_keys_held_here_reports_them_at_once():
+    s = ws()
+    step(s, compute("x"))
+    step(s, success("x", nbytes=5))
+    e = acquire({"x": [P1]})
+    assert step(s, e) == [ins.AddKeysMsg(e.stimulus_id, ("x",))]
+    assert s.nbytes == 5
+    step(s, free("x"))
+    assert_empty(s)
+
+
+def test_acquire_replica_of_a_dependency_outlives_its_dependent():
+    s = ws()
+    gd = one(step(s, compute("x", who_has={"a": [P1]})), ins.GatherDep)
+    assert step(s, acquire({"a": [P1]})) == []  # already on its way
+    step(s, free("x"))
+    assert states(s, "x", "a") == ["forgotten", "flight"]
+    out = step(s, gathered(gd))
+    assert one(out, ins.AddKeysMsg).keys == ("a",)
+    assert states(s, "a") == ["memory"]
+    step(s, free("a"))
+    assert_empty(s)
+
+
+def test_acquire_replica_freed_while_in_flight():
+    s = ws()
+    gd = one(step(s, acquire({"a": [P1]})), ins.GatherDep)
+    step(s, free("a"))
+    assert states(s, "a") == ["cancelled"]
+    assert step(s, gathered(gd)) == []  # dropped, not reported
+    assert_empty(s)
+
+
+def test_acquire_replica_again_while_cancelled_takes_the_transfer():
+    s = ws()
+    gd = one(step(s, acquire({"a": [P1]})), ins.GatherDep)
+    step(s, free("a"))
+    assert step(s, acquire({"a": [P1]})) == []
+    assert states(s, "a") == ["flight"]
+    assert one(step(s, gathered(gd)), ins.AddKeysMsg).keys == ("a",)
+    step(s, free("a"))
+    assert_empty(s)
+
+
+def test_acquire_replica_from_another_holder_then_give_up():
+    s = ws()
+    gd = one(step(s, acquire({"a": [P1, P2]})), ins.GatherDep)
+    out = step(s, gather_failed(gd))
+    assert one(out, ins.MissingDataMsg).errant_worker == gd.worker
+    gd2 = one(out, ins.GatherDep)
+    assert gd2.worker != gd.worker
+    out = step(s, gathered(gd2, "a"))  # missing there too: no holder left
+    assert one(out, ins.MissingDataMsg).errant_worker == gd2.worker
+    assert not of(out, ins.AddKeysMsg) and not of(out, ins.RescheduleMsg)
+    assert_empty(s)
+
+
+def test_acquire_replica_that_cannot_be_deserialized():
+    s = ws()
+    gd = one(step(s, acquire({"a": [P1]})), ins.GatherDep)
+    error = {
+        "exception": TypeError("x"),
+        "traceback": None,
+        "exception_text": "",
+        "traceback_text": "",
+    }
+    assert step(s, ev.GatherDepError(sid(), P1, gd.keys, error)) == []  # nobody to fail
+    assert_empty(s)
+
+
+def test_acquire_replicas_of_no_other_holder_is_ignored():
+    s = ws()
+    assert step(s, acquire({"a": [ME], "b": []})) == []
+    assert_empty(s)
+
+
+def test_replicas_come_after_dependencies_and_wait_while_paused():
+    s = ws(max_peers_in_flight=1)
+    step(s, ev.PauseChange(sid(), True))
+    assert step(s, acquire({"r": [P1]}), compute("x", who_has={"d": [P2]})) == []
+    out = step(s, ev.PauseChange(sid(), False))
+    assert one(out, ins.GatherDep).keys == ("d",)  # the task's dependency first
+    assert states(s, "r") == ["fetch"]
+
+
 # ---------------------------------------------------------------------- key kinds
 
 
@@ -1053,6 +1161,13 @@ class _Sim:
         self.paused = not self.paused
         self.handle(ev.PauseChange(sid(), self.paused))
 
+    def replicate(self) -> None:
+        """The scheduler wants copies here of keys held by peers."""
+        keys = sorted(self.holders)
+        if keys:
+            wanted = self.rng.sample(keys, min(len(keys), self.rng.randint(1, 3)))
+            self.handle(acquire({k: sorted(self.holders[k]) for k in wanted}))
+
     # -- the thread pool and the peers
 
     def finish(self, outcome: str | None = None) -> None:
@@ -1103,6 +1218,7 @@ class _Sim:
             (self.peer_loses_a_key, 0.5),
             (self.pause, 0.5),
             (self.release, 1.5),
+            (self.replicate, 1),
         ]
         if self.assigned:
             actions.append((self.cancel, 1.5))

@@ -186,12 +186,16 @@ async def handshake(comm: Comm, handshake_info: dict, timeout: float) -> dict:
     return peer
 
 
-async def connect(addr: str, timeout: float | None = None, **handshake_info: Any) -> Comm:
+async def connect(
+    addr: str, timeout: float | None = None, *, retry_refused: bool = True, **handshake_info: Any
+) -> Comm:
     """Open a comm to ``addr`` and exchange handshakes.
 
     Refused connections (nothing listening yet, including a missing inproc
     address) are retried with a short backoff; when ``timeout`` (default
     ``distributed.comm.timeouts.connect``) runs out, TimeoutError is raised.
+    With ``retry_refused=False`` a refusal raises ConnectionRefusedError at once:
+    for peers that were listening before, a refusal means they are gone.
     A version mismatch raises HandshakeError (a CommClosedError) at once.
     """
     if timeout is None:
@@ -213,6 +217,8 @@ async def connect(addr: str, timeout: float | None = None, **handshake_info: Any
         except asyncio.TimeoutError:
             last_error = "connection attempt timed out"
         except OSError as err:
+            if not retry_refused:
+                raise ConnectionRefusedError(f"Could not connect to {addr}: {err}") from err
             last_error = err
             remaining = deadline - loop.time()
             await asyncio.sleep(min(delay * (1 + random.random()), max(remaining, 0)))

@@ -5,7 +5,9 @@ opens one), writes the message, reads the reply and gives the comm back. At most
 ``limit`` comms are open at once; past that, idle comms to other addresses are
 closed, or callers wait for a comm to be given back. A comm whose call was
 interrupted (error, timeout, cancellation) is aborted rather than reused, since
-a reply may still be on its way.
+a reply may still be on its way. A refused connection fails at once
+(ConnectionRefusedError, an OSError) rather than being retried: the pool talks to
+servers that were listening already, so a refusal means the peer is gone.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class ConnectionPool:
             await self._wait_for_slot()
         self._open += 1
         try:
-            comm = await connect(addr, timeout=self.timeout, **self.handshake_info)
+            comm = await connect(
+                addr, timeout=self.timeout, retry_refused=False, **self.handshake_info
+            )
         except BaseException:
             self._open -= 1
             self._wake_one()

@@ -192,7 +192,7 @@ class Scheduler(ServerNode):
             with open(self.scheduler_file, "w") as f:
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
         self.lifecycle.start()
-        logger.info("Scheduler at %s", self.address)
+        logger.info("Scheduler at: %s", self.address)
 
     async def _close(self) -> None:
         self.lifecycle.stop()

@@ -109,6 +109,15 @@ class UpdateData(WorkerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class AcquireReplicas(WorkerEvent):
+    """The scheduler wants copies of these keys here, fetched from the peers in
+    ``who_has``, and kept until it frees them."""
+
+    who_has: dict
+    nbytes: dict
+
+
+@dataclass(frozen=True, slots=True)
 class PauseChange(WorkerEvent):
     """Memory pressure paused (True) or unpaused (False) the worker."""
 

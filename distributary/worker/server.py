@@ -2,14 +2,21 @@
 
 The decisions live in :class:`~distributary.worker.state.WorkerState`; this module
 does the I/O around it: the stream from the scheduler, data requests from peers,
-the thread pool, and fetching dependencies from other workers.
+the thread pool, and fetching dependencies from other workers.  Memory limits and
+spilling are :class:`~distributary.worker.memory.WorkerMemoryManager`'s; here run its
+monitor, the heartbeats to the scheduler and the worker's lifetime.
+
+Statuses: ``init -> starting -> running <-> paused -> closing -> closed``, with
+``closing_gracefully`` in between when the worker hands its data over before closing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
+import random
 import shutil
 import tempfile
 import uuid
@@ -22,16 +29,22 @@ from dask.sizeof import sizeof
 from distributary.comm import CommClosedError, connect
 from distributary.core import BatchedSend, ConnectionPool, Server
 from distributary.messages import Message
-from distributary.node import ServerNode, listen_address_for, parse_memory_limit
+from distributary.node import ServerNode, listen_address_for
 from distributary.protocol.errors import error_message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 from distributary.worker.context import set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
+from distributary.worker.memory import WorkerMemoryManager
 from distributary.worker.state import WorkerState
 
 logger = logging.getLogger("distributary.worker")
+
+# Statuses in which the worker runs its tasks and serves its data.
+_ALIVE = frozenset({"running", "paused", "closing_gracefully"})
+# Seconds to wait for the nanny when telling it that its worker closes for good.
+_NANNY_TIMEOUT = 2.0
 
 
 class Worker(ServerNode):
@@ -39,6 +52,11 @@ class Worker(ServerNode):
 
     ``Worker(scheduler_address, nthreads=..., name=..., resources=..., memory_limit=...)``;
     await it (or use ``async with``) to start it and register with the scheduler.
+
+    Past ``memory_target_fraction`` of ``memory_limit`` its results spill to disk under
+    ``local_directory``; past ``memory_pause_fraction`` of the limit (in process memory)
+    it pauses.  After ``lifetime`` (give or take ``lifetime_stagger``) it closes
+    gracefully, to be restarted by its nanny if ``lifetime_restart``.
     """
 
     def __init__(
@@ -56,6 +74,11 @@ class Worker(ServerNode):
         interface: str | None = None,
         resources: dict | None = None,
         memory_limit: str | float | int = "auto",
+        memory_target_fraction: float | bool | None = None,
+        memory_spill_fraction: float | bool | None = None,
+        memory_pause_fraction: float | bool | None = None,
+        memory_monitor_interval: str | float | None = None,
+        data: Any = None,
         local_directory: str | None = None,
         local_dir: str | None = None,
         nanny: str | None = None,
@@ -63,6 +86,9 @@ class Worker(ServerNode):
         validate: bool = False,
         heartbeat_interval: Any = None,
         executor: Any = None,
+        lifetime: Any = None,
+        lifetime_stagger: Any = None,
+        lifetime_restart: bool | None = None,
         **kwargs: Any,
     ):
         super().__init__()
@@ -72,9 +98,30 @@ class Worker(ServerNode):
         self.nthreads = nthreads or ncores or os.cpu_count() or 1
         self.name = name
         self.resources = dict(resources or {})
-        self.memory_limit = parse_memory_limit(memory_limit, self.nthreads)
+        self.memory_manager = WorkerMemoryManager(
+            memory_limit,
+            self.nthreads,
+            data=data,
+            memory_target_fraction=memory_target_fraction,
+            memory_spill_fraction=memory_spill_fraction,
+            memory_pause_fraction=memory_pause_fraction,
+            memory_monitor_interval=memory_monitor_interval,
+        )
+        self.memory_limit = self.memory_manager.memory_limit
         self.nanny = nanny
         self.death_timeout = death_timeout
+        config = dask.config.get
+        self.heartbeat_interval = dask.utils.parse_timedelta(
+            heartbeat_interval or config("distributed.worker.heartbeat-interval", default="1s"),
+            default="ms",
+        )
+        self.lifetime = _lifetime(
+            lifetime or config("distributed.worker.lifetime.duration", default=None),
+            lifetime_stagger or config("distributed.worker.lifetime.stagger", default="0s"),
+        )
+        if lifetime_restart is None:
+            lifetime_restart = config("distributed.worker.lifetime.restart", default=False)
+        self.lifetime_restart = bool(lifetime_restart)
         self._listen_address = listen_address_for(
             self.scheduler_address, host, port, protocol, interface
         )
@@ -105,14 +152,19 @@ class Worker(ServerNode):
         self.batched: BatchedSend | None = None
         self._stream_task: asyncio.Task | None = None
         self._gathers: set[asyncio.Task] = set()
+        self._periodic: list[asyncio.Task] = []  # cancelled on close
+        self._ongoing: set[asyncio.Task] = set()  # closing: left to finish
+        self._lifetime_timer: asyncio.TimerHandle | None = None
         self._stream_handlers = {
             "compute-task": self._stream_compute_task,
             "free-keys": self._stream_free_keys,
+            "acquire-replicas": self._stream_acquire_replicas,
         }
 
     @property
     def data(self) -> Any:
-        """The results held by this worker, by key."""
+        """The results held by this worker, by key (a spilling buffer under a memory limit:
+        ``data.memory`` and ``data.disk`` hold the results in memory and on disk)."""
         return self.state.data
 
     @property
@@ -133,28 +185,120 @@ class Worker(ServerNode):
         self.local_directory = tempfile.mkdtemp(
             prefix="worker-", dir=_scratch_directory(self._base_directory)
         )
-        comm = await connect(self.scheduler_address, timeout=_timeout(self.death_timeout))
-        await comm.write(
-            {
-                "op": "register-worker",
-                "reply": False,
-                "address": self.address,
-                "nthreads": self.nthreads,
-                "name": self.name,
-                "memory_limit": self.memory_limit,
-                "resources": self.resources,
-                "nanny": self.nanny,
-            }
-        )
-        reply = await comm.read()
+        self.state.data = self.memory_manager.create_data(self.local_directory)
+        comm = await self._register()
+        self.batched = BatchedSend(comm)
+        loop = asyncio.get_running_loop()
+        self._stream_task = loop.create_task(self._read_stream(comm))
+        self._periodic.append(loop.create_task(self._heartbeats()))
+        if self.memory_manager.monitored:
+            self._periodic.append(loop.create_task(self.memory_manager.monitor(self._set_paused)))
+        if self.lifetime is not None:
+            self._lifetime_timer = loop.call_later(self.lifetime, self._lifetime_reached)
+        logger.info("Worker at %s registered with %s", self.address, self.scheduler_address)
+
+    async def _register(self) -> Any:
+        """Connect to the scheduler and register; give up after ``death_timeout``."""
+        timeout = _timeout(self.death_timeout)
+        try:
+            return await asyncio.wait_for(self._connect_and_register(timeout), timeout)
+        except TimeoutError as exc:
+            if timeout is None:
+                raise  # (connect's own error names the address and the connect timeout)
+            raise TimeoutError(
+                f"Worker could not register with the scheduler at {self.scheduler_address} "
+                f"within death_timeout={self.death_timeout!r}: {exc}"
+            ) from None
+
+    async def _connect_and_register(self, timeout: float | None) -> Any:
+        comm = await connect(self.scheduler_address, timeout=timeout)
+        try:
+            await comm.write(
+                {
+                    "op": "register-worker",
+                    "reply": False,
+                    "address": self.address,
+                    "nthreads": self.nthreads,
+                    "name": self.name,
+                    "memory_limit": self.memory_limit,
+                    "resources": self.resources,
+                    "nanny": self.nanny,
+                }
+            )
+            reply = await comm.read()
+        except BaseException:
+            comm.abort()
+            raise
         if reply.get("status") != "OK":
             await comm.close()
             raise ValueError(f"The scheduler refused this worker: {reply.get('message')}")
-        self.batched = BatchedSend(comm)
-        self._stream_task = asyncio.get_running_loop().create_task(self._read_stream(comm))
-        logger.info("Worker at %s registered with %s", self.address, self.scheduler_address)
+        return comm
+
+    async def close(
+        self, *args: Any, nanny: bool = True, reason: str = "worker-close", **kwargs: Any
+    ) -> None:
+        """Close the worker.  With ``nanny=True`` its nanny, if it has one, is told first
+        not to restart it (and closes once the worker process has exited)."""
+        if self.status in _ALIVE:
+            logger.info("Closing worker %s: %s", self.address, reason)
+            if nanny and self.nanny:
+                await self._tell_nanny_to_close()
+        await super().close()
+
+    async def _tell_nanny_to_close(self) -> None:
+        try:
+            await self.pool.call(self.nanny, {"op": "close_gracefully"}, timeout=_NANNY_TIMEOUT)
+        except Exception as exc:  # it is gone already, or does not know the operation
+            logger.info("Could not tell the nanny at %s to close: %r", self.nanny, exc)
+
+    async def close_gracefully(
+        self, restart: bool | None = None, reason: str = "worker-close-gracefully"
+    ) -> None:
+        """Hand this worker's data over, then close.
+
+        The scheduler stops sending tasks here, copies the results that only this worker
+        holds to other workers and forgets it; then the worker closes.  With ``restart``
+        (default: ``lifetime_restart``) a nanny is left to start a new worker; otherwise
+        the nanny closes too.
+        """
+        if self.status not in ("running", "paused"):
+            return
+        if restart is None:
+            restart = self.lifetime_restart
+        logger.info("Closing worker %s gracefully: %s", self.address, reason)
+        self.status = "closing_gracefully"
+        stimulus_id = f"{reason}-{uuid.uuid4().hex[:8]}"
+        self._send(
+            {"op": "worker-status-change", "stimulus_id": stimulus_id, "status": self.status}
+        )
+        try:
+            await self.pool.call(
+                self.scheduler_address,
+                {
+                    "op": "retire_workers",
+                    "workers": [self.address],
+                    "close_workers": False,
+                    "remove": True,
+                },
+            )
+        except Exception as exc:  # an old scheduler, or none: the data is recomputed if needed
+            logger.info("The scheduler did not retire %s (%r); closing anyway", self.address, exc)
+        await self.close(nanny=not restart, reason=reason)
+
+    def _lifetime_reached(self) -> None:
+        logger.info("Worker %s reached its lifetime", self.address)
+        self._spawn(self.close_gracefully(reason="worker-lifetime-reached"))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._ongoing.add(task)
+        task.add_done_callback(self._ongoing.discard)
 
     async def _close(self) -> None:
+        if self._lifetime_timer is not None:
+            self._lifetime_timer.cancel()
+        for task in self._periodic:
+            task.cancel()
         if self.batched is not None and not self.batched.closed():
             try:
                 self.batched.send({"op": "unregister"})
@@ -189,17 +333,48 @@ class Worker(ServerNode):
                     events.append(handler(msg))
                 self._handle(*events)
         except CommClosedError:
-            if self.status == "running":
+            if self.status in ("running", "paused"):  # (closing gracefully closes anyway)
                 logger.info("Lost the scheduler at %s; closing", self.scheduler_address)
-                asyncio.get_running_loop().create_task(self.close())
+                self._spawn(self.close(reason="scheduler-connection-lost"))
+
+    def _send(self, msg: dict) -> None:
+        if self.batched is not None and not self.batched.closed():
+            self.batched.send(msg)
+
+    async def _heartbeats(self) -> None:
+        for n in itertools.count():
+            await asyncio.sleep(self.heartbeat_interval)
+            self._send(
+                {"op": "heartbeat", "stimulus_id": f"heartbeat-{n}", "memory": self.memory()}
+            )
+
+    def memory(self) -> dict[str, int]:
+        """Bytes of memory: ``process`` (resident), ``managed`` (results in memory) and
+        ``spilled`` (results on disk)."""
+        manager = self.memory_manager
+        return {
+            "process": manager.process_memory(),
+            "managed": manager.managed_in_memory(self.state.nbytes),
+            "spilled": manager.spilled_bytes,
+        }
+
+    async def memory_monitor(self) -> None:
+        """Look at this process's memory now: spill past the spill fraction, pause past
+        the pause fraction (the monitor does this every ``memory_monitor_interval``)."""
+        await self.memory_manager.check(self._set_paused)
+
+    def _set_paused(self, paused: bool) -> None:
+        if self.status not in ("running", "paused"):
+            return
+        self.status = "paused" if paused else "running"
+        self._handle(ev.PauseChange(f"memory-{self.status}-{uuid.uuid4().hex[:8]}", paused))
 
     # ------------------------------------------------------------------ the state machine
 
     def _handle(self, *events: ev.WorkerEvent) -> None:
         for instruction in self.state.handle(*events):
             if isinstance(instruction, Message):
-                if self.batched is not None and not self.batched.closed():
-                    self.batched.send(instruction.to_message())
+                self._send(instruction.to_message())
             elif isinstance(instruction, ins.Execute):
                 self._execute(instruction)
             elif isinstance(instruction, ins.GatherDep):
@@ -221,6 +396,9 @@ class Worker(ServerNode):
 
     def _stream_free_keys(self, msg: dict) -> ev.FreeKeys:
         return ev.FreeKeys(msg["stimulus_id"], tuple(msg["keys"]))
+
+    def _stream_acquire_replicas(self, msg: dict) -> ev.AcquireReplicas:
+        return ev.AcquireReplicas(msg["stimulus_id"], msg["who_has"], msg["nbytes"])
 
     def _execute(self, instruction: ins.Execute) -> None:
         ts = self.state.tasks[instruction.key]
@@ -245,7 +423,7 @@ class Worker(ServerNode):
         future.add_done_callback(done)
 
     def _task_done(self, key: Any, run_id: int, future: Any) -> None:
-        if self.status != "running":
+        if self.status not in _ALIVE:
             return
         stimulus_id = "task-done"  # the transition log pairs it with the key
         outcome: TaskOutcome = future.result()
@@ -309,7 +487,7 @@ class Worker(ServerNode):
             event = ev.GatherDepSuccess(
                 stimulus_id, instruction.worker, instruction.keys, data, nbytes
             )
-        if self.status == "running":
+        if self.status in _ALIVE:
             self._handle(event)
 
     # ------------------------------------------------------------------ handlers
@@ -339,13 +517,13 @@ class Worker(ServerNode):
             "name": self.name,
         }
 
-    async def _handle_close(self, comm: Any, msg: dict) -> str:
-        asyncio.get_running_loop().create_task(self.close())
+    def _handle_close(self, comm: Any, msg: dict) -> str:
+        self._spawn(self.close(nanny=bool(msg.get("nanny", True)), reason="worker-close-rpc"))
         return "OK"
 
     def __repr__(self) -> str:
         return (
-            f"<Worker {self.address if self.status == 'running' else ''!r}, "
+            f"<Worker {self.address if self.status in _ALIVE else ''!r}, "
             f"name: {self.name}, status: {self.status}, stored: {len(self.state.data)}, "
             f"running: {self.state.busy_threads}/{self.nthreads}>"
         )
@@ -353,6 +531,14 @@ class Worker(ServerNode):
 
 def _timeout(value: Any) -> float | None:
     return None if value is None else dask.utils.parse_timedelta(value)
+
+
+def _lifetime(lifetime: Any, stagger: Any) -> float | None:
+    """Seconds until the worker closes: ``lifetime`` give or take up to ``stagger``."""
+    if not lifetime:
+        return None
+    spread = dask.utils.parse_timedelta(stagger or 0)
+    return max(dask.utils.parse_timedelta(lifetime) + random.uniform(-spread, spread), 0.0)
 
 
 def _scratch_directory(base: str | None) -> str:

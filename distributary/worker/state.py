@@ -6,10 +6,11 @@ Theory of operation
 updates the records and returns recommendations ``key -> state``; they run through
 the transitions table ``(start, finish) -> method`` to a fixed point.  Then the
 machine fills free threads with the highest-priority ready tasks (``Execute``) and
-asks peers for missing dependencies (``GatherDep``, several keys per request, a
-bounded number of peers at once).  Messages for the scheduler come out as
-instructions too.  Data lives in ``self.data``, any MutableMapping (a dict, or a
-spilling buffer).  Nothing here does network I/O or reads a clock.
+asks peers for missing dependencies and for the replicas the scheduler wants here
+(``GatherDep``, several keys per request, a bounded number of peers at once).
+Messages for the scheduler come out as instructions too.  Data lives in
+``self.data``, any MutableMapping (a dict, or a spilling buffer).  Nothing here
+does network I/O or reads a clock.
 
 Task states: ``released -> waiting -> ready | constrained -> executing -> memory``,
 ``fetch -> flight -> memory`` for dependencies held by peers, ``long-running`` for
@@ -30,6 +31,9 @@ from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 
 Recs = dict
+
+# Replicas wait behind every dependency of a task to run here.
+_REPLICA_PRIORITY = (float("inf"),)
 
 # States of a dependency that a waiting task may wait for: on its way, or computed here.
 _PRODUCING = frozenset(
@@ -54,6 +58,7 @@ class WorkerTask:
         "type",
         "resources",
         "coming_from",
+        "replica",
     )
 
     def __init__(self, key: Any):
@@ -70,6 +75,7 @@ class WorkerTask:
         self.type = ""
         self.resources: dict | None = None
         self.coming_from: str | None = None
+        self.replica = False  # the scheduler wants a copy here (acquire-replicas)
 
     def __repr__(self) -> str:
         return f"<WorkerTask {self.key!r} {self.state}>"
@@ -99,6 +105,7 @@ class WorkerState(TransitionEngine):
         self.max_peers_in_flight = max_peers_in_flight
         self.validate_each_step = validate
         self.paused = False
+        self.nbytes = 0  # total size of the results held (the tasks in memory)
         self.tasks: dict[Any, WorkerTask] = {}
         self.executing: set[WorkerTask] = set()
         self.long_running: set[WorkerTask] = set()
@@ -119,6 +126,7 @@ class WorkerState(TransitionEngine):
             ev.GatherDepFailure: self._handle_gather_failure,
             ev.GatherDepError: self._handle_gather_error,
             ev.UpdateData: self._handle_update_data,
+            ev.AcquireReplicas: self._handle_acquire_replicas,
             ev.PauseChange: self._handle_pause_change,
         }
         self._table: dict[tuple[str, str], Callable[[WorkerTask, str], Recs]] = {
@@ -202,7 +210,8 @@ class WorkerState(TransitionEngine):
         for dep_key, holders in event.who_has.items():
             dep = self._task(dep_key)
             dep.who_has.update(h for h in holders if h != self.address)
-            dep.nbytes = event.nbytes.get(dep_key, dep.nbytes)
+            if dep.state != "memory":  # else our own measure stands
+                dep.nbytes = event.nbytes.get(dep_key, dep.nbytes)
             dep.dependents.add(ts)
             ts.dependencies.add(dep)
             if dep.state != "memory":
@@ -224,6 +233,7 @@ class WorkerState(TransitionEngine):
                 continue
             ts.run_id = 0
             ts.payload = None
+            ts.replica = False
             recs[key] = "forgotten"
         return recs
 
@@ -329,6 +339,7 @@ class WorkerState(TransitionEngine):
             if ts is None or ts not in peers_tasks:
                 continue
             ts.coming_from = None
+            ts.replica = False
             recs[key] = "released"
             if ts.state == "cancelled":
                 continue
@@ -362,6 +373,7 @@ class WorkerState(TransitionEngine):
         if ts.who_has:
             return {ts.key: "fetch"}
         recs: Recs = {ts.key: "released"}
+        ts.replica = False
         if ts.run_id:  # the scheduler asked us to compute it meanwhile: give it back too
             self._out.append(ins.RescheduleMsg(stimulus_id, ts.key, ts.run_id))
             ts.run_id = 0
@@ -384,10 +396,39 @@ class WorkerState(TransitionEngine):
             if ts.coming_from is not None:  # in flight: the reply will be ignored
                 self.in_flight_peers[ts.coming_from].discard(ts)
                 ts.coming_from = None
+            nbytes = event.nbytes.get(key, 0)
+            if ts.state == "memory":  # a new value: no transition counts its size
+                self.nbytes += nbytes - ts.nbytes
             self.data[key] = value
-            ts.nbytes = event.nbytes.get(key, 0)
+            ts.nbytes = nbytes
             ts.type = event.types.get(key, "")
             recs[key] = "memory"  # a fetch or ready heap entry is skipped when popped
+        return recs
+
+    def _handle_acquire_replicas(self, event: ev.AcquireReplicas) -> Recs:
+        recs: Recs = {}
+        here = []
+        for key, holders in event.who_has.items():
+            ts = self._task(key)
+            if ts.state == "memory":
+                here.append(key)
+                continue
+            peers = [h for h in holders if h != self.address]
+            if not peers:
+                self._forget_if_unneeded(ts, recs)
+                continue
+            ts.who_has.update(peers)
+            ts.nbytes = event.nbytes.get(key, ts.nbytes)
+            ts.replica = True
+            if not ts.priority:
+                ts.priority = _REPLICA_PRIORITY
+            if ts.state == "released":
+                recs[key] = "fetch"
+            elif ts.state == "cancelled" and ts.coming_from is not None:
+                recs[key] = "flight"  # the transfer under way will do
+            # fetch, flight: on its way; waiting .. executing: computed here
+        if here:
+            self._out.append(ins.AddKeysMsg(event.stimulus_id, tuple(here)))
         return recs
 
     def _handle_pause_change(self, event: ev.PauseChange) -> Recs:
@@ -474,7 +515,7 @@ class WorkerState(TransitionEngine):
     def _release_dependencies(self, ts: WorkerTask, recs: Recs) -> None:
         for dep in ts.dependencies:
             dep.dependents.discard(ts)
-            if dep.dependents or dep.run_id:
+            if dep.dependents or dep.run_id or dep.replica:
                 continue
             if dep.state in ("fetch", "flight"):
                 recs[dep.key] = "released"
@@ -484,7 +525,7 @@ class WorkerState(TransitionEngine):
         ts.waiting_for_data.clear()
 
     def _forget_if_unneeded(self, ts: WorkerTask, recs: Recs) -> None:
-        if ts.run_id == 0 and not ts.dependents and ts.state == "released":
+        if ts.run_id == 0 and not ts.dependents and not ts.replica and ts.state == "released":
             recs[ts.key] = "forgotten"
 
     # ------------------------------------------------------------------ transitions
@@ -546,6 +587,7 @@ class WorkerState(TransitionEngine):
     def _to_memory(self, ts: WorkerTask) -> Recs:
         recs: Recs = {}
         ts.state = "memory"
+        self.nbytes += ts.nbytes
         for dependent in ts.dependents:
             dependent.waiting_for_data.discard(ts)
             if not dependent.waiting_for_data and dependent.state == "waiting":
@@ -572,7 +614,7 @@ class WorkerState(TransitionEngine):
         ts.state = "released"
         self._release_dependencies(ts, recs)
         self._forget_if_unneeded(ts, recs)
-        if ts.dependents:  # needed meanwhile by a task here: its result was dropped
+        if ts.dependents or ts.replica:  # needed here meanwhile: its result was dropped
             recs[ts.key] = "fetch"
         return recs
 
@@ -608,13 +650,14 @@ class WorkerState(TransitionEngine):
 
     def _memory_to_released(self, ts: WorkerTask, stimulus_id: str) -> Recs:
         recs: Recs = {}
-        self.data.pop(ts.key, None)
+        del self.data[ts.key]  # (pop would read a spilled value back from disk)
+        self.nbytes -= ts.nbytes
         ts.state = "released"
         self._forget_if_unneeded(ts, recs)
         return recs
 
     def _to_forgotten(self, ts: WorkerTask, stimulus_id: str) -> Recs:
-        if ts.dependents or ts.run_id:
+        if ts.dependents or ts.run_id or ts.replica:
             return {}
         ts.state = "forgotten"
         del self.tasks[ts.key]
@@ -639,4 +682,6 @@ class WorkerState(TransitionEngine):
                 assert ts in dep.dependents, (ts, dep)
         for ts in self.executing:
             assert ts.state in ("executing", "cancelled"), ts
+        held = sum(ts.nbytes for ts in self.tasks.values() if ts.state == "memory")
+        assert self.nbytes == held, (self.nbytes, held)
         assert len(self.executing) <= self.nthreads or self.paused
