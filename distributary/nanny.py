@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -51,6 +50,7 @@ from distributary.comm.addressing import parse_address
 from distributary.core import ConnectionPool, Server
 from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol.errors import error_message, rebuild_exception
+from distributary.utils.process import exit_process
 
 logger = logging.getLogger("distributary.nanny")
 
@@ -669,8 +669,10 @@ def _run_worker(
         from distributary.worker.server import Worker
 
         worker_class = Worker
-    if not asyncio.run(_serve_worker(conn, parent_pid, worker_class, worker_kwargs)):
-        sys.exit(1)
+    # Tasks still running in the worker's threads must not keep a closed worker alive.
+    exit_process(
+        0 if asyncio.run(_serve_worker(conn, parent_pid, worker_class, worker_kwargs)) else 1
+    )
 
 
 async def _serve_worker(
@@ -697,7 +699,7 @@ def _watch_parent(parent_pid: int, worker: Any, loop: asyncio.AbstractEventLoop)
             time.sleep(_PARENT_POLL)
         logger.warning("The nanny (pid %d) is gone; closing worker %s", parent_pid, worker)
         try:
-            asyncio.run_coroutine_threadsafe(worker.close(), loop).result(timeout=3)
+            asyncio.run_coroutine_threadsafe(worker.close(nanny=False), loop).result(timeout=3)
         except Exception:
             pass
         os._exit(1)

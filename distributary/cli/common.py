@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import click
 from dask.utils import parse_bytes, parse_timedelta
@@ -263,27 +260,3 @@ async def _close_all(nodes: Sequence[ServerNode], signals: SignalCatcher) -> boo
     for process in processes:
         process.kill_now()
     return False
-
-
-def exit_process(code: int) -> NoReturn:
-    """Exit with ``code``, even if a task thread of an in-process worker still runs.
-
-    Python waits for thread-pool threads at exit, which would make a worker that was
-    told to stop hang until its running tasks return.
-    """
-    others = [
-        thread
-        for thread in threading.enumerate()
-        if thread is not threading.current_thread() and not thread.daemon
-    ]
-    deadline = time.monotonic() + 1.0
-    for thread in others:
-        thread.join(max(deadline - time.monotonic(), 0))
-    running = [thread for thread in others if thread.is_alive()]
-    if running:
-        logger.info("Exiting while tasks still run in %d thread(s)", len(running))
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)

@@ -12,7 +12,6 @@ from distributary.cli.common import (
     CONTEXT_SETTINGS,
     DEFAULT_SCHEDULER_PORT,
     Duration,
-    exit_process,
     protocol_option,
     serve,
     setup_logging,
@@ -20,6 +19,7 @@ from distributary.cli.common import (
 )
 from distributary.node import ServerNode
 from distributary.scheduler.server import Scheduler
+from distributary.utils.process import exit_process
 
 logger = logging.getLogger("distributary.cli")
 

@@ -22,7 +22,6 @@ from distributary.cli.common import (
     MemoryLimit,
     Ports,
     Resources,
-    exit_process,
     protocol_option,
     serve,
     setup_logging,
@@ -33,6 +32,7 @@ from distributary.comm.addressing import get_address_host_port, normalize_addres
 from distributary.deploy.local import _workers_and_threads
 from distributary.nanny import Nanny, cpu_count
 from distributary.node import ServerNode
+from distributary.utils.process import exit_process
 from distributary.worker.server import Worker
 
 logger = logging.getLogger("distributary.cli")

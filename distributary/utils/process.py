@@ -1,0 +1,36 @@
+"""Leaving a process that runs a worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from typing import NoReturn
+
+logger = logging.getLogger("distributary")
+
+
+def exit_process(code: int, grace: float = 1.0) -> NoReturn:
+    """Exit with ``code``, even if a task thread of a closed worker still runs.
+
+    Python waits for thread-pool threads at exit, which would make a worker that was
+    told to stop hang until its running tasks return: they get ``grace`` seconds.
+    """
+    others = [
+        thread
+        for thread in threading.enumerate()
+        if thread is not threading.current_thread() and not thread.daemon
+    ]
+    deadline = time.monotonic() + grace
+    for thread in others:
+        thread.join(max(deadline - time.monotonic(), 0))
+    running = [thread for thread in others if thread.is_alive()]
+    if running:
+        logger.info("Exiting while tasks still run in %d thread(s)", len(running))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
