@@ -16,9 +16,12 @@ def noop(x: object) -> None:
 
 
 def mark_and_sleep(directory: str, seconds: float) -> None:
-    """Leave a file named ``<pid>-<time started>`` in ``directory``, then sleep."""
+    """Leave a file named ``<pid>-<time started>`` in ``directory``, then sleep until
+    ``seconds`` have passed or a file named ``stop`` appears there."""
     import os
     import time
 
     open(os.path.join(directory, f"{os.getpid()}-{time.time()!r}"), "w").close()
-    time.sleep(seconds)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(os.path.join(directory, "stop")):
+        time.sleep(0.01)

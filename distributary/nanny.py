@@ -669,10 +669,9 @@ def _run_worker(
         from distributary.worker.server import Worker
 
         worker_class = Worker
+    served = asyncio.run(_serve_worker(conn, parent_pid, worker_class, worker_kwargs))
     # Tasks still running in the worker's threads must not keep a closed worker alive.
-    exit_process(
-        0 if asyncio.run(_serve_worker(conn, parent_pid, worker_class, worker_kwargs)) else 1
-    )
+    exit_process(0 if served else 1, grace=0.1, force=True)
 
 
 async def _serve_worker(

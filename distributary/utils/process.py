@@ -12,11 +12,13 @@ from typing import NoReturn
 logger = logging.getLogger("distributary")
 
 
-def exit_process(code: int, grace: float = 1.0) -> NoReturn:
+def exit_process(code: int, grace: float = 1.0, force: bool = False) -> NoReturn:
     """Exit with ``code``, even if a task thread of a closed worker still runs.
 
     Python waits for thread-pool threads at exit, which would make a worker that was
     told to stop hang until its running tasks return: they get ``grace`` seconds.
+    With ``force`` the interpreter's own clean-up is skipped (a worker process whose
+    worker has closed has nothing left to clean up).
     """
     others = [
         thread
@@ -27,8 +29,9 @@ def exit_process(code: int, grace: float = 1.0) -> NoReturn:
     for thread in others:
         thread.join(max(deadline - time.monotonic(), 0))
     running = [thread for thread in others if thread.is_alive()]
-    if running:
-        logger.info("Exiting while tasks still run in %d thread(s)", len(running))
+    if running or force:
+        if running:
+            logger.info("Exiting while tasks still run in %d thread(s)", len(running))
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
