@@ -855,3 +855,33 @@ def test_peak_memory_of_large_sum():
         for pid, peak in zip(pids, hwm):
             assert peak < 600 * mb, f"worker {pid} peaked at {peak / mb:.0f} MB"
             assert polled[pid] < 600 * mb
+
+
+def test_compute_and_persist_with_per_collection_workers():
+    async def main() -> None:
+        async with Scheduler(protocol="tcp") as s:
+            one = await Worker(s.address, nthreads=1, name="one")
+            two = await Worker(s.address, nthreads=1, name="two")
+            try:
+                async with Client(s.address, asynchronous=True, set_as_default=False) as c:
+                    a, b = dask.delayed(where)("a"), dask.delayed(where)("b")
+                    placed = await c.gather(c.compute([a, b], workers={a: "one", b: [two.address]}))
+                    assert placed == [one.address, two.address]
+                    # a loose restriction to a worker that does not exist still runs
+                    d, e = dask.delayed(where)("d"), dask.delayed(where)("e")
+                    futures = c.compute(
+                        [d, e], workers={d: "nobody", e: "two"}, allow_other_workers=[d]
+                    )
+                    done = await c.gather(futures)
+                    assert done[0] in (one.address, two.address) and done[1] == two.address
+                    # persist: the output chunks, fused or not, run where they are told
+                    x = da.arange(20, chunks=5).map_blocks(where_block, dtype=object)
+                    y = c.persist(x, workers="two")
+                    assert set(await c.compute(y)) == {two.address}
+                    with pytest.raises(ValueError, match="not being computed"):
+                        c.compute(a, workers={e: "one"})
+            finally:
+                await one.close()
+                await two.close()
+
+    asyncio.run(main())

@@ -28,13 +28,17 @@ class CollectionsMixin:
         allow_other_workers: bool | None = None,
         resources: dict | None = None,
         retries: int | None = None,
+        per_key: dict | None = None,
     ) -> dict[Any, Future]:
-        """Send what ``keys`` need of ``graph``; return a future for each key."""
+        """Send what ``keys`` need of ``graph``; return a future for each key.
+
+        ``workers`` restricts every task; ``per_key`` maps keys to options of their own.
+        """
         from distributary.client.client import _stimulus, _task_options
 
         self._check_open()
         options = _task_options(workers, resources, retries, bool(allow_other_workers))
-        tasks = graph_to_tasks(graph, keys, self.futures.__contains__, priority, options)
+        tasks = graph_to_tasks(graph, keys, self.futures.__contains__, priority, options, per_key)
         wanted = set(keys)
         new = []
         # Under the lock: no release of a key found held here may slip in before the graph.
@@ -126,8 +130,14 @@ class CollectionsMixin:
             expr = FinalizeCompute(collections_to_expr(dask_items, optimize_graph)).optimize()
             keys = _keys_per_collection(expr, len(dask_items))
             final_keys = [list(flatten(k))[0] for k in keys]
+            # (a collection's own keys, if the optimized graph kept them, and its result)
+            outputs = {
+                id(item): [*flatten(item.__dask_keys__()), key]
+                for item, key in zip(dask_items, final_keys)
+            }
+            per_key = _restrictions(dask_items, outputs, workers, allow_other_workers)
             by_key = self._graph_to_futures(
-                expr, final_keys, priority, workers, allow_other_workers, resources, retries
+                expr, final_keys, priority, None, None, resources, retries, per_key
             )
             futures = {id(item): by_key[key] for item, key in zip(dask_items, final_keys)}
         results = [futures.get(id(item), item) for item in items]
@@ -156,20 +166,68 @@ class CollectionsMixin:
         if dask_items:
             expr = collections_to_expr(dask_items, optimize_graph).optimize()
             keys = [list(flatten(k)) for k in _keys_per_collection(expr, len(dask_items))]
+            outputs = {id(item): item_keys for item, item_keys in zip(dask_items, keys)}
+            per_key = _restrictions(dask_items, outputs, workers, allow_other_workers)
             futures = self._graph_to_futures(
                 expr,
                 [key for ks in keys for key in ks],
                 priority,
-                workers,
-                allow_other_workers,
+                None,
+                None,
                 resources,
                 retries,
+                per_key,
             )
             for item, item_keys in zip(dask_items, keys):
                 rebuild, state = item.__dask_postpersist__()
                 rebuilt[id(item)] = rebuild({key: futures[key] for key in item_keys}, *state)
         results = [rebuilt.get(id(item), item) for item in items]
         return results[0] if single else results
+
+
+def _restrictions(
+    items: list, outputs: dict[int, list], workers: Any, allow_other_workers: Any
+) -> dict:
+    """``{key: {"workers": [...], "allow_other_workers": bool}}`` for the output keys of
+    the collections that ``workers`` names.
+
+    ``workers`` is an address (or name, or host), a list of them (for every collection),
+    or a dict from a collection (or a tuple of collections) to addresses.  Only the
+    collections' own output keys are restricted; what they are computed from may run
+    anywhere.  ``allow_other_workers`` is True (every restriction is loose) or a list of
+    the collections whose restrictions are loose.
+    """
+    if workers is None:
+        return {}
+    # (collections are keys of a dict only if they are hashable, which arrays are not)
+    pairs = workers.items() if isinstance(workers, dict) else [(tuple(items), workers)]
+    restricted: dict[Any, list] = {}
+    for collections, addresses in pairs:
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        for key in _output_keys(collections, outputs):
+            restricted[key] = addresses
+    if allow_other_workers is True:
+        loose = set(restricted)
+    elif allow_other_workers:
+        loose = set(_output_keys(tuple(allow_other_workers), outputs))
+    else:
+        loose = set()
+    return {
+        key: {"workers": addresses, "allow_other_workers": key in loose}
+        for key, addresses in restricted.items()
+    }
+
+
+def _output_keys(collections: Any, outputs: dict[int, list]) -> list:
+    """The output keys of a collection, or of a tuple of collections, in this graph."""
+    if not isinstance(collections, tuple):
+        collections = (collections,)
+    keys = []
+    for collection in collections:
+        if id(collection) not in outputs:
+            raise ValueError(f"workers= names {collection!r}, which is not being computed")
+        keys.extend(outputs[id(collection)])
+    return keys
 
 
 def _delayed_if_holding_dask(item: Any) -> Any:

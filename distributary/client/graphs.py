@@ -94,10 +94,20 @@ def pack_node(node: GraphNode) -> dict:
 
 
 def graph_to_tasks(
-    graph: Any, keys: Iterable, known: Any, user_priority: int, options: dict
+    graph: Any,
+    keys: Iterable,
+    known: Any,
+    user_priority: int,
+    options: dict,
+    per_key: dict | None = None,
 ) -> list[dict]:
-    """Task records (as ``update-graph`` carries them) for what ``keys`` need."""
+    """Task records (as ``update-graph`` carries them) for what ``keys`` need.
+
+    Every task gets ``options``; the tasks named in ``per_key`` get theirs on top.
+    """
     nodes = needed_nodes(materialize(graph), keys, known)
+    if per_key:
+        per_key = _through_aliases(per_key, nodes)
     order = dask.order.order(nodes) if len(nodes) > 1 else dict.fromkeys(nodes, 0)
     tasks = []
     for key, node in nodes.items():
@@ -107,7 +117,21 @@ def graph_to_tasks(
             "priority": (-user_priority, order[key]),
             **options,
         }
+        if per_key and key in per_key:
+            task.update(per_key[key])
         if node.dependencies:
             task["dependencies"] = tuple(node.dependencies)
         tasks.append(task)
     return tasks
+
+
+def _through_aliases(per_key: dict, nodes: dict) -> dict:
+    """``per_key`` with the options of an alias also given to the task it names (an
+    optimized graph often keeps a collection's keys only as aliases of fused tasks)."""
+    result = dict(per_key)
+    for key, options in per_key.items():
+        node = nodes.get(key)
+        while isinstance(node, Alias) and node.target in nodes:
+            result.setdefault(node.target, options)
+            node = nodes[node.target]
+    return result
