@@ -311,3 +311,31 @@ def test_rebuild_exception_when_exception_cannot_be_loaded():
     rebuilt = rebuild_exception(msg)
     assert isinstance(rebuilt, RemoteException)
     assert "SomeError('x')" in str(rebuilt)
+
+
+def test_graph_nodes_pickle_each_distinct_function_once(monkeypatch):
+    from dask._task_spec import Task, TaskRef
+
+    from distributary.protocol.tasks import dumps_node, loads_node
+
+    serialize_module = sys.modules["distributary.protocol.serialize"]
+
+    offset = 10
+
+    def shift(x):  # a closure: pickled by value, so by cloudpickle
+        return x + offset
+
+    calls = []
+    real_dumps = serialize_module.cloudpickle.dumps
+    monkeypatch.setattr(
+        serialize_module.cloudpickle,
+        "dumps",
+        lambda obj, *a, **kw: calls.append(obj) or real_dumps(obj, *a, **kw),
+    )
+    nodes = [Task(("shift", i), shift, TaskRef(("x", i))) for i in range(500)]
+    payloads = [dumps_node(node) for node in nodes]
+    assert calls.count(shift) == 1
+    for i in (0, 499):
+        node = loads_node(payloads[i])
+        assert node.key == ("shift", i)
+        assert node({("x", i): i}) == i + offset

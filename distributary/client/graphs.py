@@ -10,15 +10,13 @@ dependencies on data already on the cluster.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import cloudpickle
 import dask.order
 from dask._task_spec import Alias, GraphNode, TaskRef, convert_legacy_graph
 
-from distributary.protocol.serialize import Serialized
+from distributary.protocol.tasks import dumps_node
 
 
 class GraphError(ValueError):
@@ -79,20 +77,6 @@ def needed_nodes(nodes: dict, keys: Iterable, known: Any) -> dict:
     return needed
 
 
-def pack_node(node: GraphNode) -> dict:
-    """A task payload for a graph node: the node pickled (cloudpickle if it must)."""
-    buffers: list = []
-    try:
-        header = pickle.dumps(node, protocol=5, buffer_callback=buffers.append)
-    except Exception:
-        buffers = []
-        try:
-            header = cloudpickle.dumps(node, protocol=5, buffer_callback=buffers.append)
-        except Exception as err:
-            raise TypeError(f"Could not serialize task {node.key!r}: {err}") from err
-    return {"node": Serialized([header, *(b.raw() for b in buffers)])}
-
-
 def graph_to_tasks(
     graph: Any,
     keys: Iterable,
@@ -113,7 +97,7 @@ def graph_to_tasks(
     for key, node in nodes.items():
         task = {
             "key": key,
-            "payload": pack_node(node),
+            "payload": dumps_node(node),
             "priority": (-user_priority, order[key]),
             **options,
         }

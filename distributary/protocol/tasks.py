@@ -4,17 +4,20 @@ A payload is a small dict that the scheduler forwards untouched::
 
     {"func": <pickled function>, "args": <Serialized (args, kwargs)> | <tuple of scalars>}
 
-The function is pickled once and cached on both ends, so mapping it over many items
-costs one pickle.  Arguments made only of plain scalars travel as msgpack; anything
-else is pickled with protocol 5 (large buffers out of band).  Futures found in the
-arguments are replaced by references to their keys, reported as the task's
-dependencies, and resolved to the dependencies' values on the worker.
+or, for a node of a dask graph, ``{"node": <Serialized node>}``.  The function is
+pickled once and cached on both ends, so mapping it over many items costs one pickle;
+the functions inside graph nodes are pickled the same way, once per distinct function.
+Arguments made only of plain scalars travel as msgpack; anything else is pickled with
+protocol 5 (large buffers out of band).  Futures found in the arguments are replaced
+by references to their keys, reported as the task's dependencies, and resolved to the
+dependencies' values on the worker.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,3 +154,43 @@ def loads_task(payload: Mapping, data: Mapping) -> tuple[Any, tuple, dict]:
     else:
         args, kwargs = pickle.loads(frames[0], buffers=frames[1:])
     return func, args, kwargs
+
+
+class _FunctionsOnce:
+    """Pickles functions with :func:`dumps_function`: once per distinct function."""
+
+    def persistent_id(self, value: Any) -> Any:
+        if type(value) is types.FunctionType:
+            return ("fn", dumps_function(value))
+        return None
+
+
+class _NodePickler(_FunctionsOnce, pickle.Pickler):
+    pass
+
+
+class _NodeCloudPickler(_FunctionsOnce, cloudpickle.CloudPickler):
+    pass
+
+
+def dumps_node(node: Any) -> dict:
+    """Pack a dask graph node (a ``GraphNode``) into a payload."""
+    for pickler_type in (_NodePickler, _NodeCloudPickler):
+        buffers: list = []
+        file = io.BytesIO()
+        try:
+            pickler_type(file, protocol=5, buffer_callback=buffers.append).dump(node)
+            break
+        except Exception as err:
+            error = err
+    else:
+        raise TypeError(f"Could not serialize task {node.key!r}: {error}") from error
+    return {"node": Serialized([file.getvalue(), *(b.raw() for b in buffers)])}
+
+
+def loads_node(payload: Mapping) -> Any:
+    """Unpack a graph node made by :func:`dumps_node`."""
+    frames = payload["node"].frames
+    unpickler = pickle.Unpickler(io.BytesIO(frames[0]), buffers=frames[1:])
+    unpickler.persistent_load = lambda pid: loads_function(pid[1])
+    return unpickler.load()

@@ -10,7 +10,7 @@ from dask.sizeof import sizeof
 
 from distributary.exceptions import Reschedule
 from distributary.protocol.errors import error_message
-from distributary.protocol.tasks import loads_task
+from distributary.protocol.tasks import loads_node, loads_task
 
 
 class TaskOutcome:
@@ -33,7 +33,7 @@ def run_task(payload: Mapping, dependencies: Mapping) -> TaskOutcome:
     start = time.perf_counter()
     try:
         if "node" in payload:  # a dask graph node: it takes its dependencies' values
-            value = payload["node"].deserialize()(dependencies)
+            value = loads_node(payload)(dependencies)
         else:
             func, args, kwargs = loads_task(payload, dependencies)
             value = func(*args, **kwargs)
