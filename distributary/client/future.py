@@ -36,10 +36,14 @@ class FutureState:
 
     @property
     def event(self) -> asyncio.Event:
+        """Set once the key is done.  Only kept while pending: a done state hands out a
+        fresh set event, so that thousands of finished futures hold no events."""
+        if self.status in _FINAL:
+            event = asyncio.Event()
+            event.set()
+            return event
         if self._event is None:
             self._event = asyncio.Event()
-            if self.status in _FINAL:
-                self._event.set()
         return self._event
 
     def done(self) -> bool:
@@ -47,8 +51,9 @@ class FutureState:
 
     def _set(self, status: str) -> None:
         self.status = status
-        if self._event is not None:
-            self._event.set()
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()  # (whoever waits on it holds it)
         callbacks, self.callbacks = self.callbacks, []
         for callback in callbacks:
             callback()

@@ -61,6 +61,7 @@ class BatchedSend:
                         await asyncio.sleep(delay)
                 payload, self._buffer = self._buffer, []
                 await self._write(payload)
+                del payload  # (not kept alive while the stream waits: it may be a big graph)
                 self._last_write = loop.time()
         except CommClosedError:
             pass

@@ -3,8 +3,30 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
+
+
+class _NoTasks(frozenset):
+    """The empty set a record's task links start as, shared by all records.
+
+    Most tasks of a map have no dependencies or dependents: four empty sets per task
+    would cost about 860 bytes.  It reads like an empty set, and ``discard`` and
+    ``clear`` do nothing; code that adds replaces it with a set first
+    (:func:`linked`).
+    """
+
+    __slots__ = ()
+
+    def discard(self, item: Any) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+NO_TASKS = _NoTasks()
 
 
 class TaskRecord:
@@ -45,14 +67,15 @@ class TaskRecord:
 
     def __init__(self, key: Any, prefix: str):
         self.key = key
-        self.prefix = prefix
+        self.prefix = sys.intern(prefix)  # one copy for all the tasks of a prefix
         self.state = "released"
         self.payload: Any = None
         self.priority: tuple = (0,)
-        self.dependencies: set[TaskRecord] = set()
-        self.dependents: set[TaskRecord] = set()
-        self.waiting_on: set[TaskRecord] = set()
-        self.waiters: set[TaskRecord] = set()
+        # (NO_TASKS until a task is added: see ``linked``)
+        self.dependencies: set[TaskRecord] = NO_TASKS
+        self.dependents: set[TaskRecord] = NO_TASKS
+        self.waiting_on: set[TaskRecord] = NO_TASKS
+        self.waiters: set[TaskRecord] = NO_TASKS
         self.who_wants: set[str] = set()
         self.who_has: set[WorkerRecord] = set()
         self.processing_on: WorkerRecord | None = None
@@ -99,6 +122,15 @@ class MemoryState:
     def unmanaged(self) -> int:
         """Process memory not taken by held results."""
         return max(self.process - self.managed, 0)
+
+
+def linked(ts: TaskRecord, attribute: str) -> set[TaskRecord]:
+    """``ts.<attribute>`` (one of the task-link sets) as a set that may be added to."""
+    tasks = getattr(ts, attribute)
+    if tasks is NO_TASKS:
+        tasks = set()
+        setattr(ts, attribute, tasks)
+    return tasks
 
 
 class WorkerRecord:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -231,29 +232,42 @@ class Scheduler(ServerNode):
                 msgs = await comm.read()
             except CommClosedError:
                 return
-            if isinstance(msgs, dict):
-                msgs = (msgs,)
-            elif not isinstance(msgs, list | tuple):
-                logger.warning("Malformed batch from %s: %.200r", sender, msgs)
+            if not self._handle_batch(msgs, sender, translators):
+                return
+            # (dropped before the next read: a batch may be a graph of 100,000 tasks)
+            del msgs
+
+    def _handle_batch(
+        self,
+        msgs: Any,
+        sender: str,
+        translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
+    ) -> bool:
+        """Translate and handle one batch; False if the sender unregistered."""
+        if isinstance(msgs, dict):
+            msgs = (msgs,)
+        elif not isinstance(msgs, list | tuple):
+            logger.warning("Malformed batch from %s: %.200r", sender, msgs)
+            return True
+        events = []
+        for msg in msgs:
+            op = msg.get("op") if isinstance(msg, dict) else None
+            if op == "unregister":
+                return False
+            translate = translators.get(op)
+            if translate is None:
+                logger.warning("Unknown message %r from %s", op, sender)
                 continue
-            events = []
-            for msg in msgs:
-                op = msg.get("op") if isinstance(msg, dict) else None
-                if op == "unregister":
-                    return
-                translate = translators.get(op)
-                if translate is None:
-                    logger.warning("Unknown message %r from %s", op, sender)
-                    continue
-                try:
-                    event = translate(sender, msg)
-                except (KeyError, TypeError, ValueError) as exc:
-                    logger.warning("Malformed %r message from %s: %r", op, sender, exc)
-                    continue
-                if event is not None:
-                    events.append(event)
-            if events:
-                self._handle(*events)
+            try:
+                event = translate(sender, msg)
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.warning("Malformed %r message from %s: %r", op, sender, exc)
+                continue
+            if event is not None:
+                events.append(event)
+        if events:
+            self._handle(*events)
+        return True
 
     # ------------------------------------------------------------------ handlers
 
@@ -455,8 +469,23 @@ def _task_spec(t: dict) -> ev.TaskSpec:
     )
 
 
+def _intern(name: Any) -> Any:
+    return sys.intern(name) if type(name) is str else name
+
+
 def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
-    tasks = tuple(_task_spec(t) for t in _typed(msg["tasks"], list | tuple, "tasks"))
+    specs = _typed(msg["tasks"], list | tuple, "tasks")
+    # Payloads are kept until their tasks are forgotten: a map sends the same pickled
+    # function with every task, so keep one copy of it, and one copy of each field name.
+    functions: dict = {}
+    for t in specs:
+        payload = t.get("payload") if isinstance(t, dict) else None
+        if isinstance(payload, dict):
+            func = payload.get("func")
+            if isinstance(func, bytes):
+                payload["func"] = functions.setdefault(func, func)
+            t["payload"] = {_intern(name): value for name, value in payload.items()}
+    tasks = tuple(_task_spec(t) for t in specs)
     return ev.UpdateGraph(msg["stimulus_id"], client, tasks, _keys(msg.get("wanted", ())))
 
 

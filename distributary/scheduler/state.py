@@ -33,7 +33,13 @@ from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.placement import decide_worker
-from distributary.scheduler.records import ClientRecord, MemoryState, TaskRecord, WorkerRecord
+from distributary.scheduler.records import (
+    ClientRecord,
+    MemoryState,
+    TaskRecord,
+    WorkerRecord,
+    linked,
+)
 from distributary.scheduler.retirement import plan_replicas
 from distributary.scheduler.validation import validate_state
 from distributary.transitions import TransitionEngine
@@ -209,8 +215,8 @@ class SchedulerState(TransitionEngine):
             dep = self.tasks.get(dep_key)
             if dep is None:
                 dep = TaskRecord(dep_key, key_split(dep_key))  # left out of self.tasks: missing
-            ts.dependencies.add(dep)
-            dep.dependents.add(ts)
+            linked(ts, "dependencies").add(dep)
+            linked(dep, "dependents").add(ts)
 
     def _report_existing(self, ts: TaskRecord, client: str, stimulus_id: str) -> None:
         if ts.state == "memory":
@@ -615,12 +621,12 @@ class SchedulerState(TransitionEngine):
             recs[ts.key] = "erred"
             return recs
         for dep in ts.dependencies:
-            dep.waiters.add(ts)
+            linked(dep, "waiters").add(ts)
             if dep.state == "erred":
                 ts.exception_blame = dep.exception_blame or dep
                 recs[ts.key] = "erred"
             elif dep.state != "memory" or not dep.who_has:  # (lost: its release is pending)
-                ts.waiting_on.add(dep)
+                linked(ts, "waiting_on").add(dep)
                 if dep.state == "released":
                     recs[dep.key] = "waiting"
         if not ts.waiting_on and ts.key not in recs:
@@ -778,7 +784,7 @@ class SchedulerState(TransitionEngine):
             self._out.append(ins.KeyLost(stimulus_id, client, ts.key))
         for dependent in ts.dependents:
             if dependent.state == "waiting":
-                dependent.waiting_on.add(ts)
+                linked(dependent, "waiting_on").add(ts)
             elif dependent.state in ("processing", "no-worker"):
                 recs[dependent.key] = "released"
         self._after_release(ts, recs)
