@@ -104,6 +104,10 @@ class Future(TaskRef):
         self._state = _state if _state is not None else self.client._state_of(key)
         self.client._increment_reference(key)
 
+    def __dask_tokenize__(self) -> tuple:
+        """A future stands for its key: tokens (and so ``map`` keys) derive from that."""
+        return ("Future", self.key)
+
     @property
     def status(self) -> str:
         """``pending``, ``finished``, ``error``, ``cancelled`` (or ``lost``)."""
