@@ -169,12 +169,29 @@ def test_message_without_serialize_is_one_frame():
 def test_serialize_in_message_arrives_serialized():
     x = np.arange(100_000)
     frames = dumps_message({"op": "data", "x": Serialize(x), "small": Serialize([1, 2])})
-    assert len(frames) == 4  # header, pickle of x, buffer of x, pickle of [1, 2]
+    assert len(frames) == 3  # header (with [1, 2] pickled inside), pickle of x, buffer of x
     msg = loads_message(frames)
     assert isinstance(msg["x"], Serialized)
     assert isinstance(msg["small"], Serialized)
     assert (deserialize(msg["x"]) == x).all()
     assert deserialize(msg["small"]) == [1, 2]
+
+
+def test_many_small_serialized_values_travel_in_the_header():
+    payloads = {i: Serialize(("task", i)) for i in range(200_000)}
+    frames = dumps_message({"op": "graph", "payloads": payloads})
+    assert len(frames) == 1
+    msg = loads_message(frames)
+    assert deserialize(msg["payloads"][123_456]) == ("task", 123_456)
+
+
+@pytest.mark.parametrize("inline", [b"\x90", b"\x91\x01", b"\xc1"])
+def test_malformed_inline_value_is_a_protocol_error(inline):
+    import msgpack
+
+    header = msgpack.packb({"x": msgpack.ExtType(43, inline)})
+    with pytest.raises(ProtocolError):
+        loads_message([header])
 
 
 def test_serialized_passes_through_without_deserialization():

@@ -3,9 +3,11 @@
 ``frames[0]`` is the msgpack encoding of the message. Every :class:`Serialize`
 in the message is pickled (and every :class:`Serialized` passed through as is);
 its frames are appended after the header and the value is replaced in the header
-by a msgpack extension that names the slice of frames holding it. On the way in
-that extension becomes a :class:`Serialized` again, *not* the object: a process
-that only forwards a payload (the scheduler) never unpickles it.
+by a msgpack extension that names the slice of frames holding it; a small value
+(under 64 KiB, like most task payloads) travels inside its extension instead, so
+that a graph of 100,000 tasks is not 100,000 frames. On the way in the extension
+becomes a :class:`Serialized` again, *not* the object: a process that only forwards
+a payload (the scheduler) never unpickles it.
 
 Arrays are decoded as tuples, so keys such as ``("x", 0, (1, 2))`` come back
 exactly, and map keys may be any hashable msgpack value.
@@ -23,8 +25,10 @@ from distributary.protocol.serialize import Serialize, Serialized, serialize
 __all__ = ["ProtocolError", "dumps_message", "loads_message"]
 
 _EXT_SERIALIZED = 42
+_EXT_INLINE = 43  # a small serialized value: its frames, msgpack-encoded in the extension
 # (index of the first frame, number of frames) of one serialized value
 _EXT_PAYLOAD = struct.Struct("<II")
+_INLINE_MAX = 64 * 1024  # bytes of frames below which a serialized value is inlined
 
 
 class ProtocolError(ValueError):
@@ -43,6 +47,9 @@ def dumps_message(msg: Any) -> list:
                 f"Cannot put an object of type {type(obj).__name__} in a message; "
                 "wrap it in Serialize to pickle it"
             )
+        if sum(map(_nbytes, obj.frames)) < _INLINE_MAX:
+            inline = msgpack.packb([bytes(frame) for frame in obj.frames], use_bin_type=True)
+            return msgpack.ExtType(_EXT_INLINE, inline)
         payload = _EXT_PAYLOAD.pack(len(frames), len(obj.frames))
         frames.extend(obj.frames)
         return msgpack.ExtType(_EXT_SERIALIZED, payload)
@@ -58,6 +65,11 @@ def loads_message(frames: list) -> Any:
     nframes = len(frames)
 
     def decode_ext(code: int, data: bytes) -> Serialized:
+        if code == _EXT_INLINE:
+            inline = msgpack.unpackb(data, use_list=True, raw=False)
+            if not inline or not all(type(frame) is bytes for frame in inline):
+                raise ProtocolError("Malformed inline serialized value")
+            return Serialized(inline)
         if code != _EXT_SERIALIZED or len(data) != _EXT_PAYLOAD.size:
             raise ProtocolError(f"Unknown msgpack extension type {code}")
         start, count = _EXT_PAYLOAD.unpack(data)
@@ -80,3 +92,7 @@ def loads_message(frames: list) -> Any:
         raise
     except Exception as err:
         raise ProtocolError(f"Malformed message: {type(err).__name__}: {err}") from err
+
+
+def _nbytes(frame: Any) -> int:
+    return frame.nbytes if isinstance(frame, memoryview) else len(frame)
