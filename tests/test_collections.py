@@ -885,3 +885,60 @@ def test_compute_and_persist_with_per_collection_workers():
                 await two.close()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------- big graphs
+# Graphs of BACKGROUND_NODES tasks or more are ordered and pickled in a thread: these
+# tests lower the threshold so that small graphs take that path.
+
+
+@pytest.fixture
+def background_graphs(monkeypatch):
+    import distributary.client.collections as collections_module
+
+    monkeypatch.setattr(collections_module, "BACKGROUND_NODES", 2)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object refuses to be pickled")
+
+
+def _tree(leaves: int):
+    level = [dask.delayed(inc)(i) for i in range(leaves)]
+    while len(level) > 1:
+        level = [dask.delayed(add)(a, b) for a, b in zip(level[::2], level[1::2])]
+    return level[0]
+
+
+@pytest.mark.usefixtures("background_graphs")
+@gen_cluster()
+async def test_big_graph_built_in_a_thread_computes(c, s, a, b):
+    tree = _tree(64)
+    assert await c.compute(tree) == sum(range(1, 65))
+    # what was sent after the graph waited for it: the same keys again are not resent
+    x = c.compute(tree)
+    y = c.submit(inc, 1)
+    assert await x == sum(range(1, 65)) and await y == 2
+
+
+@pytest.mark.usefixtures("background_graphs")
+@gen_cluster()
+async def test_big_graph_that_cannot_be_pickled_errs_its_futures(c, s, a, b):
+    bad = dask.delayed(lambda x, y: x)(dask.delayed(inc)(1), Unpicklable())
+    future = c.compute(bad)
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        await future
+    assert await c.submit(inc, 2) == 3  # the client goes on
+
+
+@pytest.mark.usefixtures("background_graphs")
+@gen_cluster()
+async def test_big_graph_released_before_it_is_sent_leaves_nothing(c, s, a, b):
+    future = c.compute(_tree(32))
+    key = future.key
+    del future  # its release is queued behind the graph, never before it
+    marker = c.submit(inc, 10, key="marker")
+    assert await marker == 11
+    await apoll(lambda: set(s.state.tasks) == {"marker"})
+    assert key not in s.state.tasks

@@ -15,6 +15,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.config
@@ -30,6 +31,7 @@ from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool
 from distributary.exceptions import FutureLostError
+from distributary.protocol.errors import error_message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, sync
@@ -126,6 +128,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
         self._ref_lock = threading.RLock()  # Future.__del__ may run inside the lock (GC)
         self._outbox: list = []  # messages (dicts) and released keys, in order
         self._flush_scheduled = False
+        self._graph_builder: ThreadPoolExecutor | None = None
         self._batched: BatchedSend | None = None
         self._stream_task: asyncio.Task | None = None
         self.pool = ConnectionPool(limit=connection_limit, role="client")
@@ -240,6 +243,8 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
         if self._stream_task is not None:
             self._stream_task.cancel()
         await self.pool.close()
+        if self._graph_builder is not None:
+            self._graph_builder.shutdown(wait=False, cancel_futures=True)
         for state in self.futures.values():
             if not state.done():
                 state.cancel("client closed")
@@ -343,6 +348,27 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
             except RuntimeError:
                 pass  # the loop is closed: the scheduler drops this client's keys anyway
 
+    def _send_later(self, msg: dict, build: Callable[[], list]) -> None:
+        """Send ``msg`` with ``tasks=build()`` once a thread has built them; what is sent
+        after it waits in the outbox meanwhile, so the order holds."""
+        pending = _PendingGraph(msg)
+        self._send(pending)
+        if self._graph_builder is None:
+            self._graph_builder = ThreadPoolExecutor(1, thread_name_prefix="distributary-graph")
+
+        def run() -> None:
+            try:
+                msg["tasks"] = build()
+            except Exception as exc:
+                pending.error = error_message(exc)
+            pending.ready = True
+            try:
+                self.loop.call_soon_threadsafe(self._flush_outbox)
+            except RuntimeError:
+                pass  # the client's loop closed meanwhile
+
+        self._graph_builder.submit(run)
+
     def _flush_outbox(self) -> None:
         with self._ref_lock:
             items = list(self._outbox)
@@ -350,7 +376,19 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
             self._flush_scheduled = False
             releases: list = []
             msgs: list[dict] = []
-            for item in items:
+            for index, item in enumerate(items):
+                if isinstance(item, _PendingGraph):
+                    if not item.ready:
+                        self._outbox[:0] = items[index:]  # the rest waits for this graph
+                        break
+                    if item.error is None:
+                        item = item.msg
+                    else:
+                        for key in item.msg["wanted"]:
+                            state = self.futures.get(key)
+                            if state is not None:
+                                state.set_error(item.error)
+                        continue
                 if isinstance(item, dict):
                     if releases:
                         msgs.append(self._release_message(releases))
@@ -710,6 +748,17 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"
         return f"<Client: {where!r} status={self.status}>"
+
+
+class _PendingGraph:
+    """A graph message in the outbox whose tasks a thread is still building."""
+
+    __slots__ = ("msg", "ready", "error")
+
+    def __init__(self, msg: dict):
+        self.msg = msg
+        self.ready = False
+        self.error: dict | None = None
 
 
 def _make_key(func: Callable, args: tuple, kwargs: dict, pure: bool) -> str:

@@ -6,6 +6,7 @@ own functions (see :mod:`distributary.client.graphs`) and sends it as one messag
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from dask import delayed
@@ -13,7 +14,11 @@ from dask.base import collections_to_expr, is_dask_collection, unpack_collection
 from dask.core import flatten
 
 from distributary.client.future import Future, FutureState
-from distributary.client.graphs import graph_to_tasks
+from distributary.client.graphs import materialize, needed_nodes, nodes_to_tasks
+
+# Graphs with at least this many tasks are ordered and pickled in a thread, so that
+# ``compute`` returns as soon as the graph is checked; smaller ones are sent at once.
+BACKGROUND_NODES = 10_000
 
 
 class CollectionsMixin:
@@ -38,38 +43,46 @@ class CollectionsMixin:
 
         self._check_open()
         options = _task_options(workers, resources, retries, bool(allow_other_workers))
-        tasks = graph_to_tasks(graph, keys, self.futures.__contains__, priority, options, per_key)
+        # Checked here, so that a bad graph raises before anything is sent.
+        nodes = needed_nodes(materialize(graph), keys, self.futures.__contains__)
         wanted = set(keys)
-        new = []
         # Under the lock: no release of a key found held here may slip in before the graph.
         with self._ref_lock:
-            for task in tasks:
-                key = task["key"]
-                state = self.futures.get(key)
-                if (
-                    state is not None
-                    and state.status != "cancelled"
-                    and (key in wanted or key in self._refcount)
-                ):
-                    # A future of this client holds it (or will, below, before the release
-                    # of its last one is flushed): it is on the cluster.  A key whose last
-                    # future is gone is being released, so it is sent again.
-                    continue
+            send = [key for key in nodes if not self._held(key, wanted)]
+            tasks = None
+            if send and len(nodes) < BACKGROUND_NODES:
+                tasks = nodes_to_tasks(nodes, send, priority, options, per_key)
+            for key in send:
                 if key in wanted:
                     self.futures[key] = FutureState()
-                new.append(task)  # the scheduler skips tasks it already has
             futures = {key: Future(key, self) for key in keys}
-            if new:
-                new_keys = {task["key"] for task in new}
-                self._send(
-                    {
-                        "op": "update-graph",
-                        "tasks": new,
-                        "wanted": [key for key in futures if key in new_keys],
-                        "stimulus_id": _stimulus("update-graph"),
-                    }
-                )
+            if send:
+                sent = set(send)
+                msg = {
+                    "op": "update-graph",
+                    "tasks": tasks,
+                    "wanted": [key for key in futures if key in sent],
+                    "stimulus_id": _stimulus("update-graph"),
+                }
+                if tasks is not None:
+                    self._send(msg)
+                else:  # a big graph: ordered and pickled in a thread, sent in its turn
+                    build = functools.partial(
+                        nodes_to_tasks, nodes, send, priority, options, per_key
+                    )
+                    self._send_later(msg, build)
         return futures
+
+    def _held(self: Any, key: Any, wanted: set) -> bool:
+        """Whether a future of this client holds ``key`` (or will, before the release of
+        its last one is flushed): it is on the cluster.  A key whose last future is gone
+        is being released, so it is sent again."""
+        state = self.futures.get(key)
+        return (
+            state is not None
+            and state.status != "cancelled"
+            and (key in wanted or key in self._refcount)
+        )
 
     def get(
         self: Any,

@@ -77,24 +77,24 @@ def needed_nodes(nodes: dict, keys: Iterable, known: Any) -> dict:
     return needed
 
 
-def graph_to_tasks(
-    graph: Any,
-    keys: Iterable,
-    known: Any,
+def nodes_to_tasks(
+    nodes: dict,
+    send: Iterable,
     user_priority: int,
     options: dict,
     per_key: dict | None = None,
 ) -> list[dict]:
-    """Task records (as ``update-graph`` carries them) for what ``keys`` need.
+    """Task records (as ``update-graph`` carries them) for the ``send`` keys of ``nodes``
+    (what :func:`needed_nodes` gave), in dask's priority order over all of ``nodes``.
 
     Every task gets ``options``; the tasks named in ``per_key`` get theirs on top.
     """
-    nodes = needed_nodes(materialize(graph), keys, known)
     if per_key:
         per_key = _through_aliases(per_key, nodes)
     order = dask.order.order(nodes) if len(nodes) > 1 else dict.fromkeys(nodes, 0)
     tasks = []
-    for key, node in nodes.items():
+    for key in send:
+        node = nodes[key]
         task = {
             "key": key,
             "payload": dumps_node(node),
