@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -443,7 +442,7 @@ def _keys(keys: Any, name: str = "keys") -> tuple:
     return tuple(_key(k) for k in _typed(keys, list | tuple, name))
 
 
-def _task_spec(t: dict) -> ev.TaskSpec:
+def _task_spec(t: dict, functions: dict[bytes, bytes]) -> ev.TaskSpec:
     # A priority of another type would poison comparisons with other clients' tasks.
     priority = _typed(t.get("priority", (0,)), list | tuple, "priority")
     for p in priority:
@@ -457,9 +456,12 @@ def _task_spec(t: dict) -> ev.TaskSpec:
         for name, amount in resources.items():
             _typed(name, str, "resources")
             _typed(amount, int | float, "resources")
+    payload = t["payload"]
+    if type(payload) is dict and type(payload.get("func")) is bytes:
+        payload["func"] = functions.setdefault(payload["func"], payload["func"])
     return ev.TaskSpec(
         _key(t["key"]),
-        t["payload"],
+        payload,
         _keys(t.get("dependencies", ()), "dependencies"),
         tuple(priority),
         int(t.get("retries") or 0),
@@ -469,23 +471,11 @@ def _task_spec(t: dict) -> ev.TaskSpec:
     )
 
 
-def _intern(name: Any) -> Any:
-    return sys.intern(name) if type(name) is str else name
-
-
 def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
-    specs = _typed(msg["tasks"], list | tuple, "tasks")
-    # Payloads are kept until their tasks are forgotten: a map sends the same pickled
-    # function with every task, so keep one copy of it, and one copy of each field name.
-    functions: dict = {}
-    for t in specs:
-        payload = t.get("payload") if isinstance(t, dict) else None
-        if isinstance(payload, dict):
-            func = payload.get("func")
-            if isinstance(func, bytes):
-                payload["func"] = functions.setdefault(func, func)
-            t["payload"] = {_intern(name): value for name, value in payload.items()}
-    tasks = tuple(_task_spec(t) for t in specs)
+    # Payloads are kept until their tasks are forgotten, and a map sends the same pickled
+    # function with every task: one copy of it is kept.
+    functions: dict[bytes, bytes] = {}
+    tasks = tuple(_task_spec(t, functions) for t in _typed(msg["tasks"], list | tuple, "tasks"))
     return ev.UpdateGraph(msg["stimulus_id"], client, tasks, _keys(msg.get("wanted", ())))
 
 

@@ -358,11 +358,6 @@ class Worker(ServerNode):
             "spilled": manager.spilled_bytes,
         }
 
-    async def memory_monitor(self) -> None:
-        """Look at this process's memory now: spill past the spill fraction, pause past
-        the pause fraction (the monitor does this every ``memory_monitor_interval``)."""
-        await self.memory_manager.check(self._set_paused)
-
     def _set_paused(self, paused: bool) -> None:
         if self.status not in ("running", "paused"):
             return
