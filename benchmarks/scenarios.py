@@ -251,6 +251,17 @@ def connected(lib: ModuleType, kwargs: dict[str, Any]) -> Iterator[tuple[Any, An
         yield cluster, client
 
 
+def _timed_compute(client: Any, expr: Any) -> tuple[Any, Figures]:
+    """``client.compute(expr).result()``, with ``seconds`` from the call to the result and
+    ``submit_s`` until ``compute`` returned."""
+    start = time.perf_counter()
+    future = client.compute(expr)
+    submitted = time.perf_counter()
+    result = future.result()
+    elapsed = time.perf_counter() - start
+    return result, {"seconds": elapsed, "submit_s": submitted - start}
+
+
 @scenario(
     "array-mean",
     headline="seconds",
@@ -277,17 +288,11 @@ def array_mean(lib: ModuleType, client: Any, quick: bool) -> Figures:
     if not np.isclose(expected, reference, rtol=1e-9, atol=0):
         raise AssertionError(f"threaded dask gave {expected!r}, numpy {reference!r}")
 
-    start = time.perf_counter()
-    future = client.compute(expr)
-    submitted = time.perf_counter()
-    result = future.result()
-    elapsed = time.perf_counter() - start
-    del future
+    result, figures = _timed_compute(client, expr)
     if not np.isclose(result, expected, rtol=1e-9, atol=0):
         raise AssertionError(f"mean is {result!r}, expected {expected!r}")
     return {
-        "seconds": elapsed,
-        "submit_s": submitted - start,
+        **figures,
         "chunks": x.npartitions,
         "tasks": len(expr.__dask_graph__()),
     }
@@ -314,20 +319,15 @@ def dataframe_groupby(lib: ModuleType, client: Any, quick: bool) -> Figures:
     ddf = dd.from_pandas(pdf, npartitions=20)
     expr = ddf.groupby("k").x.mean()
 
-    start = time.perf_counter()
-    future = client.compute(expr)
-    submitted = time.perf_counter()
-    result = future.result()
-    elapsed = time.perf_counter() - start
-    del future, expr, ddf, pdf
+    result, figures = _timed_compute(client, expr)
+    del expr, ddf, pdf
     result = result.sort_index()
     if not result.index.equals(expected.index):
         raise AssertionError(f"got {len(result)} groups, expected {len(expected)}")
     if not np.allclose(result.to_numpy(), expected.to_numpy(), rtol=1e-9, atol=0):
         raise AssertionError("group means differ from pandas")
     return {
-        "seconds": elapsed,
-        "submit_s": submitted - start,
+        **figures,
         "rows": rows,
         "groups": len(expected),
     }
