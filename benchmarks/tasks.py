@@ -25,3 +25,21 @@ def mark_and_sleep(directory: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and not os.path.exists(os.path.join(directory, "stop")):
         time.sleep(0.01)
+
+
+_first_started: float | None = None
+
+
+def stamped_inc(x: int) -> int:
+    """Return ``x + 1``, noting the wall-clock time the first call in this process began."""
+    global _first_started
+    if _first_started is None:
+        import time
+
+        _first_started = time.time()
+    return x + 1
+
+
+def first_started() -> float | None:
+    """Wall-clock time this process first ran :func:`stamped_inc`, or None."""
+    return _first_started

@@ -298,7 +298,9 @@ class Nanny(ServerNode):
             process = self.process
             if process is None or process.kill_reason is not None:
                 continue
-            used = process.memory()
+            # (in a thread: reading /proc gives up the GIL at every file, and the loop
+            # must not wait for it while another thread of this process is busy)
+            used = await asyncio.get_running_loop().run_in_executor(None, process.memory)
             if used > threshold:
                 process.kill_reason = (
                     f"exceeded {self.memory_terminate_fraction:.0%} of its "

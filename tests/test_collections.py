@@ -942,3 +942,78 @@ async def test_big_graph_released_before_it_is_sent_leaves_nothing(c, s, a, b):
     assert await marker == 11
     await apoll(lambda: set(s.state.tasks) == {"marker"})
     assert key not in s.state.tasks
+
+
+# ---------------------------------------------------------------------- graphs in parts
+# A graph or a map goes to the scheduler in parts of distributed.client.graph-part-tasks
+# tasks; these tests make the parts tiny.
+
+
+@pytest.fixture
+def tiny_parts():
+    with dask.config.set({"distributed.client.graph-part-tasks": 3}):
+        yield
+
+
+def _parts_received(s, keys) -> int:
+    """How many update-graph messages brought these keys to the scheduler."""
+    return len({entry[3] for entry in s.story(*keys) if entry[1] == "released"})
+
+
+async def _graph_in_parts_computes_and_keeps_only_what_is_wanted(c, s):
+    tree = _tree(32)
+    keys = list(dict(tree.__dask_graph__()))
+    future = c.compute(tree)
+    assert await future == sum(range(1, 33))
+    assert _parts_received(s, keys) == -(-len(keys) // 3)  # 63 tasks: 21 parts
+    # the keys later parts depended on were kept only until the last part was in
+    rest = [ts for key, ts in s.state.tasks.items() if key != future.key]
+    await apoll(lambda: all(ts.state == "released" and not ts.who_wants for ts in rest))
+    assert set(c.futures) == {future.key}
+    del future
+    await apoll(lambda: not s.state.tasks)
+
+
+@pytest.mark.usefixtures("tiny_parts")
+@gen_cluster()
+async def test_graph_sent_in_parts(c, s, a, b):
+    await _graph_in_parts_computes_and_keeps_only_what_is_wanted(c, s)
+
+
+@pytest.mark.usefixtures("tiny_parts", "background_graphs")
+@gen_cluster()
+async def test_graph_sent_in_parts_built_in_a_thread(c, s, a, b):
+    await _graph_in_parts_computes_and_keeps_only_what_is_wanted(c, s)
+
+
+@gen_cluster()
+async def test_map_sent_in_batches(c, s, a, b):
+    futures = c.map(inc, range(10), batch_size=3)
+    assert await c.gather(futures) == list(range(1, 11))
+    assert _parts_received(s, [f.key for f in futures]) == 4
+    # one place in the order: the tasks of a map run in the order given
+    priorities = [s.state.tasks[f.key].priority for f in futures]
+    assert priorities == sorted(priorities) and len({p[:2] for p in priorities}) == 1
+
+
+@gen_cluster()
+async def test_map_with_an_unpicklable_argument_in_a_later_batch_sends_nothing_lasting(c, s, a, b):
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        c.map(inc, [1, 2, 3, Unpicklable(), 5], batch_size=2)
+    assert await c.submit(inc, 100) == 101  # the client goes on...
+    # ...and what was sent of the map is released again
+    await apoll(lambda: len(s.state.tasks) == 1)
+    assert len(c.futures) == 1
+
+
+@pytest.mark.usefixtures("tiny_parts", "background_graphs")
+@gen_cluster()
+async def test_big_graph_with_an_unpicklable_task_in_a_later_part(c, s, a, b):
+    bad = dask.delayed(lambda x, y: x)(_tree(16), Unpicklable())
+    future = c.compute(bad)
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        await future
+    del future
+    # the parts that were sent ran or are released: nothing is kept for them
+    await apoll(lambda: not s.state.tasks)
+    assert await c.submit(inc, 2) == 3

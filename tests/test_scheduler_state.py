@@ -318,6 +318,22 @@ def test_dependency_in_memory_from_an_earlier_graph():
     assert s.tasks == {}
 
 
+def test_graph_in_parts_shares_one_place_in_the_order():
+    """Later parts of a graph (``continues``) keep its generation, even when another
+    client's graph arrived in between; a new graph of the same client does not."""
+    s = state()
+    first = s.handle(graph("c", spec("a", priority=(0, 0))))
+    s.handle(graph("other", spec("o", priority=(0, 0))))
+    part = ev.UpdateGraph(
+        sid(), "c", (spec("b", "a", priority=(0, 1)),), wanted=("b",), continues=True
+    )
+    s.handle(part)
+    s.handle(graph("c", spec("n", priority=(0, 0))))
+    a, b, o, n = (s.tasks[k].priority for k in "abon")
+    assert a[:2] == b[:2] and a < b < o < n
+    assert not first  # (no workers yet: nothing to run)
+
+
 # ---------------------------------------------------------------------- queuing
 
 

@@ -26,12 +26,13 @@ from distributary.client.cluster import ClusterMixin
 from distributary.client.collections import CollectionsMixin
 from distributary.client.datasets import DatasetsMixin
 from distributary.client.future import Future, FutureState
+from distributary.client.graphs import part_size
+from distributary.client.outbox import OutboxMixin, stimulus
 from distributary.client.structures import collect_futures, substitute_results
 from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool
 from distributary.exceptions import FutureLostError
-from distributary.protocol.errors import error_message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, sync
@@ -45,7 +46,6 @@ _default_client: Client | None = None
 # recent one still running takes over (as in dask.distributed).
 _default_clients: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
 _default_counter = itertools.count()
-_stimulus_counter = itertools.count()
 
 
 def default_client() -> Client:
@@ -87,11 +87,7 @@ def _use_for_dask(client: Client | None) -> None:
         _dask_settings_before = None
 
 
-def _stimulus(name: str) -> str:
-    return f"{name}-{next(_stimulus_counter)}"
-
-
-class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
+class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
     """Connect to a cluster and submit computation to it.
 
     ``Client()`` starts a ``LocalCluster`` (closed with the client);
@@ -327,85 +323,6 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
         if state is not None:
             state.reset()
 
-    def _send(self, msg: dict) -> None:
-        """Send a message on the scheduler stream, from any thread, in order."""
-        self._check_open()
-        self._enqueue(msg)
-
-    def _enqueue(self, item: Any) -> None:
-        # One ordered outbox for graphs and releases alike: a release must never overtake
-        # a graph sent before it that depends on the released key.
-        with self._ref_lock:
-            self._outbox.append(item)
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        if _in_loop(self.loop):
-            self.loop.call_soon(self._flush_outbox)
-        else:
-            try:
-                self.loop.call_soon_threadsafe(self._flush_outbox)
-            except RuntimeError:
-                pass  # the loop is closed: the scheduler drops this client's keys anyway
-
-    def _send_later(self, msg: dict, build: Callable[[], list]) -> None:
-        """Send ``msg`` with ``tasks=build()`` once a thread has built them; what is sent
-        after it waits in the outbox meanwhile, so the order holds."""
-        pending = _PendingGraph(msg)
-        self._send(pending)
-        if self._graph_builder is None:
-            self._graph_builder = ThreadPoolExecutor(1, thread_name_prefix="distributary-graph")
-
-        def run() -> None:
-            try:
-                msg["tasks"] = build()
-            except Exception as exc:
-                pending.error = error_message(exc)
-            pending.ready = True
-            try:
-                self.loop.call_soon_threadsafe(self._flush_outbox)
-            except RuntimeError:
-                pass  # the client's loop closed meanwhile
-
-        self._graph_builder.submit(run)
-
-    def _flush_outbox(self) -> None:
-        with self._ref_lock:
-            items = list(self._outbox)
-            self._outbox.clear()
-            self._flush_scheduled = False
-            releases: list = []
-            msgs: list[dict] = []
-            for index, item in enumerate(items):
-                if isinstance(item, _PendingGraph):
-                    if not item.ready:
-                        self._outbox[:0] = items[index:]  # the rest waits for this graph
-                        break
-                    if item.error is None:
-                        item = item.msg
-                    else:
-                        for key in item.msg["wanted"]:
-                            state = self.futures.get(key)
-                            if state is not None:
-                                state.set_error(item.error)
-                        continue
-                if isinstance(item, dict):
-                    if releases:
-                        msgs.append(self._release_message(releases))
-                        releases = []
-                    msgs.append(item)
-                elif item not in self._refcount:  # not wanted again since
-                    releases.append(item)
-            if releases:
-                msgs.append(self._release_message(releases))
-        if self._batched is not None and not self._batched.closed():
-            self._batched.send(*msgs)
-
-    def _release_message(self, keys: list) -> dict:
-        for key in keys:
-            self.futures.pop(key, None)
-        return {"op": "client-releases-keys", "keys": keys, "stimulus_id": _stimulus("release")}
-
     # ------------------------------------------------------------------ reference counting
 
     def _state_of(self, key: Any) -> FutureState:
@@ -471,7 +388,12 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
         batch_size: int | None = None,
         **kwargs: Any,
     ) -> list[Future]:
-        """Run ``func`` over the items of one or more iterables; return a list of Futures."""
+        """Run ``func`` over the items of one or more iterables; return a list of Futures.
+
+        The tasks go to the scheduler ``batch_size`` at a time (by default
+        ``distributed.client.graph-part-tasks``), so the first start while the rest are
+        still being pickled.
+        """
         if not callable(func):
             raise TypeError(f"First argument to map must be callable, got {func!r}")
         if not iterables:
@@ -489,7 +411,8 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
             else:
                 keys = [f"{name}-{uuid.uuid4().hex}" for _ in calls]
         options = _task_options(workers, resources, retries, allow_other_workers)
-        return self._submit_calls(func, calls, keys, kwargs, (-priority,), options)
+        size = batch_size or part_size()
+        return self._submit_calls(func, calls, keys, kwargs, (-priority,), options, size)
 
     def _submit_calls(
         self,
@@ -499,30 +422,32 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
         kwargs: dict,
         priority: tuple,
         options: dict,
+        size: int = 1,
     ) -> list[Future]:
+        """Send a task per call, ``size`` tasks per message; return their futures."""
         self._check_open()
-        tasks = []
+        todo = []
         for index, (args, key) in enumerate(zip(calls, keys)):
             state = self.futures.get(key)
-            if state is not None and state.status != "cancelled":
-                continue
-            payload, deps = dumps_task(func, args, kwargs)
-            task = {"key": key, "payload": payload, "priority": (*priority, index), **options}
-            if deps:
-                task["dependencies"] = tuple(deps)
-            tasks.append(task)
-            self.futures[key] = FutureState()
-        futures = [Future(key, self) for key in keys]
-        if tasks:
-            self._send(
-                {
-                    "op": "update-graph",
-                    "tasks": tasks,
-                    "wanted": [t["key"] for t in tasks],
-                    "stimulus_id": _stimulus("update-graph"),
-                }
-            )
-        return futures
+            if state is None or state.status == "cancelled":
+                self.futures[key] = FutureState()
+                todo.append((index, args, key))
+
+        def parts() -> Iterator[tuple[list[dict], list]]:
+            for start in range(0, len(todo), size):
+                tasks = []
+                for index, args, key in todo[start : start + size]:
+                    payload, deps = dumps_task(func, args, kwargs)
+                    task = {"key": key, "payload": payload, "priority": (*priority, index)}
+                    task.update(options)
+                    if deps:
+                        task["dependencies"] = tuple(deps)
+                    tasks.append(task)
+                yield tasks, [task["key"] for task in tasks]
+
+        if todo:  # (each part goes out as soon as it is pickled)
+            self._send_graph(parts(), {key for _, _, key in todo})
+        return [Future(key, self) for key in keys]
 
     # ------------------------------------------------------------------ results
 
@@ -667,7 +592,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
                 "who_has": who_has,
                 "nbytes": nbytes,
                 "types": types,
-                "stimulus_id": _stimulus("scatter"),
+                "stimulus_id": stimulus("scatter"),
             }
         )
         futures = {key: Future(key, self) for key in items}
@@ -715,7 +640,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
             if state is not None:
                 state.cancel(reason or "cancel")
         self._send(
-            {"op": "cancel-keys", "keys": keys, "force": force, "stimulus_id": _stimulus("cancel")}
+            {"op": "cancel-keys", "keys": keys, "force": force, "stimulus_id": stimulus("cancel")}
         )
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
@@ -728,7 +653,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
             state = self.futures.get(key)
             if state is not None and state.status == "error":
                 state.reset()
-        self._send({"op": "retry-keys", "keys": keys, "stimulus_id": _stimulus("retry")})
+        self._send({"op": "retry-keys", "keys": keys, "stimulus_id": stimulus("retry")})
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         def run() -> None:
@@ -748,17 +673,6 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin):
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"
         return f"<Client: {where!r} status={self.status}>"
-
-
-class _PendingGraph:
-    """A graph message in the outbox whose tasks a thread is still building."""
-
-    __slots__ = ("msg", "ready", "error")
-
-    def __init__(self, msg: dict):
-        self.msg = msg
-        self.ready = False
-        self.error: dict | None = None
 
 
 def _make_key(func: Callable, args: tuple, kwargs: dict, pure: bool) -> str:

@@ -1,12 +1,11 @@
 """Running dask graphs and collections on the cluster: ``get``, ``compute``, ``persist``.
 
 ``Client`` inherits these.  The client materialises and orders the graph with dask's
-own functions (see :mod:`distributary.client.graphs`) and sends it as one message.
+own functions (see :mod:`distributary.client.graphs`) and sends it in parts, in order.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from dask import delayed
@@ -14,10 +13,11 @@ from dask.base import collections_to_expr, is_dask_collection, unpack_collection
 from dask.core import flatten
 
 from distributary.client.future import Future, FutureState
-from distributary.client.graphs import materialize, needed_nodes, nodes_to_tasks
+from distributary.client.graphs import graph_parts, materialize, needed_nodes, part_size
+from distributary.utils.gc_pause import gc_paused
 
 # Graphs with at least this many tasks are ordered and pickled in a thread, so that
-# ``compute`` returns as soon as the graph is checked; smaller ones are sent at once.
+# ``compute`` returns as soon as the graph is checked; smaller ones are pickled at once.
 BACKGROUND_NODES = 10_000
 
 
@@ -39,38 +39,31 @@ class CollectionsMixin:
 
         ``workers`` restricts every task; ``per_key`` maps keys to options of their own.
         """
-        from distributary.client.client import _stimulus, _task_options
+        from distributary.client.client import _task_options
 
         self._check_open()
         options = _task_options(workers, resources, retries, bool(allow_other_workers))
         # Checked here, so that a bad graph raises before anything is sent.
-        nodes = needed_nodes(materialize(graph), keys, self.futures.__contains__)
+        with gc_paused():
+            nodes = needed_nodes(materialize(graph), keys, self.futures.__contains__)
         wanted = set(keys)
+        background = len(nodes) >= BACKGROUND_NODES
         # Under the lock: no release of a key found held here may slip in before the graph.
         with self._ref_lock:
             send = [key for key in nodes if not self._held(key, wanted)]
-            tasks = None
-            if send and len(nodes) < BACKGROUND_NODES:
-                tasks = nodes_to_tasks(nodes, send, priority, options, per_key)
-            for key in send:
-                if key in wanted:
-                    self.futures[key] = FutureState()
+            to_want = wanted.intersection(send)
+            parts: Any = ()
+            if send:
+                size = part_size()
+                parts = graph_parts(nodes, send, to_want, priority, options, per_key, size)
+                if not background:
+                    with gc_paused():  # (an unpicklable task raises here, with nothing sent)
+                        parts = list(parts)
+            for key in to_want:
+                self.futures[key] = FutureState()
             futures = {key: Future(key, self) for key in keys}
             if send:
-                sent = set(send)
-                msg = {
-                    "op": "update-graph",
-                    "tasks": tasks,
-                    "wanted": [key for key in futures if key in sent],
-                    "stimulus_id": _stimulus("update-graph"),
-                }
-                if tasks is not None:
-                    self._send(msg)
-                else:  # a big graph: ordered and pickled in a thread, sent in its turn
-                    build = functools.partial(
-                        nodes_to_tasks, nodes, send, priority, options, per_key
-                    )
-                    self._send_later(msg, build)
+                self._send_graph(parts, to_want, background)
         return futures
 
     def _held(self: Any, key: Any, wanted: set) -> bool:

@@ -10,13 +10,20 @@ dependencies on data already on the cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import dask.config
 import dask.order
 from dask._task_spec import Alias, GraphNode, TaskRef, convert_legacy_graph
 
 from distributary.protocol.tasks import dumps_node
+
+
+def part_size() -> int:
+    """Tasks per ``update-graph`` message (``distributed.client.graph-part-tasks``): a big
+    graph goes out in parts, so that its first tasks start while the rest is pickled."""
+    return max(int(dask.config.get("distributed.client.graph-part-tasks")), 1)
 
 
 class GraphError(ValueError):
@@ -77,36 +84,65 @@ def needed_nodes(nodes: dict, keys: Iterable, known: Any) -> dict:
     return needed
 
 
-def nodes_to_tasks(
+def graph_parts(
     nodes: dict,
     send: Iterable,
+    wanted: set,
     user_priority: int,
     options: dict,
-    per_key: dict | None = None,
-) -> list[dict]:
-    """Task records (as ``update-graph`` carries them) for the ``send`` keys of ``nodes``
-    (what :func:`needed_nodes` gave), in dask's priority order over all of ``nodes``.
+    per_key: dict | None,
+    size: int,
+) -> Iterator[tuple[list[dict], list]]:
+    """The ``send`` keys of ``nodes`` (what :func:`needed_nodes` gave) as task records, in
+    parts of at most ``size`` tasks, in dask's priority order over all of ``nodes``.
+
+    Yields ``(tasks, want)``: the task records of one ``update-graph`` message, and the keys
+    it should ask the scheduler to keep.  Those are the ``wanted`` keys in the part, and
+    the keys a later part depends on, so that they are not released before it arrives.
+    A part is pickled only when it is asked for, so the first can be sent early.
 
     Every task gets ``options``; the tasks named in ``per_key`` get theirs on top.
     """
     if per_key:
         per_key = _through_aliases(per_key, nodes)
     order = dask.order.order(nodes) if len(nodes) > 1 else dict.fromkeys(nodes, 0)
-    tasks = []
+    send = sorted(send, key=order.__getitem__)
+    held_for_later = _needed_by_later_parts(nodes, send, size)
+    if held_for_later is None:  # (dask.order gave no dependency order) all in one part
+        size, held_for_later = max(len(send), 1), set()
+    for start in range(0, len(send), size):
+        tasks = []
+        for key in send[start : start + size]:
+            node = nodes[key]
+            task = {
+                "key": key,
+                "payload": dumps_node(node),
+                "priority": (-user_priority, order[key]),
+                **options,
+            }
+            if per_key and key in per_key:
+                task.update(per_key[key])
+            if node.dependencies:
+                task["dependencies"] = tuple(node.dependencies)
+            tasks.append(task)
+        want = [t["key"] for t in tasks if t["key"] in wanted or t["key"] in held_for_later]
+        yield tasks, want
+
+
+def _needed_by_later_parts(nodes: dict, send: list, size: int) -> set | None:
+    """The keys of ``send`` that a task in a later part of ``size`` depends on; None if
+    some task comes before one of its dependencies."""
+    part_of = {key: index // size for index, key in enumerate(send)}
+    needed = set()
     for key in send:
-        node = nodes[key]
-        task = {
-            "key": key,
-            "payload": dumps_node(node),
-            "priority": (-user_priority, order[key]),
-            **options,
-        }
-        if per_key and key in per_key:
-            task.update(per_key[key])
-        if node.dependencies:
-            task["dependencies"] = tuple(node.dependencies)
-        tasks.append(task)
-    return tasks
+        part = part_of[key]
+        for dep in nodes[key].dependencies:
+            dep_part = part_of.get(dep, part)  # (a key outside ``send`` is on the cluster)
+            if dep_part > part:
+                return None
+            if dep_part < part:
+                needed.add(dep)
+    return needed
 
 
 def _through_aliases(per_key: dict, nodes: dict) -> dict:

@@ -48,6 +48,7 @@ from distributary.comm.core import (
     backends,
 )
 from distributary.protocol.wire import ProtocolError, dumps_message, loads_message
+from distributary.utils.gc_pause import gc_paused
 
 __all__ = ["TCP", "TCPBackend", "TCPListener"]
 
@@ -63,6 +64,8 @@ _WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Stop reading from the socket while this much has arrived but not been read.
 _MAX_QUEUED_BYTES = 64 * 1024 * 1024
 _MAX_QUEUED_MESSAGES = 10_000
+# Messages at least this big are decoded with the cycle collector paused.
+_BIG_MESSAGE = 1024 * 1024
 
 _U64 = struct.Struct("<Q")
 _ONE_FRAME_HEADER = struct.Struct("<QQ")
@@ -341,7 +344,10 @@ class TCP(Comm):
         frames, nbytes = protocol.messages.popleft()
         protocol.message_taken(nbytes)
         try:
-            return loads_message(frames)
+            if nbytes < _BIG_MESSAGE:
+                return loads_message(frames)
+            with gc_paused():  # (a graph: many objects, no garbage)
+                return loads_message(frames)
         except ProtocolError as err:
             logger.warning("Malformed message from %s: %s", self.peer_address, err)
             self.abort()

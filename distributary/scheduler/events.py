@@ -51,11 +51,16 @@ class RemoveClient(SchedulerEvent):
 
 @dataclass(frozen=True, slots=True)
 class UpdateGraph(SchedulerEvent):
-    """A client submits tasks and wants the keys in ``wanted``."""
+    """A client submits tasks and wants the keys in ``wanted``.
+
+    ``continues``: these tasks are the next part of the client's previous graph, sent in
+    parts so that its first tasks can start early; they share its place in the order.
+    """
 
     client: str
     tasks: tuple[TaskSpec, ...]
     wanted: tuple = ()
+    continues: bool = False
 
 
 @dataclass(frozen=True, slots=True)

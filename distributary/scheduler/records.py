@@ -204,11 +204,12 @@ class WorkerRecord:
 class ClientRecord:
     """A client as the scheduler tracks it: the keys it holds futures for."""
 
-    __slots__ = ("client_id", "wants_what")
+    __slots__ = ("client_id", "wants_what", "generation")
 
     def __init__(self, client_id: str):
         self.client_id = client_id
         self.wants_what: set[TaskRecord] = set()
+        self.generation = 0  # of the client's latest graph, which later parts continue
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id!r}, wants {len(self.wants_what)} keys>"

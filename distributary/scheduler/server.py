@@ -30,6 +30,7 @@ from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.records import WorkerRecord
 from distributary.scheduler.state import FIRE_AND_FORGET, SchedulerState
+from distributary.utils.gc_pause import gc_paused
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -231,18 +232,21 @@ class Scheduler(ServerNode):
                 msgs = await comm.read()
             except CommClosedError:
                 return
-            if not self._handle_batch(msgs, sender, translators):
+            if not await self._handle_batch(msgs, sender, translators):
                 return
-            # (dropped before the next read: a batch may be a graph of 100,000 tasks)
-            del msgs
+            del msgs  # (not kept while waiting: a batch may be a graph of 100,000 tasks)
 
-    def _handle_batch(
+    async def _handle_batch(
         self,
         msgs: Any,
         sender: str,
         translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
     ) -> bool:
-        """Translate and handle one batch; False if the sender unregistered."""
+        """Translate and handle one batch, in order; False if the sender unregistered.
+
+        Each part of a graph is handled on its own, with the cycle collector paused, and
+        the streams may send what it started before the next part is read.
+        """
         if isinstance(msgs, dict):
             msgs = (msgs,)
         elif not isinstance(msgs, list | tuple):
@@ -252,21 +256,40 @@ class Scheduler(ServerNode):
         for msg in msgs:
             op = msg.get("op") if isinstance(msg, dict) else None
             if op == "unregister":
+                self._handle(*events)
                 return False
-            translate = translators.get(op)
-            if translate is None:
-                logger.warning("Unknown message %r from %s", op, sender)
+            if op != "update-graph":
+                event = self._translate(op, msg, sender, translators)
+                if event is not None:
+                    events.append(event)
                 continue
-            try:
-                event = translate(sender, msg)
-            except (KeyError, TypeError, ValueError) as exc:
-                logger.warning("Malformed %r message from %s: %r", op, sender, exc)
-                continue
-            if event is not None:
-                events.append(event)
-        if events:
             self._handle(*events)
+            events = []
+            with gc_paused():
+                event = self._translate(op, msg, sender, translators)
+                if event is not None:
+                    self._handle(event)
+            # (a read of a message already received does not yield to the loop)
+            await asyncio.sleep(0)
+        self._handle(*events)
         return True
+
+    @staticmethod
+    def _translate(
+        op: Any,
+        msg: Any,
+        sender: str,
+        translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
+    ) -> ev.SchedulerEvent | None:
+        translate = translators.get(op)
+        if translate is None:
+            logger.warning("Unknown message %r from %s", op, sender)
+            return None
+        try:
+            return translate(sender, msg)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("Malformed %r message from %s: %r", op, sender, exc)
+            return None
 
     # ------------------------------------------------------------------ handlers
 
@@ -476,7 +499,13 @@ def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
     # function with every task: one copy of it is kept.
     functions: dict[bytes, bytes] = {}
     tasks = tuple(_task_spec(t, functions) for t in _typed(msg["tasks"], list | tuple, "tasks"))
-    return ev.UpdateGraph(msg["stimulus_id"], client, tasks, _keys(msg.get("wanted", ())))
+    return ev.UpdateGraph(
+        msg["stimulus_id"],
+        client,
+        tasks,
+        _keys(msg.get("wanted", ())),
+        msg.get("continues", False) is True,
+    )
 
 
 def _client_releases_keys(client: str, msg: dict) -> ev.SchedulerEvent:

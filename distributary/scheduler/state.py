@@ -174,7 +174,9 @@ class SchedulerState(TransitionEngine):
 
     def _handle_update_graph(self, event: ev.UpdateGraph) -> Recs:
         cs = self._client(event.client)
-        self._generation += 1
+        if not event.continues:
+            self._generation += 1
+            cs.generation = self._generation
         fresh: list[tuple[TaskRecord, ev.TaskSpec]] = []
         for spec in event.tasks:
             ts = self.tasks.get(spec.key)
@@ -184,7 +186,7 @@ class SchedulerState(TransitionEngine):
                 continue
             fresh.append((ts, spec))
         for ts, spec in fresh:  # a second pass: dependencies may come after dependents
-            self._fill_task(ts, spec)
+            self._fill_task(ts, spec, cs.generation)
         new = [ts for ts, _ in fresh]
         recs: Recs = {}
         for ts in sorted(new, key=lambda t: t.priority, reverse=True):
@@ -203,10 +205,10 @@ class SchedulerState(TransitionEngine):
                 recs[ts.key] = "waiting"
         return recs
 
-    def _fill_task(self, ts: TaskRecord, spec: ev.TaskSpec) -> None:
+    def _fill_task(self, ts: TaskRecord, spec: ev.TaskSpec, generation: int) -> None:
         ts.payload = spec.payload
         prio = spec.priority
-        ts.priority = (prio[0], self._generation, *prio[1:])
+        ts.priority = (prio[0], generation, *prio[1:])
         ts.retries = spec.retries
         ts.loose_restrictions = spec.allow_other_workers
         ts.worker_restrictions = set(spec.workers) if spec.workers else None
