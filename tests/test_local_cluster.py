@@ -75,6 +75,25 @@ def test_processes_blocking():
     assert all(gone(pid) for pid in pids)
 
 
+def test_client_of_the_cluster_object_talks_to_its_scheduler_in_memory():
+    """Given the cluster, a client reaches the scheduler in this process through memory
+    (inproc); given only its address, over TCP like any other client."""
+    from distributary import Client
+
+    with LocalCluster(n_workers=1, processes=False, protocol="tcp://") as cluster:
+        scheduler = cluster.scheduler
+        with Client(cluster) as near, Client(cluster.scheduler_address) as far:
+            assert near.scheduler_address == far.scheduler_address == cluster.scheduler_address
+            peer = {
+                client.id: scheduler.client_streams[client.id].comm.peer_address
+                for client in (near, far)
+            }
+            assert peer[near.id].startswith("inproc://")
+            assert peer[far.id].startswith("tcp://")
+            assert near.submit(sum, [1, 2]).result() == far.submit(sum, [1, 2]).result() == 3
+            assert near.scheduler_info()["address"] == cluster.scheduler_address
+
+
 def test_scale_blocking():
     with LocalCluster(processes=False, n_workers=1, threads_per_worker=1) as cluster:
         cluster.scale(3)

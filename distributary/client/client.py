@@ -184,7 +184,14 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
     async def _connect(self, address: str) -> None:
         global _default_client
         self.scheduler_address = normalize_address(address)
-        comm = await connect(self.scheduler_address, timeout=self._timeout)
+        scheduler = getattr(self.cluster, "scheduler", None)  # in this process?
+        if (
+            getattr(scheduler, "inproc_address", None)
+            and scheduler.address == self.scheduler_address
+        ):
+            self.pool.routes[self.scheduler_address] = scheduler.inproc_address
+        route = self.pool.routes.get(self.scheduler_address, self.scheduler_address)
+        comm = await connect(route, timeout=self._timeout)
         await comm.write({"op": "register-client", "client": self.id, "reply": False})
         reply = await asyncio.wait_for(comm.read(), self._timeout)
         if reply.get("status") != "OK":

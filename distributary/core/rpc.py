@@ -34,6 +34,8 @@ class ConnectionPool:
         self._open = 0
         self._waiters: deque[asyncio.Future] = deque()
         self._closed = False
+        # address -> the address to connect to instead (the same server, in memory)
+        self.routes: dict[str, str] = {}
 
     @property
     def open(self) -> int:
@@ -67,7 +69,10 @@ class ConnectionPool:
         self._open += 1
         try:
             comm = await connect(
-                addr, timeout=self.timeout, retry_refused=False, **self.handshake_info
+                self.routes.get(addr, addr),
+                timeout=self.timeout,
+                retry_refused=False,
+                **self.handshake_info,
             )
         except BaseException:
             self._open -= 1

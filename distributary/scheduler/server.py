@@ -103,6 +103,7 @@ class Scheduler(ServerNode):
             "scatter-data": _scatter_data,
         }
         self.pool = ConnectionPool(role="scheduler")
+        self.inproc_address: str | None = None  # the same server, in memory
         self.datasets = DatasetExtension(self)
         self.server.handlers.update(self.datasets.handlers)
         self._from_client.update(self.datasets.stream_handlers)
@@ -189,6 +190,10 @@ class Scheduler(ServerNode):
 
     async def _start(self) -> None:
         await self.server.listen(self._listen_address)
+        if not self.address.startswith("inproc://"):
+            # A client in this process (of a LocalCluster) talks to it in memory: no
+            # encoding, and no socket calls that wait for the GIL while a thread is busy.
+            self.inproc_address = (await self.server.listen("inproc://")).address
         if self.scheduler_file:
             with open(self.scheduler_file, "w") as f:
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
