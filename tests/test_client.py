@@ -12,6 +12,7 @@ import collections
 import gc
 import re
 import threading
+import time
 import traceback
 import types
 import uuid
@@ -217,6 +218,19 @@ async def test_large_numpy_result_and_argument(c, s, a, b):
     n = arg.size
     assert await c.submit(checksum, arg) == (n * (n - 1) / 2, n - 1.0, (n,), "<f8")
     np.testing.assert_array_equal(await c.submit(np.negative, arg), -arg)
+
+
+@gen_cluster(nthreads=(1,), protocols=("tcp", "inproc"))
+async def test_an_argument_changed_after_submit_is_not_seen_by_the_task(c, s, a):
+    arg = np.zeros(2**20)  # 8 MiB: pickled out of band
+    blocker = c.submit(time.sleep, 0.3)  # the one thread is busy: the next task waits
+    futures = []
+    for value in range(3):
+        arg[:] = value
+        futures.append(c.submit(np.max, arg, key=f"max-{value}"))
+    arg[:] = -1
+    assert await c.gather(futures) == [0, 1, 2]
+    await blocker
 
 
 # ---------------------------------------------------------------------- Future

@@ -81,7 +81,15 @@ def _pickle_with_references(obj: Any, deps: set, cloud: bool) -> Serialized:
     pickler = pickler_type(file, protocol=5, buffer_callback=buffers.append)
     pickler.deps = deps
     pickler.dump(obj)
-    return Serialized([file.getvalue(), *(b.raw() for b in buffers)])
+    return _arguments(file.getvalue(), buffers)
+
+
+def _arguments(header: bytes, buffers: list) -> Serialized:
+    """Pickled arguments as frames.  A buffer the caller may still change (a numpy array
+    given to ``submit``) is copied: the call runs with the values it was submitted with,
+    however late its payload is encoded."""
+    raws = (buffer.raw() for buffer in buffers)
+    return Serialized([header, *(raw if raw.readonly else bytes(raw) for raw in raws)])
 
 
 def _pickle_arguments(obj: Any, deps: set) -> Serialized:
@@ -137,7 +145,7 @@ def dumps_task(func: Any, args: tuple, kwargs: Mapping | None) -> tuple[dict, se
 def _pickle_plain(obj: Any) -> Serialized:
     buffers: list = []
     header = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-    return Serialized([header, *(b.raw() for b in buffers)])
+    return _arguments(header, buffers)
 
 
 def loads_task(payload: Mapping, data: Mapping) -> tuple[Any, tuple, dict]:
