@@ -999,11 +999,17 @@ async def test_map_sent_in_batches(c, s, a, b):
 @gen_cluster()
 async def test_map_with_an_unpicklable_argument_in_a_later_batch_sends_nothing_lasting(c, s, a, b):
     with pytest.raises(TypeError, match="refuses to be pickled"):
-        c.map(inc, [1, 2, 3, Unpicklable(), 5], batch_size=2)
-    assert await c.submit(inc, 100) == 101  # the client goes on...
-    # ...and what was sent of the map is released again
-    await apoll(lambda: len(s.state.tasks) == 1)
-    assert len(c.futures) == 1
+        c.map(inc, [1, 2, Unpicklable(), 4], batch_size=2)
+    # the same calls again, fixed, before the client's loop even ran: all of them run
+    # (inc(4) was never sent, and the keys sent before are wanted again)
+    assert await c.gather(c.map(inc, [1, 2, 3, 4], batch_size=2)) == [2, 3, 4, 5]
+    with pytest.raises(TypeError, match="refuses to be pickled"):
+        c.map(inc, [10, 20, Unpicklable()], batch_size=2)
+    hundred = c.submit(inc, 100)
+    assert await hundred == 101  # the client goes on...
+    # ...and what was sent of the failed maps is released again
+    await apoll(lambda: set(s.state.tasks) == {hundred.key})
+    assert set(c.futures) == {hundred.key}
 
 
 @pytest.mark.usefixtures("tiny_parts", "background_graphs")

@@ -113,7 +113,11 @@ class OutboxMixin:
                     self._schedule_flush()
         except BaseException as exc:
             if not (background and isinstance(exc, Exception)):
-                pending.abandoned = True
+                with self._ref_lock:  # (at once: the caller may submit these keys again)
+                    pending.abandoned = True
+                    for key in pending.wanted - pending.asked:
+                        if key not in self._refcount:
+                            self.futures.pop(key, None)
                 raise
             pending.error = error_message(exc)
         finally:
@@ -153,16 +157,15 @@ class OutboxMixin:
             self._batched.send(*msgs)
 
     def _finish_graph(self: Any, graph: PendingGraph) -> Iterable:
-        """Settle the wanted keys that were never sent; return the keys asked for that
-        are to be released."""
-        for key in graph.wanted - graph.asked:
-            if graph.abandoned:
-                if key not in self._refcount:
-                    self.futures.pop(key, None)
-            elif graph.error is not None and key in self.futures:
-                self.futures[key].set_error(graph.error)
+        """Err the wanted keys that were never sent, if building the graph failed; return
+        the keys asked for that are to be released."""
         if graph.abandoned:
             return graph.asked
+        if graph.error is not None:
+            for key in graph.wanted - graph.asked:
+                state = self.futures.get(key)
+                if state is not None:
+                    state.set_error(graph.error)
         return (key for key in graph.asked if key not in graph.wanted)
 
     def _release_message(self: Any, keys: list) -> dict:
