@@ -7,14 +7,16 @@ Each is created, then awaited (or entered with ``async with``) to start, and clo
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
 import uuid
 from typing import Any
 
 import psutil
 from dask.utils import parse_bytes
 
-from distributary.comm.addressing import normalize_address, parse_address
+from distributary.comm.addressing import get_address_host_port, normalize_address, parse_address
 
 
 class ServerNode:
@@ -99,7 +101,9 @@ def listen_address_for(
     protocol: str | None,
     interface: str | None = None,
 ) -> str:
-    """Where a node should listen: the scheduler's transport, on loopback by default."""
+    """Where a node should listen: the scheduler's transport, on ``host`` (or the address
+    of ``interface``); by default on this machine's address on the route to the
+    scheduler, which is loopback when the scheduler is on this machine or unknown."""
     if protocol is None:
         protocol = parse_address(scheduler_address)[0] if scheduler_address else "tcp"
     protocol = protocol.rstrip(":/")
@@ -107,7 +111,25 @@ def listen_address_for(
         return "inproc://"
     if interface is not None and host is None:
         host = _interface_address(interface)
+    if host is None and scheduler_address and not scheduler_address.startswith("inproc"):
+        host = _host_facing(scheduler_address)
     return f"{protocol}://{host or '127.0.0.1'}:{port or 0}"
+
+
+def _host_facing(scheduler_address: str) -> str | None:
+    """This machine's IP address on the route to the scheduler (None: loopback)."""
+    try:
+        host, port = get_address_host_port(scheduler_address)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, sockaddr = infos[0]
+        if ipaddress.ip_address(sockaddr[0]).is_loopback:
+            return None
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(sockaddr)  # UDP: nothing is sent, only a route is chosen
+            local = sock.getsockname()[0]
+    except (OSError, ValueError):
+        return None  # let the connection attempt report the problem
+    return f"[{local}]" if family == socket.AF_INET6 else local
 
 
 def _interface_address(interface: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import gone, poll
 
-from distributary import Client, get_worker
+from distributary import Client, Nanny, Scheduler, Worker, get_worker
 from distributary.cli import main
 from distributary.nanny import cpu_count
 
@@ -219,6 +220,26 @@ def test_listen_host_faces_the_scheduler(cli):
     assert worker.startswith(f"tcp://{host}:")
     _, loopback = start_scheduler(cli, "--interface", "lo")
     assert loopback.startswith("tcp://127.0.0.1:")
+
+
+def test_workers_made_in_python_face_the_scheduler_too():
+    """Without ``host=``, a Worker or Nanny listens on this machine's address on the route
+    to its scheduler, not on loopback (which a remote scheduler could not reach)."""
+
+    async def main() -> None:
+        async with Scheduler(host="0.0.0.0") as s:
+            host = s.address.split("://")[1].rsplit(":", 1)[0]
+            if host == "127.0.0.1":
+                pytest.skip("no network interface besides loopback")
+            async with Worker(s.address) as worker, Nanny(s.address, nthreads=1) as nanny:
+                assert worker.address.startswith(f"tcp://{host}:")
+                assert nanny.address.startswith(f"tcp://{host}:")
+                assert nanny.worker_address.startswith(f"tcp://{host}:")
+            port = s.address.rsplit(":", 1)[1]
+            async with Worker(f"tcp://127.0.0.1:{port}") as local:
+                assert local.address.startswith("tcp://127.0.0.1:")
+
+    asyncio.run(main())
 
 
 def test_idle_timeout_closes_the_scheduler(cli, tmp_path):

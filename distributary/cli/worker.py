@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
-import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +26,7 @@ from distributary.cli.common import (
     split_host,
 )
 from distributary.comm import connect
-from distributary.comm.addressing import get_address_host_port, normalize_address, parse_address
+from distributary.comm.addressing import normalize_address, parse_address
 from distributary.deploy.local import _workers_and_threads
 from distributary.nanny import Nanny, cpu_count
 from distributary.node import ServerNode
@@ -239,10 +237,6 @@ def worker(
 
     async def make_nodes() -> list[ServerNode]:
         address = scheduler_address or await _read_scheduler_file(scheduler_file, death_timeout)
-        if host is None and interface is None:
-            listen_host = await _host_facing(address)
-        else:
-            listen_host = host
         logger.info(
             "Starting %d %s for the scheduler at %s",
             nworkers,
@@ -255,11 +249,11 @@ def worker(
         await comm.close()
         if nanny:
             return [
-                Nanny(address, name=n, host=listen_host, port=np, worker_port=wp, **options)
+                Nanny(address, name=n, host=host, port=np, worker_port=wp, **options)
                 for n, wp, np in zip(names, worker_ports, nanny_ports)
             ]
         return [
-            Worker(address, name=n, host=listen_host, port=wp, **options)
+            Worker(address, name=n, host=host, port=wp, **options)
             for n, wp in zip(names, worker_ports)
         ]
 
@@ -308,23 +302,6 @@ async def _read_scheduler_file(path: str, timeout: float | None) -> str:
             logger.info("Waiting for the scheduler file %s", path)
             waiting = True
         await asyncio.sleep(0.1)
-
-
-async def _host_facing(scheduler_address: str) -> str | None:
-    """This machine's IP address on the route to the scheduler (None: loopback)."""
-    host, port = get_address_host_port(scheduler_address)
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, sockaddr = infos[0]
-        if ipaddress.ip_address(sockaddr[0]).is_loopback:
-            return None
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.connect(sockaddr)  # UDP: nothing is sent, only a route is chosen
-            local = sock.getsockname()[0]
-    except OSError:
-        return None  # let the connection attempt report the problem
-    return f"[{local}]" if family == socket.AF_INET6 else local
 
 
 def _log_workers(nodes: Sequence[ServerNode]) -> None:
