@@ -19,7 +19,7 @@ import dask.config
 import pytest
 from conftest import apoll, children, run
 
-from distributary import Client, Nanny, Scheduler, Worker
+from distributary import Client, Nanny, Scheduler, Worker, wait
 from distributary.exceptions import CancelledError, KilledWorker
 
 
@@ -121,6 +121,27 @@ def test_sigkill_of_a_worker_holding_data_and_running_tasks():
             # lost results still wanted were computed again from their lineage
             for key in held:
                 assert "processing" in [finish for _, _, finish, _ in s.story(key)]
+
+    run(main(), timeout=40)
+
+
+def test_gather_after_the_holder_died_gets_the_result_again():
+    """The client asks the worker it heard holds the result; that worker has been killed
+    since.  The result is computed again and the gather returns it."""
+
+    async def main():
+        async with nanny_cluster(2) as (c, s, nannies):
+            victim = sorted(s.state.workers)[0]
+            future = c.submit(
+                slow_add, 20, 22, key="answer", workers=[victim], allow_other_workers=True
+            )
+            await wait(future)
+            assert c.futures["answer"].workers == (victim,)
+            victim_pid = next(n.process.pid for n in nannies if n.worker_address == victim)
+            os.kill(victim_pid, signal.SIGKILL)
+            assert await c.gather(future) == 42
+            assert victim not in s.state.workers
+            assert [finish for _, _, finish, _ in s.story("answer")].count("memory") == 2
 
     run(main(), timeout=40)
 
