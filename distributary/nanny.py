@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -482,7 +483,7 @@ class WorkerProcess:
                 self.worker_class,
                 self.worker_kwargs,
                 _picklable_config(),
-                self.silence_logs,
+                _logging_setup(self.silence_logs),
             ),
             name=f"distributary-worker-{self.worker_kwargs.get('name')}",
             daemon=dask.config.get("distributed.worker.daemon", default=True),
@@ -654,19 +655,36 @@ def cpu_count() -> int:
 # ---------------------------------------------------------------------- in the child
 
 
+def _logging_setup(silence_logs: int | None) -> tuple[int, list[logging.Formatter | None]]:
+    """distributary's log level in this process (or ``silence_logs``) and the formatters
+    of its handlers that write to stderr, for a worker process to log the same way."""
+    log = logging.getLogger("distributary")
+    formatters = [
+        handler.formatter
+        for handler in log.handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr
+    ]
+    return silence_logs or log.level, formatters
+
+
 def _run_worker(
     conn: Connection,
     parent_pid: int,
     worker_class: type | None,
     worker_kwargs: dict,
     config: dict,
-    silence_logs: int | None,
+    logging_setup: tuple[int, list[logging.Formatter | None]],
 ) -> None:
     """Entry point of a worker process: run a Worker until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the nanny's process
     dask.config.update(dask.config.config, config)
-    if silence_logs:
-        logging.getLogger("distributary").setLevel(silence_logs)
+    level, formatters = logging_setup
+    log = logging.getLogger("distributary")
+    log.setLevel(level)
+    for formatter in formatters:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        log.addHandler(handler)
     if worker_class is None:
         from distributary.worker.server import Worker
 

@@ -119,6 +119,17 @@ def free_port() -> int:
 # ---------------------------------------------------------------------- processes
 
 
+def test_worker_processes_log_like_the_command(cli):
+    """A worker process under a nanny logs INFO lines in the command's format too."""
+    scheduler, address = start_scheduler(cli)
+    workers = cli("worker", address)
+    (worker,) = workers.wait_for(r"Worker at: (\S+),")
+    line = (
+        rf"\d{{4}}-\d\d-\d\d [\d:,]+ - distributary\.worker - INFO - Worker at {worker} registered"
+    )
+    workers.wait_for(f"({line})")
+
+
 def test_nanny_workers_with_scheduler_file(cli, tmp_path):
     scheduler_file = tmp_path / "scheduler.json"
     scheduler, address = start_scheduler(cli, "--scheduler-file", scheduler_file)
