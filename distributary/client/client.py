@@ -35,7 +35,7 @@ from distributary.core import BatchedSend, ConnectionPool
 from distributary.exceptions import FutureLostError
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.tasks import dumps_task, register_reference_type
-from distributary.utils.loop import LoopRunner, sync
+from distributary.utils.loop import LoopRunner, in_loop, sync
 
 logger = logging.getLogger("distributary.client")
 
@@ -273,7 +273,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         An asynchronous client returns the awaitable instead.
         """
         timeout = parse_timedelta(timeout) if timeout is not None else None
-        if self.asynchronous or _in_loop(self.loop):
+        if self.asynchronous or in_loop(self.loop):
             coro = func(*args, **kwargs)
             return asyncio.wait_for(coro, timeout) if timeout is not None else coro
         self._check_open()
@@ -672,7 +672,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             else:
                 future._state.callbacks.append(run)
 
-        if _in_loop(self.loop):
+        if in_loop(self.loop):
             register()
         else:
             self.loop.call_soon_threadsafe(register)
@@ -698,10 +698,3 @@ def _task_options(workers: Any, resources: Any, retries: Any, allow_other_worker
     if retries:
         options["retries"] = int(retries)
     return options
-
-
-def _in_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False

@@ -9,7 +9,6 @@ rest is still being pickled (in a thread, for a big graph) or read by the schedu
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +16,7 @@ from typing import Any
 
 from distributary.protocol.errors import error_message
 from distributary.utils.gc_pause import gc_paused
+from distributary.utils.loop import in_loop
 
 _stimulus_counter = itertools.count()
 
@@ -60,11 +60,7 @@ class OutboxMixin:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
+        if in_loop(self.loop):
             self.loop.call_soon(self._flush_outbox)
             return
         try:
@@ -77,7 +73,7 @@ class OutboxMixin:
         parts: Iterable[tuple[list[dict], list]],
         wanted: set,
         background: bool = False,
-    ) -> PendingGraph:
+    ) -> None:
         """Send a graph given as ``(tasks, keys to keep)`` parts, one message each.
 
         Without ``background`` the parts are built here, and an error raises and abandons
@@ -90,11 +86,10 @@ class OutboxMixin:
         self._send(pending)
         if not background:
             self._build_parts(pending, parts, background)
-            return pending
+            return
         if self._graph_builder is None:
             self._graph_builder = ThreadPoolExecutor(1, thread_name_prefix="distributary-graph")
         self._graph_builder.submit(self._build_parts, pending, parts, background)
-        return pending
 
     def _build_parts(self: Any, pending: PendingGraph, parts: Iterable, background: bool) -> None:
         try:

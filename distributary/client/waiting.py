@@ -12,6 +12,7 @@ from dask.utils import parse_timedelta
 
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
+from distributary.utils.loop import in_loop
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 FIRST_EXCEPTION = "FIRST_EXCEPTION"
@@ -115,11 +116,7 @@ class as_completed:
             else:
                 future._state.callbacks.append(lambda: self._on_done(future))
 
-        try:
-            in_loop = asyncio.get_running_loop() is client.loop
-        except RuntimeError:
-            in_loop = False
-        if in_loop:
+        if in_loop(client.loop):
             register()
         else:
             client.loop.call_soon_threadsafe(register)

@@ -30,6 +30,7 @@ from distributary.comm.core import (
     Listener,
     backends,
 )
+from distributary.utils.loop import in_loop
 
 __all__ = ["InProc", "InProcBackend", "InProcListener"]
 
@@ -40,13 +41,6 @@ _counter = itertools.count()
 
 def _new_address() -> str:
     return f"inproc://127.0.0.1/{os.getpid()}/{next(_counter)}"
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 class _Inbox:
@@ -62,7 +56,7 @@ class _Inbox:
 
     def call(self, func: Callable, *args: Any) -> None:
         """Run ``func(*args)`` on this inbox's loop; RuntimeError if that loop is closed."""
-        if _running_loop() is self.loop:
+        if in_loop(self.loop):
             func(*args)
         else:
             self.loop.call_soon_threadsafe(func, *args)

@@ -212,6 +212,8 @@ class Scheduler(ServerNode):
     # ------------------------------------------------------------------ state machine
 
     def _handle(self, *events: ev.SchedulerEvent) -> None:
+        if not events:
+            return
         for instruction in self.state.handle(*events):
             if isinstance(instruction, ins.ToWorker):
                 stream = self.worker_streams.get(instruction.worker)

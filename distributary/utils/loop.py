@@ -78,7 +78,7 @@ def sync(
 
     On timeout the coroutine is cancelled and ``TimeoutError`` raised.
     """
-    if _running_loop() is loop:
+    if in_loop(loop):
         raise RuntimeError("sync() called from the event loop it would block")
     future = asyncio.run_coroutine_threadsafe(_as_coroutine(awaitable), loop)
     try:
@@ -94,8 +94,14 @@ async def _as_coroutine(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, if any."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+def in_loop(loop: asyncio.AbstractEventLoop | None) -> bool:
+    """Whether this code runs on ``loop`` (rather than in another thread)."""
+    return loop is not None and running_loop() is loop
