@@ -14,6 +14,7 @@ import logging
 import threading
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -25,9 +26,10 @@ from dask.utils import funcname, parse_timedelta
 from distributary.client.cluster import ClusterMixin
 from distributary.client.collections import CollectionsMixin
 from distributary.client.datasets import DatasetsMixin
-from distributary.client.future import Future, FutureState
+from distributary.client.future import Future
 from distributary.client.graphs import part_size
-from distributary.client.outbox import OutboxMixin, stimulus
+from distributary.client.outbox import OutboxMixin
+from distributary.client.state import ClientState, FutureState, PendingGraph
 from distributary.client.structures import collect_futures, substitute_results
 from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import normalize_address
@@ -119,11 +121,11 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         self._timeout = parse_timedelta(
             timeout if timeout is not None else dask.config.get("distributed.comm.timeouts.connect")
         )
-        self.futures: dict[Any, FutureState] = {}
-        self._refcount: dict[Any, int] = {}
-        self._ref_lock = threading.RLock()  # Future.__del__ may run inside the lock (GC)
-        self._outbox: list = []  # messages (dicts) and released keys, in order
+        self._core = ClientState()
+        self._lock = threading.RLock()  # around every call into ``_state``
+        self._dropped: deque = deque()  # keys of Futures gone, not yet counted
         self._flush_scheduled = False
+        self._restart_waiters: set[asyncio.Event] = set()  # set when a restart is reported
         self._graph_builder: ThreadPoolExecutor | None = None
         self._batched: BatchedSend | None = None
         self._stream_task: asyncio.Task | None = None
@@ -248,9 +250,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         await self.pool.close()
         if self._graph_builder is not None:
             self._graph_builder.shutdown(wait=False, cancel_futures=True)
-        for state in self.futures.values():
-            if not state.done():
-                state.cancel("client closed")
+        self._cancel_everything("client closed")
         if self.asynchronous and self._own_cluster and self.cluster is not None:
             await self.cluster.close()
         self.status = "closed"
@@ -283,74 +283,40 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         if self.status in ("closing", "closed"):
             raise RuntimeError(f"{self!r} is closed; start a new Client to submit work")
 
+    @property
+    def futures(self) -> dict[Any, FutureState]:
+        """What this client knows of each key it holds, by key."""
+        return self._core.futures
+
     # ------------------------------------------------------------------ the scheduler stream
 
     async def _read_stream(self, comm: Any) -> None:
-        handlers = {
-            "key-in-memory": self._on_key_in_memory,
-            "task-erred": self._on_task_erred,
-            "cancelled-key": self._on_cancelled_key,
-            "lost-data": self._on_lost_data,
-            "restart": self._on_restart,
-        }
         try:
             while True:
                 msgs = await comm.read()
                 if isinstance(msgs, dict):
                     msgs = (msgs,)
-                for msg in msgs:
-                    handler = handlers.get(msg.get("op"))
-                    if handler is not None:
-                        handler(msg)
+                done: list[FutureState] = []
+                with self._lock:
+                    restarts = self._core.restarts
+                    for msg in msgs:
+                        if isinstance(msg, dict):
+                            done.extend(self._core.handle(msg))
+                    restarted = self._core.restarts != restarts
+                self._wake(done)
+                if restarted:
+                    for event in self._restart_waiters:
+                        event.set()
         except CommClosedError:
             if self.status == "running":
                 logger.warning("Lost the connection to the scheduler at %s", self.scheduler_address)
                 self.status = "closed"
-                for state in self.futures.values():
-                    if not state.done():
-                        state.cancel("lost the connection to the scheduler")
+                self._cancel_everything("lost the connection to the scheduler")
 
-    def _on_key_in_memory(self, msg: dict) -> None:
-        state = self.futures.get(msg["key"])
-        if state is not None:
-            state.finish(msg.get("type", ""), tuple(msg.get("workers") or ()))
-
-    def _on_task_erred(self, msg: dict) -> None:
-        state = self.futures.get(msg["key"])
-        if state is not None:
-            state.set_error(msg)
-
-    def _on_cancelled_key(self, msg: dict) -> None:
-        state = self.futures.get(msg["key"])
-        if state is not None:
-            state.cancel(msg.get("reason", ""))
-
-    def _on_lost_data(self, msg: dict) -> None:
-        state = self.futures.get(msg["key"])
-        if state is not None:
-            state.reset()
-
-    # ------------------------------------------------------------------ reference counting
-
-    def _state_of(self, key: Any) -> FutureState:
-        state = self.futures.get(key)
-        if state is None:
-            state = self.futures[key] = FutureState()
-        return state
-
-    def _increment_reference(self, key: Any) -> None:
-        with self._ref_lock:
-            self._refcount[key] = self._refcount.get(key, 0) + 1
-
-    def _decrement_reference(self, key: Any) -> None:
-        with self._ref_lock:
-            count = self._refcount.get(key, 0) - 1
-            if count > 0:
-                self._refcount[key] = count
-                return
-            self._refcount.pop(key, None)
-        if self.status == "running":
-            self._enqueue(key)
+    def _cancel_everything(self, reason: str) -> None:
+        with self._lock:
+            done = self._core.cancel_all(reason)
+        self._wake(done)
 
     # ------------------------------------------------------------------ submit and map
 
@@ -433,11 +399,17 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
     ) -> list[Future]:
         """Send a task per call, ``size`` tasks per message; return their futures."""
         self._check_open()
+        with self._lock:
+            self._count_dropped()
+            records, to_send = self._core.claim(keys)
+            pending = PendingGraph(set(to_send))
+            if to_send:
+                self._core.outbox.append(pending)
         todo = []
+        seen = set()  # (a key given twice is sent once)
         for index, (args, key) in enumerate(zip(calls, keys)):
-            state = self.futures.get(key)
-            if state is None or state.status == "cancelled":
-                self.futures[key] = FutureState()
+            if key in pending.wanted and key not in seen:
+                seen.add(key)
                 todo.append((index, args, key))
 
         def parts() -> Iterator[tuple[list[dict], list]]:
@@ -453,8 +425,8 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
                 yield tasks, [task["key"] for task in tasks]
 
         if todo:  # (each part goes out as soon as it is pickled)
-            self._send_graph(parts(), {key for _, _, key in todo})
-        return [Future(key, self) for key in keys]
+            self._send_graph(pending, parts(), keys)
+        return [Future(key, self, record) for key, record in zip(keys, records)]
 
     # ------------------------------------------------------------------ results
 
@@ -486,23 +458,22 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             if errors == "raise":
                 await future._result()
             bad.add(future.key)
-        keys = list(dict.fromkeys(f.key for f in found if f.key not in bad))
-        data = await self._fetch(keys)
+        records = {f.key: f._state for f in found if f.key not in bad}
+        data = await self._fetch(records)
         return substitute_results(futures, data, bad)
 
     async def _gather_one(self, future: Future) -> Any:
-        return (await self._fetch([future.key]))[future.key]
+        return (await self._fetch({future.key: future._state}))[future.key]
 
-    async def _fetch(self, keys: list) -> dict:
-        """Get the data of finished keys from the workers that hold them."""
+    async def _fetch(self, records: dict[Any, FutureState]) -> dict:
+        """Get the data of finished keys (``{key: record}``) from the workers holding it."""
         results: dict = {}
-        missing = list(keys)
+        missing = list(records)
         for attempt in range(10):
             by_worker: dict[str, list] = {}
             unknown = []
             for key in missing:
-                state = self.futures.get(key)
-                workers = state.workers if state is not None else ()
+                workers = records[key].workers
                 if workers:
                     by_worker.setdefault(workers[0], []).append(key)
                 else:
@@ -523,15 +494,11 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             if not missing:
                 return results
             for key in missing:
-                state = self.futures.get(key)
-                if state is not None:
-                    state.workers = ()
+                records[key].workers = ()
             await asyncio.sleep(0.01 * 2**attempt)
             for key in missing:
-                state = self.futures.get(key)
-                if state is not None and not state.done():
-                    await state.event.wait()
-                if state is not None and state.status in ("error", "cancelled"):
+                await self._wait_for(records[key])
+                if records[key].status in ("error", "cancelled"):
                     raise FutureLostError(key)
         raise FutureLostError(missing[0])
 
@@ -591,18 +558,17 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
                 who_has.setdefault(key, []).append(worker)
             nbytes.update(reply["nbytes"])
             types.update(reply["types"])
-        for key in items:
-            self._state_of(key).finish(types.get(key, ""), tuple(who_has[key]))
-        self._send(
-            {
-                "op": "scatter-data",
-                "who_has": who_has,
-                "nbytes": nbytes,
-                "types": types,
-                "stimulus_id": stimulus("scatter"),
-            }
-        )
-        futures = {key: Future(key, self) for key in items}
+        self._check_open()
+        with self._lock:
+            self._count_dropped()
+            done = self._core.scattered(who_has, types)
+            records, _ = self._core.claim(items)
+            self._core.outbox.append(
+                {"op": "scatter-data", "who_has": who_has, "nbytes": nbytes, "types": types}
+            )
+        self._schedule_flush()
+        self._wake(done)
+        futures = {key: Future(key, self, record) for key, record in zip(items, records)}
         if isinstance(data, dict):
             return futures
         result = list(futures.values())
@@ -642,13 +608,11 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
 
     async def _cancel(self, futures: Any, force: bool = False, reason: str | None = None) -> None:
         keys = [f.key for f in collect_futures(futures)]
-        for key in keys:
-            state = self.futures.get(key)
-            if state is not None:
-                state.cancel(reason or "cancel")
-        self._send(
-            {"op": "cancel-keys", "keys": keys, "force": force, "stimulus_id": stimulus("cancel")}
-        )
+        self._check_open()
+        with self._lock:
+            done = self._core.cancel(keys, reason or "cancel", force)
+        self._schedule_flush()
+        self._wake(done)
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
         """Run erred futures' tasks again."""
@@ -656,11 +620,10 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
 
     async def _retry(self, futures: Any) -> None:
         keys = [f.key for f in collect_futures(futures)]
-        for key in keys:
-            state = self.futures.get(key)
-            if state is not None and state.status == "error":
-                state.reset()
-        self._send({"op": "retry-keys", "keys": keys, "stimulus_id": stimulus("retry")})
+        self._check_open()
+        with self._lock:
+            self._core.retry(keys)
+        self._schedule_flush()
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         def run() -> None:

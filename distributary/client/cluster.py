@@ -9,7 +9,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
-from distributary.client.future import FutureState
+from distributary.client.state import FutureState
 from distributary.client.structures import collect_futures
 
 
@@ -62,13 +62,18 @@ class ClusterMixin:
     async def _restart(self, timeout: Any, wait_for_workers: bool) -> None:
         seconds = parse_timedelta(timeout)
         msg = {"op": "restart", "timeout": seconds, "wait_for_workers": wait_for_workers}
-        await self.pool.call(self.scheduler_address, msg, timeout=seconds + 5)
-        self._on_restart()
-
-    def _on_restart(self, msg: dict | None = None) -> None:
-        """The scheduler forgot everything: every future of this client is cancelled."""
-        for state in self.futures.values():
-            state.cancel("scheduler-restart")
+        # The scheduler's stream says which futures the restart cancelled (those asked
+        # for before it); that report may come after the reply.
+        reported = asyncio.Event()
+        self._restart_waiters.add(reported)
+        try:
+            await self.pool.call(self.scheduler_address, msg, timeout=seconds + 5)
+            try:
+                await asyncio.wait_for(reported.wait(), 5)
+            except asyncio.TimeoutError:
+                self._cancel_everything("scheduler-restart")
+        finally:
+            self._restart_waiters.discard(reported)
 
     def retire_workers(
         self, workers: list[str] | None = None, close_workers: bool = True, **kwargs: Any

@@ -12,8 +12,16 @@ from dask import delayed
 from dask.base import collections_to_expr, is_dask_collection, unpack_collections
 from dask.core import flatten
 
-from distributary.client.future import Future, FutureState
-from distributary.client.graphs import graph_parts, materialize, needed_nodes, part_size
+from distributary.client.future import Future
+from distributary.client.graphs import (
+    GraphError,
+    graph_parts,
+    materialize,
+    needed_nodes,
+    part_size,
+)
+from distributary.client.state import PendingGraph
+from distributary.protocol.errors import error_message
 from distributary.utils.gc_pause import gc_paused
 
 # Graphs with at least this many tasks are ordered and pickled in a thread, so that
@@ -45,37 +53,42 @@ class CollectionsMixin:
         options = _task_options(workers, resources, retries, bool(allow_other_workers))
         # Checked here, so that a bad graph raises before anything is sent.
         with gc_paused():
-            nodes = needed_nodes(materialize(graph), keys, self.futures.__contains__)
-        wanted = set(keys)
+            nodes = needed_nodes(materialize(graph), keys, self._known)
         background = len(nodes) >= BACKGROUND_NODES
-        # Under the lock: no release of a key found held here may slip in before the graph.
-        with self._ref_lock:
-            send = [key for key in nodes if not self._held(key, wanted)]
-            to_want = wanted.intersection(send)
-            parts: Any = ()
+        with self._lock:  # held while deciding what to send, and queueing it
+            self._count_dropped()
+            records, new = self._core.claim(keys)
+            lost = [key for key in new if key not in nodes]  # (released since the check)
+            if lost:
+                error = GraphError(f"Key {lost[0]!r} is not in the graph")
+                self._core.abandon(keys, PendingGraph(set(new)), error_message(error))
+                raise error
+            to_want = set(new)
+            # the rest of the graph: sent unless this client holds it
+            send = [key for key in nodes if key in to_want or not self._core.holds(key)]
+            pending = PendingGraph(to_want)
             if send:
-                size = part_size()
-                parts = graph_parts(nodes, send, to_want, priority, options, per_key, size)
-                if not background:
-                    with gc_paused():  # (an unpicklable task raises here, with nothing sent)
+                self._core.outbox.append(pending)
+        if send:
+            size = part_size()
+            parts: Any = graph_parts(nodes, send, to_want, priority, options, per_key, size)
+            if not background:
+                with gc_paused():  # (an unpicklable task raises here, with nothing sent)
+                    try:
                         parts = list(parts)
-            for key in to_want:
-                self.futures[key] = FutureState()
-            futures = {key: Future(key, self) for key in keys}
-            if send:
-                self._send_graph(parts, to_want, background)
-        return futures
+                    except BaseException as exc:
+                        with self._lock:
+                            done = self._core.abandon(keys, pending, error_message(exc))
+                        pending.done = True
+                        self._wake_soon(done)
+                        self._schedule_flush()
+                        raise
+            self._send_graph(pending, parts, keys, background)
+        return {key: Future(key, self, record) for key, record in zip(keys, records)}
 
-    def _held(self: Any, key: Any, wanted: set) -> bool:
-        """Whether a future of this client holds ``key`` (or will, before the release of
-        its last one is flushed): it is on the cluster.  A key whose last future is gone
-        is being released, so it is sent again."""
-        state = self.futures.get(key)
-        return (
-            state is not None
-            and state.status != "cancelled"
-            and (key in wanted or key in self._refcount)
-        )
+    def _known(self: Any, key: Any) -> bool:
+        """Whether ``key``, named by a graph but not in it, is on the cluster for us."""
+        return self._core.holds(key) or key in self._core.refcount
 
     def get(
         self: Any,

@@ -221,23 +221,13 @@ class DatasetsMixin:
                 error = exc
             made.update(unpickler.futures)
             del unpickler
-        if error is None and made:
-            # On the ordered stream, after any release of these keys sent before.
-            self._send(
-                {
-                    "op": "client-desires-keys",
-                    "keys": list(made),
-                    "stimulus_id": f"get-dataset-{next(_counter)}",
-                }
-            )
         if error is not None:
             outs.clear()
             made.clear()  # the futures made so far go, and release their keys
-        for key in wanted:
-            if key not in made:
-                # No future made here holds it: release it, unless (checked when the
-                # outbox is flushed) another future of this client does.
-                self._enqueue(key)
+        # No future made here holds these: release them, unless another future does.
+        with self._lock:
+            self._core.release_unheld(key for key in wanted if key not in made)
+        self._schedule_flush()
         if error is not None:
             raise error
         return outs if isinstance(name, list) else outs[0]

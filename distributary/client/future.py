@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dask._task_spec import TaskRef
 
+from distributary.client.state import FutureState
 from distributary.exceptions import FutureCancelledError
 from distributary.protocol.errors import rebuild_exception
 
 if TYPE_CHECKING:
     from distributary.client.client import Client
-
-_FINAL = ("finished", "error", "cancelled")
-
-
-class FutureState:
-    """What the client knows of one key: shared by every Future of that key.
-
-    Lives on the client's event loop; the ``status`` is safe to read from any thread.
-    """
-
-    __slots__ = ("status", "error", "type", "workers", "_event", "callbacks", "cancel_reason")
-
-    def __init__(self) -> None:
-        self.status = "pending"
-        self.error: dict | None = None
-        self.type = ""
-        self.workers: tuple = ()
-        self.cancel_reason = ""
-        self._event: asyncio.Event | None = None
-        self.callbacks: list[Callable[[], None]] = []
-
-    @property
-    def event(self) -> asyncio.Event:
-        """Set once the key is done.  Only kept while pending: a done state hands out a
-        fresh set event, so that thousands of finished futures hold no events."""
-        if self.status in _FINAL:
-            event = asyncio.Event()
-            event.set()
-            return event
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
-
-    def done(self) -> bool:
-        return self.status in _FINAL
-
-    def _set(self, status: str) -> None:
-        self.status = status
-        event, self._event = self._event, None
-        if event is not None:
-            event.set()  # (whoever waits on it holds it)
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
-            callback()
-
-    def finish(self, type_name: str, workers: tuple) -> None:
-        self.type = type_name
-        self.workers = workers
-        self._set("finished")
-
-    def set_error(self, error: dict) -> None:
-        self.error = error
-        self._set("error")
-
-    def cancel(self, reason: str) -> None:
-        self.cancel_reason = reason
-        self._set("cancelled")
-
-    def reset(self) -> None:
-        """Pending again (lost data being recomputed, or a retry)."""
-        self.status = "pending"
-        self.error = None
-        self.workers = ()
-        if self._event is not None:
-            self._event.clear()
-
-    def exception(self) -> BaseException:
-        return rebuild_exception(self.error or {})
-
 
 class Future(TaskRef):
     """A remote computation's result, which may not exist yet.
@@ -96,13 +27,13 @@ class Future(TaskRef):
     # As a dask TaskRef, a Future inside a graph or a task's arguments is a dependency.
 
     def __init__(self, key: Any, client: Client | None = None, _state: FutureState | None = None):
+        # ``_state``: the record the client claimed this Future's reference with
         from distributary.client.client import default_client
 
         self.key = key
         self.client = client if client is not None else default_client()
         self._released = False
-        self._state = _state if _state is not None else self.client._state_of(key)
-        self.client._increment_reference(key)
+        self._state = _state if _state is not None else self.client._acquire(key)
 
     def __dask_tokenize__(self) -> tuple:
         """A future stands for its key: tokens (and so ``map`` keys) derive from that."""
@@ -134,7 +65,7 @@ class Future(TaskRef):
         await self._wait()
         status = self._state.status
         if status == "error":
-            exc = self._state.exception()
+            exc = rebuild_exception(self._state.error or {})
             if raiseit:
                 raise exc.with_traceback(exc.__traceback__)
             return exc
@@ -143,8 +74,7 @@ class Future(TaskRef):
         return await self.client._gather_one(self)
 
     async def _wait(self) -> None:
-        if not self._state.done():
-            await self._state.event.wait()
+        await self.client._wait_for(self._state)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait, then return the remote exception (or None if the task succeeded)."""
@@ -153,7 +83,7 @@ class Future(TaskRef):
     async def _exception(self) -> BaseException | None:
         await self._wait()
         if self._state.status == "error":
-            return self._state.exception()
+            return rebuild_exception(self._state.error or {})
         if self._state.status == "cancelled":
             raise FutureCancelledError(self.key, self._state.cancel_reason)
         return None
@@ -182,7 +112,7 @@ class Future(TaskRef):
         """Drop this future's claim on the result now rather than at garbage collection."""
         if not self._released:
             self._released = True
-            self.client._decrement_reference(self.key)
+            self.client._drop(self.key)
 
     def __await__(self):
         return self._result().__await__()

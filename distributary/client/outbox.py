@@ -1,62 +1,62 @@
-"""The client's ordered outbox: every message to the scheduler, and every release, in order.
+"""The client's I/O around :class:`~distributary.client.state.ClientState`.
 
-Messages may be sent from any thread; the client's event loop writes them.  A release
-must never overtake a graph sent before it that depends on the released key, so graphs,
-messages and released keys share one queue.  A graph goes out as ``update-graph``
-messages of a bounded number of tasks each, so that its first tasks can start while the
-rest is still being pickled (in a thread, for a big graph) or read by the scheduler.
+Futures are made and dropped, and messages sent, from any thread; the client's event
+loop flushes the outbox and reads the scheduler's reports.  Every call into the state
+takes one lock, so each decision (is this key held? send it or not) and its effect
+are one step.  A graph goes out as ``update-graph`` messages of a bounded number of
+tasks each, so that its first tasks can start while the rest is still being pickled
+(in a thread, for a big graph); whatever is queued after a graph waits for it.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from distributary.client.state import FutureState, PendingGraph
 from distributary.protocol.errors import error_message
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.loop import in_loop
 
-_stimulus_counter = itertools.count()
-
-
-def stimulus(name: str) -> str:
-    """A fresh stimulus id for a message caused by this client."""
-    return f"{name}-{next(_stimulus_counter)}"
-
-
-class PendingGraph:
-    """A graph in the outbox: its parts as they are built, sent in order."""
-
-    __slots__ = ("wanted", "built", "asked", "done", "error", "abandoned")
-
-    def __init__(self, wanted: set):
-        self.wanted = wanted  # the keys futures were made for
-        self.built: list[dict] = []  # messages built and not yet taken by the outbox
-        self.asked: set = set()  # every key the built messages ask the scheduler to keep
-        self.done = False
-        self.error: dict | None = None  # errs the wanted keys of the parts never built
-        self.abandoned = False  # no futures were returned: release everything asked for
-
 
 class OutboxMixin:
-    """The ordered outbox of a ``Client``."""
+    """The ordered outbox of a ``Client``, and waking the waiters of its futures."""
 
     def _send(self: Any, msg: dict) -> None:
         """Send a message on the scheduler stream, from any thread, in order."""
         self._check_open()
-        self._enqueue(msg)
-
-    def _enqueue(self: Any, item: Any) -> None:
-        """Queue a message, a ``PendingGraph`` or a key to release (if no future holds
-        it by the time it is flushed)."""
-        with self._ref_lock:
-            self._outbox.append(item)
+        with self._lock:
+            self._core.outbox.append(msg)
         self._schedule_flush()
 
+    def _drop(self: Any, key: Any) -> None:
+        """A Future of ``key`` is gone (from any thread, the garbage collector's too).
+
+        Noted without the lock, which the collector may interrupt: the next step
+        under the lock counts it.
+        """
+        self._dropped.append(key)
+        if self.status == "running":
+            self._schedule_flush()
+
+    def _count_dropped(self: Any) -> None:
+        # (under the lock)
+        dropped = self._dropped
+        while dropped:
+            self._core.release(dropped.popleft())
+
+    def _acquire(self: Any, key: Any) -> FutureState:
+        """The record of ``key`` for a new Future, asking the scheduler for it if need be."""
+        with self._lock:
+            self._count_dropped()
+            record = self._core.acquire(key)
+        self._schedule_flush()
+        return record
+
     def _schedule_flush(self: Any) -> None:
-        with self._ref_lock:
+        with self._lock:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
@@ -65,27 +65,43 @@ class OutboxMixin:
             return
         try:
             self.loop.call_soon_threadsafe(self._flush_outbox)
-        except RuntimeError:
+        except (RuntimeError, AttributeError):
             pass  # the loop is closed: the scheduler drops this client's keys anyway
+
+    def _flush_outbox(self: Any) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+            self._count_dropped()
+            msgs, done = self._core.flush()
+        self._wake(done)
+        if msgs and self._batched is not None and not self._batched.closed():
+            self._batched.send(*msgs)
+
+    # ------------------------------------------------------------------ graphs
 
     def _send_graph(
         self: Any,
+        pending: PendingGraph,
         parts: Iterable[tuple[list[dict], list]],
-        wanted: set,
+        claimed: list,
         background: bool = False,
     ) -> None:
-        """Send a graph given as ``(tasks, keys to keep)`` parts, one message each.
+        """Build and send the parts of a graph queued as ``pending``, one message each.
 
-        Without ``background`` the parts are built here, and an error raises and abandons
-        the graph: what was sent of it is released.  With it they are built in a thread,
-        what is sent later waits behind them, and an error errs the ``wanted`` keys not
-        yet sent.  The keys parts ask to keep only for a later part are released after
-        the last.
+        ``parts`` yields ``(tasks, keys to keep)``.  Without ``background`` the parts are
+        built here, and an error raises and drops the caller's ``claimed`` keys: what
+        was sent of them is released.  With it they are built in a thread, and an error
+        errs the wanted keys not yet sent.
         """
-        pending = PendingGraph(wanted)
-        self._send(pending)
         if not background:
-            self._build_parts(pending, parts, background)
+            try:
+                self._build_parts(pending, parts, background)
+            except BaseException as exc:
+                with self._lock:
+                    done = self._core.abandon(claimed, pending, error_message(exc))
+                self._wake_soon(done)
+                self._schedule_flush()
+                raise
             return
         if self._graph_builder is None:
             self._graph_builder = ThreadPoolExecutor(1, thread_name_prefix="distributary-graph")
@@ -100,70 +116,42 @@ class OutboxMixin:
                         "tasks": tasks,
                         "wanted": want,
                         "continues": index > 0,
-                        "stimulus_id": stimulus("update-graph"),
                     }
-                    with self._ref_lock:
+                    with self._lock:
                         pending.built.append(msg)
                         pending.asked.update(want)
                     self._schedule_flush()
         except BaseException as exc:
             if not (background and isinstance(exc, Exception)):
-                with self._ref_lock:  # (at once: the caller may submit these keys again)
-                    pending.abandoned = True
-                    for key in pending.wanted - pending.asked:
-                        if key not in self._refcount:
-                            self.futures.pop(key, None)
                 raise
             pending.error = error_message(exc)
         finally:
             pending.done = True
             self._schedule_flush()
 
-    def _flush_outbox(self: Any) -> None:
-        msgs: list[dict] = []
-        releases: list = []
+    # ------------------------------------------------------------------ waiting
 
-        def release_now() -> None:
-            if releases:
-                msgs.append(self._release_message(releases[:]))
-                releases.clear()
+    async def _wait_for(self: Any, record: FutureState) -> None:
+        """Until the record is done (on the client's loop)."""
+        while not record.done():
+            if record.waiter is None:
+                record.waiter = asyncio.Event()
+            await record.waiter.wait()
 
-        with self._ref_lock:
-            self._flush_scheduled = False
-            taken = 0
-            for item in self._outbox:
-                if isinstance(item, PendingGraph):
-                    release_now()
-                    msgs.extend(item.built)
-                    item.built.clear()
-                    if not item.done:
-                        break  # the rest waits for this graph
-                    released = self._finish_graph(item)
-                    releases.extend(key for key in released if key not in self._refcount)
-                elif isinstance(item, dict):
-                    release_now()
-                    msgs.append(item)
-                elif item not in self._refcount:  # not wanted again since
-                    releases.append(item)
-                taken += 1
-            del self._outbox[:taken]
-            release_now()
-        if msgs and self._batched is not None and not self._batched.closed():
-            self._batched.send(*msgs)
+    def _wake(self: Any, records: Iterable[FutureState]) -> None:
+        """Wake whoever waits on these records (on the client's loop)."""
+        for record in records:
+            waiter, record.waiter = record.waiter, None
+            if waiter is not None:
+                waiter.set()
+            callbacks, record.callbacks = record.callbacks, []
+            for callback in callbacks:
+                callback()
 
-    def _finish_graph(self: Any, graph: PendingGraph) -> Iterable:
-        """Err the wanted keys that were never sent, if building the graph failed; return
-        the keys asked for that are to be released."""
-        if graph.abandoned:
-            return graph.asked
-        if graph.error is not None:
-            for key in graph.wanted - graph.asked:
-                state = self.futures.get(key)
-                if state is not None:
-                    state.set_error(graph.error)
-        return (key for key in graph.asked if key not in graph.wanted)
-
-    def _release_message(self: Any, keys: list) -> dict:
-        for key in keys:
-            self.futures.pop(key, None)
-        return {"op": "client-releases-keys", "keys": keys, "stimulus_id": stimulus("release")}
+    def _wake_soon(self: Any, records: list[FutureState]) -> None:
+        if not records:
+            return
+        if in_loop(self.loop):
+            self._wake(records)
+        else:
+            self.loop.call_soon_threadsafe(self._wake, records)

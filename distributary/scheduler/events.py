@@ -40,6 +40,18 @@ class SchedulerEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientEvent(SchedulerEvent):
+    """Base of the events a client's message causes.
+
+    ``seq`` numbers the client's messages in the order it sent them (0: not numbered);
+    the reports sent back to that client carry the last one handled as their ``ack``.
+    """
+
+    client: str
+    seq: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
 class AddClient(SchedulerEvent):
     client: str
 
@@ -50,53 +62,50 @@ class RemoveClient(SchedulerEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class UpdateGraph(SchedulerEvent):
+class UpdateGraph(ClientEvent):
     """A client submits tasks and wants the keys in ``wanted``.
 
     ``continues``: these tasks are the next part of the client's previous graph, sent in
     parts so that its first tasks can start early; they share its place in the order.
     """
 
-    client: str
     tasks: tuple[TaskSpec, ...]
     wanted: tuple = ()
     continues: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class ClientDesiresKeys(SchedulerEvent):
-    client: str
+class ClientDesiresKeys(ClientEvent):
     keys: tuple
 
 
 @dataclass(frozen=True, slots=True)
-class ClientReleasesKeys(SchedulerEvent):
-    client: str
+class ClientReleasesKeys(ClientEvent):
     keys: tuple
 
 
 @dataclass(frozen=True, slots=True)
-class CancelKeys(SchedulerEvent):
+class CancelKeys(ClientEvent):
     """A client cancels keys; with ``force`` even if other clients want them."""
 
-    client: str
     keys: tuple
     force: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class RetryKeys(SchedulerEvent):
+class RetryKeys(ClientEvent):
     """A client asks to run erred keys (and their erred dependencies) again."""
 
-    client: str
     keys: tuple
 
 
 @dataclass(frozen=True, slots=True)
-class ScatterData(SchedulerEvent):
-    """A client placed data on workers itself: ``who_has`` maps key to worker addresses."""
+class ScatterData(ClientEvent):
+    """A client placed data on workers itself: ``who_has`` maps key to worker addresses.
 
-    client: str | None
+    ``client`` is empty when no client wants the data (a worker's own scatter).
+    """
+
     who_has: dict
     nbytes: dict
     types: dict = field(default_factory=dict)

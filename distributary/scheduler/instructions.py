@@ -5,7 +5,7 @@ The server turns each into a message on the batched stream of a worker or a clie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from distributary.messages import Message
@@ -63,9 +63,15 @@ class AcquireReplicas(Message, ToWorker):
 
 @dataclass(frozen=True, slots=True)
 class ToClient(SchedulerInstruction):
-    """Base of the instructions addressed to one client."""
+    """Base of the instructions addressed to one client.
+
+    ``ack``: the ``seq`` of the last message from that client handled when this was
+    written, so that the client can tell a report about an earlier life of a key (one it
+    released or cancelled since) from a report about the key it asks for now.
+    """
 
     client: str
+    ack: int = field(default=0, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,12 +204,13 @@ class WorkerRecord:
 class ClientRecord:
     """A client as the scheduler tracks it: the keys it holds futures for."""
 
-    __slots__ = ("client_id", "wants_what", "generation")
+    __slots__ = ("client_id", "wants_what", "generation", "last_seq")
 
     def __init__(self, client_id: str):
         self.client_id = client_id
         self.wants_what: set[TaskRecord] = set()
         self.generation = 0  # of the client's latest graph, which later parts continue
+        self.last_seq = 0  # of the client's last message handled: the ``ack`` of reports
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id!r}, wants {len(self.wants_what)} keys>"

@@ -468,6 +468,10 @@ def _heartbeat(worker: str, msg: dict) -> ev.SchedulerEvent:
     return ev.WorkerHeartbeat(msg["stimulus_id"], worker, time.time(), memory)
 
 
+def _seq(msg: dict) -> int:
+    return _typed(msg.get("seq", 0), int, "seq")
+
+
 def _keys(keys: Any, name: str = "keys") -> tuple:
     return tuple(_key(k) for k in _typed(keys, list | tuple, name))
 
@@ -512,25 +516,28 @@ def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
         tasks,
         _keys(msg.get("wanted", ())),
         msg.get("continues", False) is True,
+        seq=_seq(msg),
     )
 
 
 def _client_releases_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.ClientReleasesKeys(msg["stimulus_id"], client, _keys(msg["keys"]))
+    return ev.ClientReleasesKeys(msg["stimulus_id"], client, _keys(msg["keys"]), seq=_seq(msg))
 
 
 def _client_desires_keys(client: str, msg: dict) -> ev.SchedulerEvent:
     if msg.get("client") == FIRE_AND_FORGET:
         client = FIRE_AND_FORGET
-    return ev.ClientDesiresKeys(msg["stimulus_id"], client, _keys(msg["keys"]))
+    return ev.ClientDesiresKeys(msg["stimulus_id"], client, _keys(msg["keys"]), seq=_seq(msg))
 
 
 def _cancel_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.CancelKeys(msg["stimulus_id"], client, _keys(msg["keys"]), bool(msg.get("force")))
+    return ev.CancelKeys(
+        msg["stimulus_id"], client, _keys(msg["keys"]), bool(msg.get("force")), seq=_seq(msg)
+    )
 
 
 def _retry_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.RetryKeys(msg["stimulus_id"], client, _keys(msg["keys"]))
+    return ev.RetryKeys(msg["stimulus_id"], client, _keys(msg["keys"]), seq=_seq(msg))
 
 
 def _scatter_data(client: str, msg: dict) -> ev.SchedulerEvent:
@@ -546,4 +553,4 @@ def _scatter_data(client: str, msg: dict) -> ev.SchedulerEvent:
         _key(key): _typed(t, str, "types")
         for key, t in _typed(msg.get("types") or {}, dict, "types").items()
     }
-    return ev.ScatterData(msg["stimulus_id"], client, who_has, nbytes, types)
+    return ev.ScatterData(msg["stimulus_id"], client, who_has, nbytes, types, seq=_seq(msg))

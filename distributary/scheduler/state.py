@@ -131,6 +131,8 @@ class SchedulerState(TransitionEngine):
     def handle(self, *events: ev.SchedulerEvent) -> list[ins.SchedulerInstruction]:
         """Apply events in order; return the instructions they produce."""
         for event in events:
+            if isinstance(event, ev.ClientEvent) and event.seq:
+                self._client(event.client).last_seq = event.seq
             recs = self._handlers[type(event)](event)
             if recs or (self._queue and self.idle):
                 self._run(recs, event.stimulus_id)
@@ -195,7 +197,9 @@ class SchedulerState(TransitionEngine):
             ts = self.tasks.get(key)
             if ts is None:
                 self._out.append(
-                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "unknown key")
+                    ins.KeyCancelled(
+                        event.stimulus_id, cs.client_id, key, "unknown key", ack=cs.last_seq
+                    )
                 )
                 continue
             ts.who_wants.add(cs.client_id)
@@ -223,7 +227,11 @@ class SchedulerState(TransitionEngine):
     def _report_existing(self, ts: TaskRecord, client: str, stimulus_id: str) -> None:
         if ts.state == "memory":
             workers = tuple(ws.address for ws in ts.who_has)
-            self._out.append(ins.KeyInMemory(stimulus_id, client, ts.key, ts.type, workers))
+            self._out.append(
+                ins.KeyInMemory(
+                    stimulus_id, client, ts.key, ts.type, workers, ack=self._ack(client)
+                )
+            )
         elif ts.state == "erred":
             self._out.append(self._erred_instruction(ts, client, stimulus_id))
 
@@ -233,7 +241,9 @@ class SchedulerState(TransitionEngine):
         for key in event.keys:
             ts = self.tasks.get(key)
             if ts is None:
-                self._out.append(ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "lost"))
+                self._out.append(
+                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "lost", ack=cs.last_seq)
+                )
                 continue
             ts.who_wants.add(cs.client_id)
             cs.wants_what.add(ts)
@@ -272,7 +282,9 @@ class SchedulerState(TransitionEngine):
             for client in clients:
                 cs = self.clients.get(client)
                 if cs is not None and client in ts.who_wants:
-                    self._out.append(ins.KeyCancelled(event.stimulus_id, client, key, "cancel"))
+                    self._out.append(
+                        ins.KeyCancelled(event.stimulus_id, client, key, "cancel", ack=cs.last_seq)
+                    )
                     recs.update(self._release_wants(cs, [ts]))
         return recs
 
@@ -426,7 +438,7 @@ class SchedulerState(TransitionEngine):
 
     def _handle_restart(self, event: ev.Restart) -> Recs:
         for client in self.clients:
-            self._out.append(ins.Restarted(event.stimulus_id, client))
+            self._out.append(ins.Restarted(event.stimulus_id, client, ack=self._ack(client)))
             self.clients[client].wants_what.clear()
         for ts in self.tasks.values():
             ts.state = "forgotten"  # (a record still referenced elsewhere must not look alive)
@@ -561,8 +573,18 @@ class SchedulerState(TransitionEngine):
     def _erred_instruction(self, ts: TaskRecord, client: str, stimulus_id: str) -> ins.KeyErred:
         blame = ts.exception_blame or ts
         return ins.KeyErred(
-            stimulus_id, client, ts.key, blame.exception, blame.traceback, blame.exception_text
+            stimulus_id,
+            client,
+            ts.key,
+            blame.exception,
+            blame.traceback,
+            blame.exception_text,
+            ack=self._ack(client),
         )
+
+    def _ack(self, client: str) -> int:
+        cs = self.clients.get(client)
+        return 0 if cs is None else cs.last_seq
 
     def _update_idle(self, ws: WorkerRecord) -> None:
         # Re-inserting moves the worker to the end: the idle workers take turns.
@@ -757,7 +779,11 @@ class SchedulerState(TransitionEngine):
         if ts.who_wants:
             workers = tuple(ws.address for ws in ts.who_has)
             for client in ts.who_wants:
-                self._out.append(ins.KeyInMemory(stimulus_id, client, ts.key, ts.type, workers))
+                self._out.append(
+                    ins.KeyInMemory(
+                        stimulus_id, client, ts.key, ts.type, workers, ack=self._ack(client)
+                    )
+                )
         elif not ts.waiters:
             recs[ts.key] = "released"
         return recs
@@ -783,7 +809,7 @@ class SchedulerState(TransitionEngine):
             self._out.append(ins.FreeKeys(stimulus_id, ws.address, (ts.key,)))
         ts.state = "released"
         for client in ts.who_wants:
-            self._out.append(ins.KeyLost(stimulus_id, client, ts.key))
+            self._out.append(ins.KeyLost(stimulus_id, client, ts.key, ack=self._ack(client)))
         for dependent in ts.dependents:
             if dependent.state == "waiting":
                 linked(dependent, "waiting_on").add(ts)

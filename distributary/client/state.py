@@ -1,0 +1,394 @@
+"""What a client knows of its keys, as a pure state machine.
+
+Theory of operation
+-------------------
+``ClientState`` holds the futures table (one :class:`FutureState` per key the scheduler
+has been asked to keep for this client), the reference counts of the ``Future``
+objects, and the ordered outbox of messages to the scheduler.  The I/O shell
+(:class:`~distributary.client.client.Client`) calls it under one lock, from any thread;
+nothing here does I/O, reads a clock or imports asyncio.
+
+Two rules make a key's life right whatever the timing:
+
+1. **A decision and its effect are one step.**  Whether a key must be sent to the
+   scheduler (:meth:`ClientState.claim`) is decided in the same step that takes the
+   reference on it.  A key whose last reference went away is *releasing*: its record
+   waits beside the outbox until the release is flushed.  A claim before the flush
+   takes the record back and the release is never sent; a claim after it sends the
+   task again, behind the release.  So the client never counts on the scheduler
+   knowing a key it has asked it to forget.
+2. **A report is applied only to the incarnation it is about.**  Every message to the
+   scheduler carries a sequence number ``seq``; every message back carries ``ack``,
+   the last ``seq`` the scheduler had handled from this client when it wrote it.  A
+   record remembers the ``seq`` of the message that asked for it (``since``), and a
+   report with an older ``ack`` (written before the scheduler saw that request: about
+   an earlier life of the key, released or cancelled since) is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Key = Any
+
+_FINAL = frozenset({"finished", "error", "cancelled"})
+
+RELEASE = "client-releases-keys"
+DESIRE = "client-desires-keys"
+
+_REPORTS = frozenset({"key-in-memory", "task-erred", "cancelled-key", "lost-data"})
+
+# The messages that ask the scheduler for keys, and where they name them.
+_ASKING = {
+    "update-graph": "wanted",
+    DESIRE: "keys",
+    "scatter-data": "who_has",
+    "retry-keys": "keys",
+}
+
+
+class FutureState:
+    """What the client knows of one key: shared by every Future of that key.
+
+    ``status`` is ``pending``, ``finished``, ``error`` or ``cancelled``.  ``waiter``
+    and ``callbacks`` belong to the I/O shell, which wakes them when the state says
+    the record is done.
+    """
+
+    __slots__ = (
+        "key",
+        "status",
+        "error",
+        "type",
+        "workers",
+        "cancel_reason",
+        "since",
+        "waiter",
+        "callbacks",
+    )
+
+    def __init__(self, key: Key = None, since: int | None = None) -> None:
+        self.key = key
+        self.status = "pending"
+        self.error: dict | None = None
+        self.type = ""
+        self.workers: tuple = ()
+        self.cancel_reason = ""
+        self.since = since  # seq of the message that asked for it; None: not sent yet
+        self.waiter: Any = None
+        self.callbacks: list[Callable[[], None]] = []
+
+    def done(self) -> bool:
+        """Whether the key finished, erred or was cancelled."""
+        return self.status in _FINAL
+
+    def finish(self, type_name: str, workers: tuple) -> None:
+        self.type = type_name
+        self.workers = workers
+        self.status = "finished"
+
+    def set_error(self, error: dict) -> None:
+        self.error = error
+        self.status = "error"
+
+    def cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        self.status = "cancelled"
+
+    def reset(self) -> None:
+        """Pending again (lost data being recomputed, or a retry)."""
+        self.status = "pending"
+        self.error = None
+        self.workers = ()
+
+    def __repr__(self) -> str:
+        return f"<FutureState {self.key!r} {self.status}>"
+
+
+class PendingGraph:
+    """A graph in the outbox: its parts as they are built, sent in order."""
+
+    __slots__ = ("wanted", "built", "asked", "done", "error")
+
+    def __init__(self, wanted: set):
+        self.wanted = wanted  # the keys futures were made for
+        self.built: list[dict] = []  # messages built and not yet taken by the outbox
+        self.asked: set = set()  # every key the built messages ask the scheduler to keep
+        self.done = False
+        self.error: dict | None = None  # errs the wanted keys of the parts never built
+
+
+class _Release:
+    """A key's release in the outbox; sent only if it is still the key's latest."""
+
+    __slots__ = ("key", "record")
+
+    def __init__(self, key: Key, record: FutureState | None):
+        self.key = key
+        self.record = record
+
+
+class ClientState:
+    """The futures table, reference counts and ordered outbox of one client."""
+
+    def __init__(self) -> None:
+        self.futures: dict[Key, FutureState] = {}
+        self.refcount: dict[Key, int] = {}
+        self.releasing: dict[Key, _Release] = {}  # last reference gone, not yet flushed
+        self.outbox: deque = deque()  # dicts, PendingGraphs, _Releases and desired keys
+        self.seq = 0  # of the last message flushed
+        self.restarts = 0  # of the scheduler, as reported on the stream
+
+    # ------------------------------------------------------------------ references
+
+    def claim(self, keys: Iterable[Key]) -> tuple[list[FutureState], list[Key]]:
+        """Take a reference on each key; return their records and the keys to send.
+
+        A key is sent unless this client holds it already (or its release is not
+        flushed yet, which is then taken back).  A cancelled key is sent again.
+        """
+        records = []
+        to_send = []
+        for key in keys:
+            record = self._held(key)
+            if record is None:
+                record = self.futures[key] = FutureState(key)
+                to_send.append(key)
+            self.refcount[key] = self.refcount.get(key, 0) + 1
+            records.append(record)
+        return records, to_send
+
+    def acquire(self, key: Key) -> FutureState:
+        """Take a reference on a key named from elsewhere (an unpickled Future): if
+        this client does not hold it yet, the scheduler is asked to keep it."""
+        record = self._held(key)
+        if record is None:
+            record = self.futures[key] = FutureState(key)
+            self.outbox.append(key)  # (a bare key in the outbox: desired)
+        self.refcount[key] = self.refcount.get(key, 0) + 1
+        return record
+
+    def _held(self, key: Key) -> FutureState | None:
+        record = self.futures.get(key)
+        if record is None:
+            release = self.releasing.pop(key, None)
+            if release is not None:  # its release is not sent: take it back
+                record = self.futures[key] = release.record
+        return record
+
+    def holds(self, key: Key) -> bool:
+        """Whether the scheduler keeps ``key`` for this client until it is released."""
+        return key in self.futures
+
+    def release(self, key: Key) -> None:
+        """Drop a reference; the last one queues the key's release."""
+        count = self.refcount.get(key, 0) - 1
+        if count > 0:
+            self.refcount[key] = count
+            return
+        self.refcount.pop(key, None)
+        release = _Release(key, self.futures.pop(key, None))
+        if release.record is not None:
+            self.releasing[key] = release
+        self.outbox.append(release)
+
+    def release_unheld(self, keys: Iterable[Key]) -> None:
+        """Release keys the scheduler made this client want, unless it holds them."""
+        for key in keys:
+            if key not in self.futures and key not in self.releasing:
+                self.outbox.append(_Release(key, None))
+
+    def abandon(self, claimed: list, graph: PendingGraph, error: dict) -> list[FutureState]:
+        """Drop the claims of a call whose graph failed to build (it returned no
+        futures): what was sent is released, what was not is forgotten.  A key never
+        sent that another caller claimed meanwhile errs.  Returns the records now done."""
+        changed = []
+        for key, count in Counter(claimed).items():
+            if key not in graph.wanted or key in graph.asked:
+                for _ in range(count):
+                    self.release(key)
+                continue
+            left = self.refcount.pop(key, count) - count
+            record = self.futures.get(key)
+            if left > 0:
+                self.refcount[key] = left
+                if record is not None and not record.done():
+                    record.set_error(error)
+                    changed.append(record)
+            elif record is not None:
+                del self.futures[key]  # never asked for: there is nothing to release
+        return changed
+
+    # ------------------------------------------------------------------ local changes
+
+    def cancel(self, keys: Iterable[Key], reason: str, force: bool) -> list[FutureState]:
+        """Cancel keys here and queue the message; return the records now done."""
+        keys = list(keys)
+        changed = []
+        for key in keys:
+            record = self.futures.pop(key, None)
+            if record is not None:
+                record.cancel(reason)
+                changed.append(record)
+        self.outbox.append({"op": "cancel-keys", "keys": keys, "force": force})
+        return changed
+
+    def retry(self, keys: Iterable[Key]) -> None:
+        """Queue a retry of the erred keys; their records are pending again."""
+        keys = list(keys)
+        for key in keys:
+            record = self.futures.get(key)
+            if record is not None and record.status == "error":
+                record.reset()
+                record.since = None  # until the retry is sent, reports are of the error
+        self.outbox.append({"op": "retry-keys", "keys": keys})
+
+    def scattered(self, who_has: dict, types: dict) -> list[FutureState]:
+        """Data this client put on workers itself: its records are finished."""
+        changed = []
+        for key, workers in who_has.items():
+            record = self._held(key)
+            if record is None:
+                record = self.futures[key] = FutureState(key)
+            elif record.since is not None:
+                record.since = None  # (the scatter message is its newest request)
+            record.finish(types.get(key, ""), tuple(workers))
+            changed.append(record)
+        return changed
+
+    def cancel_all(self, reason: str, ack: int | None = None) -> list[FutureState]:
+        """Everything is gone (the connection lost, or with ``ack`` a restart of the
+        scheduler after it handled that message): cancel those records."""
+        changed = []
+        records = [*self.futures.values(), *(r.record for r in self.releasing.values())]
+        for record in records:
+            if ack is not None and (record.since is None or record.since > ack):
+                continue  # asked for after the restart
+            if not record.done():
+                changed.append(record)
+            record.cancel(reason)
+            self.futures.pop(record.key, None)
+            self.releasing.pop(record.key, None)
+        return changed
+
+    # ------------------------------------------------------------------ the outbox
+
+    def flush(self) -> tuple[list[dict], list[FutureState]]:
+        """The messages ready to go, in order, numbered; and the records now done
+        (the wanted keys of a graph that failed to build).
+
+        A graph still being built holds back everything queued after it.  Runs of
+        releases (or of desired keys) become one message each.
+        """
+        msgs: list[dict] = []
+        changed: list[FutureState] = []
+        run: list = []  # keys of the run of releases or desires being gathered
+        run_op = ""
+
+        def end_run() -> None:
+            if run:
+                self._number(msgs, {"op": run_op, "keys": run.copy()})
+                run.clear()
+
+        outbox = self.outbox
+        while outbox:
+            item = outbox[0]
+            if isinstance(item, PendingGraph):
+                end_run()
+                for msg in item.built:
+                    self._number(msgs, msg)
+                item.built.clear()
+                if not item.done:
+                    break  # the rest waits for this graph
+                changed.extend(self._finish_graph(item, msgs))
+            elif isinstance(item, dict):
+                end_run()
+                self._number(msgs, item)
+            else:
+                op = RELEASE if type(item) is _Release else DESIRE
+                key = item.key if op == RELEASE else item
+                if op == RELEASE and item.record is not None:
+                    if self.releasing.get(key) is not item:
+                        outbox.popleft()  # claimed again since: a later release, if any
+                        continue
+                    del self.releasing[key]
+                if op != run_op:
+                    end_run()
+                    run_op = op
+                run.append(key)
+            outbox.popleft()
+        end_run()
+        return msgs, changed
+
+    def _number(self, msgs: list[dict], msg: dict) -> None:
+        self.seq += 1
+        msg["seq"] = self.seq
+        msg.setdefault("stimulus_id", f"{msg['op']}-{self.seq}")
+        # (a message for another client, fire-and-forget, asks nothing for this one)
+        field = _ASKING.get(msg["op"]) if "client" not in msg else None
+        if field is not None:
+            for key in msg[field]:
+                record = self.futures.get(key)
+                if record is not None and record.since is None:
+                    record.since = self.seq
+        msgs.append(msg)
+
+    def _finish_graph(self, graph: PendingGraph, msgs: list[dict]) -> list[FutureState]:
+        changed = []
+        if graph.error is not None:
+            for key in graph.wanted - graph.asked:
+                record = self.futures.get(key)
+                if record is not None and record.status == "pending":
+                    record.set_error(graph.error)
+                    changed.append(record)
+        # keys asked for only so that a later part finds them: released, unless held
+        unheld = [
+            key
+            for key in graph.asked
+            if key not in graph.wanted and key not in self.futures and key not in self.releasing
+        ]
+        if unheld:
+            self._number(msgs, {"op": RELEASE, "keys": unheld})
+        return changed
+
+    # ------------------------------------------------------------------ from the scheduler
+
+    def handle(self, msg: dict) -> list[FutureState]:
+        """Apply one message from the scheduler; return the records it made done."""
+        op = msg.get("op")
+        if op == "restart":
+            self.restarts += 1
+            return self.cancel_all("scheduler-restart", msg.get("ack", 0))
+        if op not in _REPORTS:
+            return []
+        record = self._current(msg)
+        if record is None:
+            return []
+        if op == "key-in-memory":
+            record.finish(msg.get("type", ""), tuple(msg.get("workers") or ()))
+        elif op == "task-erred":
+            record.set_error(msg)
+        elif op == "cancelled-key":
+            # the scheduler no longer keeps it for us: a new submit must send it again
+            self.futures.pop(record.key, None)
+            self.releasing.pop(record.key, None)
+            record.cancel(msg.get("reason", ""))
+        else:  # lost-data
+            record.reset()
+            return []
+        return [record]
+
+    def _current(self, msg: dict) -> FutureState | None:
+        """The record a report is about, unless it was written about an earlier life."""
+        key = msg.get("key")
+        try:
+            record = self.futures.get(key)
+            if record is None and key in self.releasing:
+                record = self.releasing[key].record
+        except TypeError:  # an unhashable key
+            return None
+        if record is None or record.since is None or msg.get("ack", 0) < record.since:
+            return None
+        return record
