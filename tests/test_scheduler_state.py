@@ -670,12 +670,17 @@ def test_retry_keys(retry):
 
 
 def test_retry_keys_ignores_keys_not_erred():
+    """A retry reruns nothing that has not erred; a key in memory is reported again (the
+    client reset its future), and a key the scheduler forgot is answered as lost, so that
+    the client's future does not wait for ever."""
     s = state()
     s.handle(add_worker(A))
     ct = one_compute(s.handle(graph("c", spec("a"))))
-    assert s.handle(ev.RetryKeys(sid(), client="c", keys=("a", "unknown"))) == []
+    out = s.handle(ev.RetryKeys(sid(), client="c", keys=("a", "unknown")))
+    assert [(type(i), i.key) for i in out] == [(ins.KeyCancelled, "unknown")]
     s.handle(finished(ct))
-    assert s.handle(ev.RetryKeys(sid(), client="c", keys=("a",))) == []
+    out = s.handle(ev.RetryKeys(sid(), client="c", keys=("a",)))
+    assert [(type(i), i.key) for i in out] == [(ins.KeyInMemory, "a")]
     assert states(s, "a") == ["memory"]
 
 
@@ -694,23 +699,24 @@ def test_releasing_erred_dependency_does_not_rerun_it():
 
 
 def test_unknown_dependency():
+    """A task on a key the scheduler does not know (its future was cancelled) is cancelled
+    with its dependents, "lost dependencies", as in dask.distributed; nothing is kept."""
     s = state()
     s.handle(add_worker(A))
     missing = ("gone", 7)
     out = s.handle(graph("c", spec(("t", 0), missing), spec(("u", 0), ("t", 0)), wanted=[("u", 0)]))
     assert not computes(out)
-    assert not of(out, ins.FreeKeys)
-    [ke] = of(out, ins.KeyErred)
-    assert ke.key == ("u", 0)
-    assert isinstance(ke.exception, KeyError)
-    assert repr(missing) in str(ke.exception)
+    assert not of(out, ins.FreeKeys) and not of(out, ins.KeyErred)
+    [kc] = of(out, ins.KeyCancelled)
+    assert (kc.key, kc.reason) == (("u", 0), "lost dependencies")
+    assert s.tasks == {}
     out = s.handle(graph("c", spec(("v", 0), missing)))
-    [ke] = of(out, ins.KeyErred)
-    assert isinstance(ke.exception, KeyError) and repr(missing) in str(ke.exception)
+    [kc] = of(out, ins.KeyCancelled)
+    assert (kc.key, kc.reason) == (("v", 0), "lost dependencies")
     # retrying does not help, and does not hang
     out = s.handle(ev.RetryKeys(sid(), client="c", keys=(("v", 0), ("u", 0))))
     assert not computes(out)
-    assert {i.key for i in of(out, ins.KeyErred)} == {("v", 0), ("u", 0)}
+    assert {i.key for i in of(out, ins.KeyCancelled)} == {("v", 0), ("u", 0)}
     s.handle(ev.RemoveClient(sid(), client="c"))
     assert s.tasks == {}
 
@@ -720,7 +726,8 @@ def test_unknown_dependency_leaves_the_rest_of_the_graph_running():
     s.handle(add_worker(A))
     out = s.handle(graph("c", spec("ok"), spec("bad", "nope")))
     assert [ct.key for ct in computes(out)] == ["ok"]
-    assert [i.key for i in of(out, ins.KeyErred)] == ["bad"]
+    assert [i.key for i in of(out, ins.KeyCancelled)] == ["bad"]
+    assert set(s.tasks) == {"ok"}
 
 
 def test_unknown_wanted_key():
@@ -928,20 +935,22 @@ def test_stale_error_is_ignored():
     assert states(s, "x") == ["memory"]
 
 
-def test_duplicate_finished_report_adds_replica():
+def test_stale_finished_report_is_no_replica():
+    """A report of a run the scheduler did not give that worker (or ended already) is
+    freed there: the worker drops that result, so it must not count as a replica."""
     s = state(worker_saturation=math.inf)
     s.handle(add_worker(A), add_worker(B))
     key = ("x", 0)
     ct = one_compute(s.handle(graph("c", spec(key, workers=(A,)))))
     s.handle(finished(ct, nbytes=50))
     out = s.handle(finished(ct, worker=B, nbytes=50))
-    assert out == []
-    assert {ws.address for ws in s.tasks[key].who_has} == {A, B}
-    assert s.workers[B].nbytes == 50
+    assert freed(out) == {(B, key)}
+    assert {ws.address for ws in s.tasks[key].who_has} == {A}
+    assert s.workers[B].nbytes == 0
     out = s.handle(finished(ct, nbytes=50))  # the same report twice changes nothing
     assert out == [] and s.workers[A].nbytes == 50
     out = s.handle(release("c", key))
-    assert freed(out) == {(A, key), (B, key)}
+    assert freed(out) == {(A, key)}
 
 
 def test_report_for_forgotten_key():

@@ -29,7 +29,7 @@ from distributary.client.datasets import DatasetsMixin
 from distributary.client.future import Future
 from distributary.client.graphs import part_size
 from distributary.client.outbox import OutboxMixin
-from distributary.client.state import ClientState, FutureState, PendingGraph
+from distributary.client.state import ClientState, FutureState
 from distributary.client.structures import collect_futures, substitute_results
 from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import normalize_address
@@ -401,10 +401,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         self._check_open()
         with self._lock:
             self._count_dropped()
-            records, to_send = self._core.claim(keys)
-            pending = PendingGraph(set(to_send))
-            if to_send:
-                self._core.outbox.append(pending)
+            records, pending = self._core.submit(keys)
         todo = []
         seen = set()  # (a key given twice is sent once)
         for index, (args, key) in enumerate(zip(calls, keys)):
@@ -561,11 +558,8 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         self._check_open()
         with self._lock:
             self._count_dropped()
-            done = self._core.scattered(who_has, types)
+            done = self._core.scattered(who_has, nbytes, types)
             records, _ = self._core.claim(items)
-            self._core.outbox.append(
-                {"op": "scatter-data", "who_has": who_has, "nbytes": nbytes, "types": types}
-            )
         self._schedule_flush()
         self._wake(done)
         futures = {key: Future(key, self, record) for key, record in zip(items, records)}

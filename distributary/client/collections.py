@@ -58,15 +58,15 @@ class CollectionsMixin:
         with self._lock:  # held while deciding what to send, and queueing it
             self._count_dropped()
             records, new = self._core.claim(keys)
+            to_want = set(new)
+            pending = PendingGraph(to_want, {k: r for k, r in zip(keys, records) if k in to_want})
             lost = [key for key in new if key not in nodes]  # (released since the check)
             if lost:
                 error = GraphError(f"Key {lost[0]!r} is not in the graph")
-                self._core.abandon(keys, PendingGraph(set(new)), error_message(error))
+                self._core.abandon(keys, pending, error_message(error))
                 raise error
-            to_want = set(new)
             # the rest of the graph: sent unless this client holds it
             send = [key for key in nodes if key in to_want or not self._core.holds(key)]
-            pending = PendingGraph(to_want)
             if send:
                 self._core.outbox.append(pending)
         if send:

@@ -110,16 +110,9 @@ class OutboxMixin:
     def _build_parts(self: Any, pending: PendingGraph, parts: Iterable, background: bool) -> None:
         try:
             with gc_paused():  # (many objects made, no garbage)
-                for index, (tasks, want) in enumerate(parts):
-                    msg = {
-                        "op": "update-graph",
-                        "tasks": tasks,
-                        "wanted": want,
-                        "continues": index > 0,
-                    }
+                for tasks, want in parts:
                     with self._lock:
-                        pending.built.append(msg)
-                        pending.asked.update(want)
+                        self._core.add_part(pending, tasks, want)
                     self._schedule_flush()
         except BaseException as exc:
             if not (background and isinstance(exc, Exception)):

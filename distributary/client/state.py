@@ -40,14 +40,6 @@ DESIRE = "client-desires-keys"
 
 _REPORTS = frozenset({"key-in-memory", "task-erred", "cancelled-key", "lost-data"})
 
-# The messages that ask the scheduler for keys, and where they name them.
-_ASKING = {
-    "update-graph": "wanted",
-    DESIRE: "keys",
-    "scatter-data": "who_has",
-    "retry-keys": "keys",
-}
-
 
 class FutureState:
     """What the client knows of one key: shared by every Future of that key.
@@ -110,12 +102,14 @@ class FutureState:
 class PendingGraph:
     """A graph in the outbox: its parts as they are built, sent in order."""
 
-    __slots__ = ("wanted", "built", "asked", "done", "error")
+    __slots__ = ("wanted", "records", "built", "asked", "parts", "done", "error")
 
-    def __init__(self, wanted: set):
+    def __init__(self, wanted: set, records: dict | None = None):
         self.wanted = wanted  # the keys futures were made for
+        self.records: dict[Key, FutureState] = records or {}  # theirs
         self.built: list[dict] = []  # messages built and not yet taken by the outbox
         self.asked: set = set()  # every key the built messages ask the scheduler to keep
+        self.parts = 0  # built so far
         self.done = False
         self.error: dict | None = None  # errs the wanted keys of the parts never built
 
@@ -130,6 +124,26 @@ class _Release:
         self.record = record
 
 
+class _Desire:
+    """A key in the outbox that the scheduler is to keep for this record."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: FutureState):
+        self.record = record
+
+
+class _Asking:
+    """A message in the outbox that asks for these records' keys: once it has its
+    ``seq``, reports written before the scheduler handled it are about earlier lives."""
+
+    __slots__ = ("msg", "records")
+
+    def __init__(self, msg: dict, records: list[FutureState]):
+        self.msg = msg
+        self.records = records
+
+
 class ClientState:
     """The futures table, reference counts and ordered outbox of one client."""
 
@@ -137,7 +151,7 @@ class ClientState:
         self.futures: dict[Key, FutureState] = {}
         self.refcount: dict[Key, int] = {}
         self.releasing: dict[Key, _Release] = {}  # last reference gone, not yet flushed
-        self.outbox: deque = deque()  # dicts, PendingGraphs, _Releases and desired keys
+        self.outbox: deque = deque()  # dicts, _Asking, PendingGraphs, _Releases, _Desires
         self.seq = 0  # of the last message flushed
         self.restarts = 0  # of the scheduler, as reported on the stream
 
@@ -160,13 +174,30 @@ class ClientState:
             records.append(record)
         return records, to_send
 
+    def submit(self, keys: list[Key]) -> tuple[list[FutureState], PendingGraph]:
+        """Claim ``keys`` for new futures; the keys to send are the ``wanted`` of the
+        returned graph, which is queued (if there are any) and waits for its parts."""
+        records, to_send = self.claim(keys)
+        graph = PendingGraph(set(to_send), {key: self.futures[key] for key in to_send})
+        if to_send:
+            self.outbox.append(graph)
+        return records, graph
+
+    def add_part(self, graph: PendingGraph, tasks: list[dict], want: list[Key]) -> None:
+        """The next part of ``graph`` is built: its tasks, and the keys it asks to keep."""
+        graph.built.append(
+            {"op": "update-graph", "tasks": tasks, "wanted": want, "continues": graph.parts > 0}
+        )
+        graph.asked.update(want)
+        graph.parts += 1
+
     def acquire(self, key: Key) -> FutureState:
         """Take a reference on a key named from elsewhere (an unpickled Future): if
         this client does not hold it yet, the scheduler is asked to keep it."""
         record = self._held(key)
         if record is None:
             record = self.futures[key] = FutureState(key)
-            self.outbox.append(key)  # (a bare key in the outbox: desired)
+            self.outbox.append(_Desire(record))
         self.refcount[key] = self.refcount.get(key, 0) + 1
         return record
 
@@ -238,25 +269,29 @@ class ClientState:
     def retry(self, keys: Iterable[Key]) -> None:
         """Queue a retry of the erred keys; their records are pending again."""
         keys = list(keys)
+        retried = []
         for key in keys:
             record = self.futures.get(key)
             if record is not None and record.status == "error":
                 record.reset()
                 record.since = None  # until the retry is sent, reports are of the error
-        self.outbox.append({"op": "retry-keys", "keys": keys})
+                retried.append(record)
+        self.outbox.append(_Asking({"op": "retry-keys", "keys": keys}, retried))
 
-    def scattered(self, who_has: dict, types: dict) -> list[FutureState]:
-        """Data this client put on workers itself: its records are finished."""
-        changed = []
+    def scattered(self, who_has: dict, nbytes: dict, types: dict) -> list[FutureState]:
+        """Data this client put on workers itself: its records are finished, and the
+        scheduler is told.  Returns the records."""
+        records = []
         for key, workers in who_has.items():
             record = self._held(key)
             if record is None:
                 record = self.futures[key] = FutureState(key)
-            elif record.since is not None:
-                record.since = None  # (the scatter message is its newest request)
+            record.since = None  # (the scatter message is its newest request)
             record.finish(types.get(key, ""), tuple(workers))
-            changed.append(record)
-        return changed
+            records.append(record)
+        msg = {"op": "scatter-data", "who_has": who_has, "nbytes": nbytes, "types": types}
+        self.outbox.append(_Asking(msg, records))
+        return records
 
     def cancel_all(self, reason: str, ack: int | None = None) -> list[FutureState]:
         """Everything is gone (the connection lost, or with ``ack`` a restart of the
@@ -289,7 +324,11 @@ class ClientState:
 
         def end_run() -> None:
             if run:
-                self._number(msgs, {"op": run_op, "keys": run.copy()})
+                if run_op == RELEASE:
+                    self._number(msgs, {"op": RELEASE, "keys": [item.key for item in run]})
+                else:
+                    records = [item.record for item in run]
+                    self._number(msgs, {"op": DESIRE, "keys": [r.key for r in records]}, records)
                 run.clear()
 
         outbox = self.outbox
@@ -298,7 +337,7 @@ class ClientState:
             if isinstance(item, PendingGraph):
                 end_run()
                 for msg in item.built:
-                    self._number(msgs, msg)
+                    self._number(msgs, msg, [item.records.get(k) for k in msg["wanted"]])
                 item.built.clear()
                 if not item.done:
                     break  # the rest waits for this graph
@@ -306,33 +345,32 @@ class ClientState:
             elif isinstance(item, dict):
                 end_run()
                 self._number(msgs, item)
+            elif isinstance(item, _Asking):
+                end_run()
+                self._number(msgs, item.msg, item.records)
             else:
                 op = RELEASE if type(item) is _Release else DESIRE
-                key = item.key if op == RELEASE else item
                 if op == RELEASE and item.record is not None:
-                    if self.releasing.get(key) is not item:
+                    if self.releasing.get(item.key) is not item:
                         outbox.popleft()  # claimed again since: a later release, if any
                         continue
-                    del self.releasing[key]
+                    del self.releasing[item.key]
                 if op != run_op:
                     end_run()
                     run_op = op
-                run.append(key)
+                run.append(item)
             outbox.popleft()
         end_run()
         return msgs, changed
 
-    def _number(self, msgs: list[dict], msg: dict) -> None:
+    def _number(self, msgs: list[dict], msg: dict, asking: Iterable = ()) -> None:
+        """Give ``msg`` the next ``seq``; it asks for the keys of the records ``asking``."""
         self.seq += 1
         msg["seq"] = self.seq
         msg.setdefault("stimulus_id", f"{msg['op']}-{self.seq}")
-        # (a message for another client, fire-and-forget, asks nothing for this one)
-        field = _ASKING.get(msg["op"]) if "client" not in msg else None
-        if field is not None:
-            for key in msg[field]:
-                record = self.futures.get(key)
-                if record is not None and record.since is None:
-                    record.since = self.seq
+        for record in asking:
+            if record is not None and record.since is None:
+                record.since = self.seq
         msgs.append(msg)
 
     def _finish_graph(self, graph: PendingGraph, msgs: list[dict]) -> list[FutureState]:

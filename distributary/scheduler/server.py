@@ -84,24 +84,8 @@ class Scheduler(ServerNode):
         )
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
-        self._from_worker: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]] = {
-            "task-finished": _task_finished,
-            "task-erred": _task_erred,
-            "reschedule": _reschedule,
-            "long-running": _long_running,
-            "add-keys": _add_keys,
-            "missing-data": _missing_data,
-            "worker-status-change": _worker_status_change,
-            "heartbeat": _heartbeat,
-        }
-        self._from_client: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]] = {
-            "update-graph": _update_graph,
-            "client-releases-keys": _client_releases_keys,
-            "client-desires-keys": _client_desires_keys,
-            "cancel-keys": _cancel_keys,
-            "retry-keys": _retry_keys,
-            "scatter-data": _scatter_data,
-        }
+        self._from_worker = dict(FROM_WORKER)
+        self._from_client = dict(FROM_CLIENT)
         self.pool = ConnectionPool(role="scheduler")
         self.inproc_address: str | None = None  # the same server, in memory
         self.datasets = DatasetExtension(self)
@@ -554,3 +538,26 @@ def _scatter_data(client: str, msg: dict) -> ev.SchedulerEvent:
         for key, t in _typed(msg.get("types") or {}, dict, "types").items()
     }
     return ev.ScatterData(msg["stimulus_id"], client, who_has, nbytes, types, seq=_seq(msg))
+
+
+Translator = Callable[[str, dict], ev.SchedulerEvent | None]
+
+# What each message on a worker's and a client's stream means, as an event.
+FROM_WORKER: dict[str, Translator] = {
+    "task-finished": _task_finished,
+    "task-erred": _task_erred,
+    "reschedule": _reschedule,
+    "long-running": _long_running,
+    "add-keys": _add_keys,
+    "missing-data": _missing_data,
+    "worker-status-change": _worker_status_change,
+    "heartbeat": _heartbeat,
+}
+FROM_CLIENT: dict[str, Translator] = {
+    "update-graph": _update_graph,
+    "client-releases-keys": _client_releases_keys,
+    "client-desires-keys": _client_desires_keys,
+    "cancel-keys": _cancel_keys,
+    "retry-keys": _retry_keys,
+    "scatter-data": _scatter_data,
+}

@@ -180,26 +180,28 @@ class SchedulerState(TransitionEngine):
             self._generation += 1
             cs.generation = self._generation
         fresh: list[tuple[TaskRecord, ev.TaskSpec]] = []
+        created: set[TaskRecord] = set()
         for spec in event.tasks:
             ts = self.tasks.get(spec.key)
             if ts is None:
                 ts = self.tasks[spec.key] = TaskRecord(spec.key, key_split(spec.key))
+                created.add(ts)
             elif ts.state != "released" or ts.payload is not None:
                 continue
             fresh.append((ts, spec))
         for ts, spec in fresh:  # a second pass: dependencies may come after dependents
             self._fill_task(ts, spec, cs.generation)
-        new = [ts for ts, _ in fresh]
         recs: Recs = {}
+        lost = self._forget_lost(created, recs, event.stimulus_id) if created else set()
+        new = [ts for ts, _ in fresh if ts not in lost]
         for ts in sorted(new, key=lambda t: t.priority, reverse=True):
-            recs[ts.key] = "waiting"  # an unknown dependency errs in released -> waiting
+            recs[ts.key] = "waiting"
         for key in event.wanted:
             ts = self.tasks.get(key)
             if ts is None:
+                reason = "lost dependencies" if key in lost else "unknown key"
                 self._out.append(
-                    ins.KeyCancelled(
-                        event.stimulus_id, cs.client_id, key, "unknown key", ack=cs.last_seq
-                    )
+                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, reason, ack=cs.last_seq)
                 )
                 continue
             ts.who_wants.add(cs.client_id)
@@ -208,6 +210,36 @@ class SchedulerState(TransitionEngine):
             if ts.state == "released" and ts.key not in recs:
                 recs[ts.key] = "waiting"
         return recs
+
+    def _forget_lost(self, created: set[TaskRecord], recs: Recs, stimulus_id: str) -> set:
+        """Forget the new tasks that depend on a key this scheduler does not know (a
+        client's future of it was cancelled meanwhile), and their dependents; return
+        their keys.  Their clients are told they were cancelled, as dask.distributed does."""
+        tasks = self.tasks
+        stack = [
+            ts for ts in created if any(tasks.get(dep.key) is not dep for dep in ts.dependencies)
+        ]
+        lost: set[TaskRecord] = set()
+        while stack:
+            ts = stack.pop()
+            if ts not in lost:
+                lost.add(ts)
+                stack.extend(d for d in ts.dependents if d in created)
+        for ts in lost:
+            for dep in ts.dependencies:
+                dep.dependents.discard(ts)
+                if (
+                    dep not in lost
+                    and tasks.get(dep.key) is dep
+                    and dep.state == "released"
+                    and not dep.dependents
+                    and not self._is_needed(dep)
+                ):
+                    recs[dep.key] = "forgotten"
+            ts.state = "forgotten"
+            del tasks[ts.key]
+            self.transition_log.append((ts.key, "released", "forgotten", stimulus_id))
+        return {ts.key for ts in lost}
 
     def _fill_task(self, ts: TaskRecord, spec: ev.TaskSpec, generation: int) -> None:
         ts.payload = spec.payload
@@ -289,8 +321,22 @@ class SchedulerState(TransitionEngine):
         return recs
 
     def _handle_retry_keys(self, event: ev.RetryKeys) -> Recs:
+        # The client waits for these keys again: each is answered, and wanted.
+        cs = self._client(event.client)
         recs: Recs = {}
-        stack = [self.tasks[k] for k in event.keys if k in self.tasks]
+        stack = []
+        for key in event.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                self._out.append(
+                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "lost", ack=cs.last_seq)
+                )
+                continue
+            ts.who_wants.add(cs.client_id)
+            cs.wants_what.add(ts)
+            if ts.state != "erred":
+                self._report_existing(ts, cs.client_id, event.stimulus_id)
+            stack.append(ts)
         seen: set[TaskRecord] = set()
         while stack:
             ts = stack.pop()
@@ -479,11 +525,10 @@ class SchedulerState(TransitionEngine):
         if ws is None:
             return {}
         if ts is None:
+            # A run this scheduler ended already: the worker was told to drop its result
+            # (or is told now), so it is no replica, even if the key is in memory elsewhere.
             stale = self.tasks.get(event.key)
-            if stale is not None and stale.state == "memory":
-                self._add_replica(stale, ws)
-            elif stale is None or stale.processing_on is not ws:
-                # (the worker running it again must not be told to drop it)
+            if stale is None or (stale.processing_on is not ws and ws not in stale.who_has):
                 self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, (event.key,)))
             return {}
         ts.nbytes = event.nbytes

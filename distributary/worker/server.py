@@ -155,11 +155,6 @@ class Worker(ServerNode):
         self._periodic: list[asyncio.Task] = []  # cancelled on close
         self._ongoing: set[asyncio.Task] = set()  # closing: left to finish
         self._lifetime_timer: asyncio.TimerHandle | None = None
-        self._stream_handlers = {
-            "compute-task": self._stream_compute_task,
-            "free-keys": self._stream_free_keys,
-            "acquire-replicas": self._stream_acquire_replicas,
-        }
 
     @property
     def data(self) -> Any:
@@ -326,7 +321,7 @@ class Worker(ServerNode):
                     msgs = (msgs,)
                 events = []
                 for msg in msgs:
-                    handler = self._stream_handlers.get(msg.get("op"))
+                    handler = FROM_SCHEDULER.get(msg.get("op"))
                     if handler is None:
                         logger.warning("Unknown message from the scheduler: %r", msg.get("op"))
                         continue
@@ -376,24 +371,6 @@ class Worker(ServerNode):
                 task = asyncio.get_running_loop().create_task(self._gather_dep(instruction))
                 self._gathers.add(task)
                 task.add_done_callback(self._gathers.discard)
-
-    def _stream_compute_task(self, msg: dict) -> ev.ComputeTask:
-        return ev.ComputeTask(
-            msg["stimulus_id"],
-            msg["key"],
-            msg["run_id"],
-            msg["payload"],
-            tuple(msg["priority"]),
-            msg["who_has"],
-            msg["nbytes"],
-            msg.get("resources"),
-        )
-
-    def _stream_free_keys(self, msg: dict) -> ev.FreeKeys:
-        return ev.FreeKeys(msg["stimulus_id"], tuple(msg["keys"]))
-
-    def _stream_acquire_replicas(self, msg: dict) -> ev.AcquireReplicas:
-        return ev.AcquireReplicas(msg["stimulus_id"], msg["who_has"], msg["nbytes"])
 
     def _execute(self, instruction: ins.Execute) -> None:
         ts = self.state.tasks[instruction.key]
@@ -522,6 +499,35 @@ class Worker(ServerNode):
             f"name: {self.name}, status: {self.status}, stored: {len(self.state.data)}, "
             f"running: {self.state.busy_threads}/{self.nthreads}>"
         )
+
+
+def _compute_task(msg: dict) -> ev.ComputeTask:
+    return ev.ComputeTask(
+        msg["stimulus_id"],
+        msg["key"],
+        msg["run_id"],
+        msg["payload"],
+        tuple(msg["priority"]),
+        msg["who_has"],
+        msg["nbytes"],
+        msg.get("resources"),
+    )
+
+
+def _free_keys(msg: dict) -> ev.FreeKeys:
+    return ev.FreeKeys(msg["stimulus_id"], tuple(msg["keys"]))
+
+
+def _acquire_replicas(msg: dict) -> ev.AcquireReplicas:
+    return ev.AcquireReplicas(msg["stimulus_id"], msg["who_has"], msg["nbytes"])
+
+
+# The scheduler's messages on its stream, each turned into the event it means.
+FROM_SCHEDULER = {
+    "compute-task": _compute_task,
+    "free-keys": _free_keys,
+    "acquire-replicas": _acquire_replicas,
+}
 
 
 def _timeout(value: Any) -> float | None:
