@@ -205,7 +205,9 @@ class ModelCluster:
         elif what == 4:  # a chain built in parts, only its end wanted
             first = self._key(("inc", n, None), pure)
             keys = [self._key(("inc", None, first), pure)]
-            self._graph(client, keys, [first, keys[0]], [], background=z % 2 == 0)
+            held = client.core.futures.get(first)  # (not sent again: the graph names it)
+            tainted = {keys[0]: held is not None and id(held) in self.tainted}
+            self._graph(client, keys, [first, keys[0]], [], z % 2 == 0, tainted)
             return
         else:
             keys = [self._key(("inc", n, None), pure)]
@@ -379,6 +381,20 @@ class ModelCluster:
         self.log.append(f"kill {address}")
         return True
 
+    def restart(self, action: Action) -> bool:
+        """``Client.restart``: the scheduler forgets everything, its workers are replaced."""
+        for client in self.clients.values():  # cancelled, unless asked for after the restart
+            core = client.core
+            for record in [*core.futures.values(), *(r.record for r in core.releasing.values())]:
+                self.tainted[id(record)] = record
+        self._to_scheduler_state(sev.Restart(self._sid()))
+        for address in sorted(self.workers):
+            self.kill(Action("kill", sorted(self.workers).index(address), 0, 0))
+        self.add_worker()
+        self.add_worker()
+        self.log.append("restart")
+        return True
+
     def add_worker(self, action: Action | None = None) -> bool:
         if len(self.workers) >= 3:
             return False
@@ -423,6 +439,8 @@ class ModelCluster:
             assert Counter(client.core.refcount) == held, (client.name, client.core.refcount)
             cs = s.clients[client.name]
             cancelling = {m.get("key") for m in self.to_client[client.name]}
+            if any(m["op"] == "restart" for m in self.to_client[client.name]):
+                continue  # everything is cancelled, on its way here
             for key, record in client.core.futures.items():
                 if record.since is None or record.since > cs.last_seq:
                     continue  # the scheduler has not seen it asked for yet
@@ -509,6 +527,7 @@ STEPS = {
     "gather": ModelCluster.gather,
     "kill": ModelCluster.kill,
     "add": ModelCluster.add_worker,
+    "restart": ModelCluster.restart,
 }
 
 

@@ -3,8 +3,8 @@
 Thousands of seeded action sequences drive two clients, the scheduler and workers
 (their pure state machines, wired in memory by :mod:`model_cluster`) through
 submits of pure and impure keys, maps over futures, graphs in parts, releases,
-cancels, forced cancels, retries, erring tasks, lost workers and new ones, with
-messages crossing in random but legal orders.  Invariants are checked after every
+cancels, forced cancels, retries, erring tasks, lost workers and new ones, and
+restarts, with messages crossing in random but legal orders.  Invariants are checked after every
 step; at the end every live future must hold what a sequential computation gives,
 and releasing everything must leave nothing anywhere.
 
@@ -24,7 +24,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from model_cluster import Action, run  # noqa: E402
 
-SEEDS = int(os.environ.get("MODEL_SEEDS", "2000"))
+SEEDS = int(os.environ.get("MODEL_SEEDS", "3000"))
 STEPS = int(os.environ.get("MODEL_STEPS", "120"))
 
 _WEIGHTS = {
@@ -36,6 +36,7 @@ _WEIGHTS = {
     "gather": 6,
     "kill": 1,
     "add": 1,
+    "restart": 0.3,
 }
 
 
