@@ -208,6 +208,7 @@ STATE_MACHINE_FILES = [
     "worker/state.py",
     "worker/events.py",
     "worker/instructions.py",
+    "client/state.py",
     "transitions.py",
 ]
 IO_MODULES = ("asyncio", "socket", "selectors", "ssl")
@@ -281,6 +282,15 @@ def test_scheduler_state_loads_no_io_or_server_module():
     assert not {m for m in loaded if m.split(".")[0] in IO_MODULES}, sorted(loaded)
     servers = ("distributary.comm", "distributary.core", "distributary.client")
     servers += ("distributary.scheduler.server", "distributary.worker", "distributary.node")
+    assert not {m for m in loaded if m.startswith(servers)}, sorted(loaded)
+
+
+def test_client_state_loads_no_io_or_server_module():
+    loaded = _loaded_by("distributary.client.state")
+    assert "distributary.client.state" in loaded
+    assert not {m for m in loaded if m.split(".")[0] in IO_MODULES}, sorted(loaded)
+    servers = ("distributary.comm", "distributary.core", "distributary.client.client")
+    servers += ("distributary.scheduler", "distributary.worker", "distributary.node")
     assert not {m for m in loaded if m.startswith(servers)}, sorted(loaded)
 
 

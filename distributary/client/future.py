@@ -66,9 +66,12 @@ class Future(TaskRef):
         status = self._state.status
         if status == "error":
             exc = rebuild_exception(self._state.error or {})
-            if raiseit:
-                raise exc.with_traceback(exc.__traceback__)
-            return exc
+            if not raiseit:
+                return exc
+            try:
+                raise exc
+            finally:
+                del exc  # (no cycle through this frame: see utils.loop.sync)
         if status == "cancelled":
             raise FutureCancelledError(self.key, self._state.cancel_reason)
         return await self.client._gather_one(self)

@@ -215,7 +215,9 @@ class ClientState:
 
     def release(self, key: Key) -> None:
         """Drop a reference; the last one queues the key's release."""
-        count = self.refcount.get(key, 0) - 1
+        if key not in self.refcount:
+            return  # (not a reference of this client's)
+        count = self.refcount[key] - 1
         if count > 0:
             self.refcount[key] = count
             return

@@ -8,6 +8,7 @@ by a :class:`RemoteException` subclass carrying the original type name and messa
 
 from __future__ import annotations
 
+import copy
 import functools
 import traceback
 from types import TracebackType
@@ -87,6 +88,13 @@ def error_message(exc: BaseException) -> dict:
     }
 
 
+def _copy(exc: Any) -> Any:
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return serialize(exc).deserialize()
+
+
 def _as_traceback(tb: Any) -> TracebackType | None:
     if isinstance(tb, Traceback):
         return tb.as_traceback()
@@ -96,16 +104,31 @@ def _as_traceback(tb: Any) -> TracebackType | None:
 
 
 def rebuild_exception(msg: dict) -> BaseException:
-    """Return the exception of an error message, with the remote traceback attached."""
+    """Return the exception of an error message, with the remote traceback attached.
+
+    A new exception each time: raising one appends the raising frames to its
+    traceback, and a message kept (a future's error) must not keep those frames alive.
+    """
+    tb = _remote_traceback(msg)
     try:
         exc = deserialize(msg["exception"])
+        if isinstance(msg["exception"], Serialize):  # (in memory: shared, so copied)
+            exc = _copy(exc)
     except Exception:
         exc = None
     if not isinstance(exc, BaseException):
         text = msg.get("exception_text") or "unknown remote error"
         exc = remote_exception("RemoteException", str(text))
     try:
-        tb = _as_traceback(deserialize(msg.get("traceback")))
+        return exc.with_traceback(tb)
+    finally:
+        # tblib's frames keep this frame (their ``f_back``) alive as long as the
+        # exception lives: holding the exception here would make a cycle.
+        del exc, tb
+
+
+def _remote_traceback(msg: dict) -> TracebackType | None:
+    try:
+        return _as_traceback(deserialize(msg.get("traceback")))
     except Exception:
-        tb = None
-    return exc.with_traceback(tb)
+        return None

@@ -88,6 +88,11 @@ def sync(
             return future.result()
         future.cancel()
         raise TimeoutError(f"Operation did not finish within {timeout} s") from None
+    finally:
+        # An exception raised here holds this frame, and ``future`` holds the exception:
+        # without this, whatever the exception's frames hold (the caller's Futures, whose
+        # keys stay on the cluster) would wait for the cycle collector.
+        del future
 
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:
