@@ -858,7 +858,7 @@ def test_remove_unknown_worker_is_harmless():
     assert s.handle(remove_worker("tcp://nobody")) == []
 
 
-def test_missing_data_and_release_worker_data():
+def test_missing_data():
     s = state(worker_saturation=math.inf)
     s.handle(add_worker(A), add_worker(B))
     ct = one_compute(s.handle(graph("c", spec("a"))))
@@ -869,7 +869,7 @@ def test_missing_data_and_release_worker_data():
     assert {ws.address for ws in s.tasks["a"].who_has} == {A, B}
     out = s.handle(ev.MissingData(sid(), worker=other, key="a", errant_worker=ct.worker))
     assert out == [] and {ws.address for ws in s.tasks["a"].who_has} == {other}
-    out = s.handle(ev.ReleaseWorkerData(sid(), worker=other, key="a"))
+    out = s.handle(ev.MissingData(sid(), worker=ct.worker, key="a", errant_worker=other))
     assert [i.key for i in of(out, ins.KeyLost)] == ["a"]
     assert one_compute(out).key == "a"
 
@@ -1592,10 +1592,7 @@ class _Cluster:
             return
         key = rng.choice(in_memory)
         holder = rng.choice(sorted(ws.address for ws in s.tasks[key].who_has))
-        if roll < 0.7:
-            self.handle(ev.MissingData(sid(), worker=address, key=key, errant_worker=holder))
-        else:
-            self.handle(ev.ReleaseWorkerData(sid(), worker=holder, key=key))
+        self.handle(ev.MissingData(sid(), worker=address, key=key, errant_worker=holder))
 
     def retire(self) -> None:
         rng, s = self.rng, self.s

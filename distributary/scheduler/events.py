@@ -224,14 +224,6 @@ class AddKeys(SchedulerEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseWorkerData(SchedulerEvent):
-    """A worker dropped its replica of a key."""
-
-    worker: str
-    key: Key
-
-
-@dataclass(frozen=True, slots=True)
 class MissingData(SchedulerEvent):
     """``worker`` could not get ``key`` from ``errant_worker``, which was said to hold it."""
 

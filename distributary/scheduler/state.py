@@ -32,6 +32,7 @@ from dask.utils import key_split
 from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler.graph import forget_lost, read_graph
 from distributary.scheduler.placement import decide_worker
 from distributary.scheduler.records import (
     ClientRecord,
@@ -46,6 +47,7 @@ from distributary.transitions import TransitionEngine
 
 Recs = dict  # key -> recommended state
 
+NO_KEYS: frozenset = frozenset()
 FIRE_AND_FORGET = "fire-and-forget"  # the pseudo-client that wants keys until they finish
 _UNKNOWN_DURATION = 0.5
 
@@ -102,7 +104,6 @@ class SchedulerState(TransitionEngine):
             ev.TaskRescheduled: self._handle_task_rescheduled,
             ev.LongRunning: self._handle_long_running,
             ev.AddKeys: self._handle_add_keys,
-            ev.ReleaseWorkerData: self._handle_release_worker_data,
             ev.MissingData: self._handle_missing_data,
         }
         self._table: dict[tuple[str, str], Callable[[TaskRecord, str], Recs]] = {
@@ -179,82 +180,48 @@ class SchedulerState(TransitionEngine):
         if not event.continues:
             self._generation += 1
             cs.generation = self._generation
-        fresh: list[tuple[TaskRecord, ev.TaskSpec]] = []
-        created: set[TaskRecord] = set()
-        for spec in event.tasks:
-            ts = self.tasks.get(spec.key)
-            if ts is None:
-                ts = self.tasks[spec.key] = TaskRecord(spec.key, key_split(spec.key))
-                created.add(ts)
-            elif ts.state != "released" or ts.payload is not None:
-                continue
-            fresh.append((ts, spec))
-        for ts, spec in fresh:  # a second pass: dependencies may come after dependents
-            self._fill_task(ts, spec, cs.generation)
+        fresh, created = read_graph(self.tasks, event.tasks, cs.generation)
         recs: Recs = {}
-        lost = self._forget_lost(created, recs, event.stimulus_id) if created else set()
-        new = [ts for ts, _ in fresh if ts not in lost]
+        lost = self._forget_lost(created, recs, event.stimulus_id) if created else NO_KEYS
+        new = [ts for ts in fresh if ts.key not in lost]
         for ts in sorted(new, key=lambda t: t.priority, reverse=True):
             recs[ts.key] = "waiting"
-        for key in event.wanted:
-            ts = self.tasks.get(key)
-            if ts is None:
-                reason = "lost dependencies" if key in lost else "unknown key"
-                self._out.append(
-                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, reason, ack=cs.last_seq)
-                )
-                continue
-            ts.who_wants.add(cs.client_id)
-            cs.wants_what.add(ts)
+        for ts in self._want(cs, event.wanted, event.stimulus_id, "unknown key", lost):
             self._report_existing(ts, cs.client_id, event.stimulus_id)
             if ts.state == "released" and ts.key not in recs:
                 recs[ts.key] = "waiting"
         return recs
 
-    def _forget_lost(self, created: set[TaskRecord], recs: Recs, stimulus_id: str) -> set:
-        """Forget the new tasks that depend on a key this scheduler does not know (a
-        client's future of it was cancelled meanwhile), and their dependents; return
-        their keys.  Their clients are told they were cancelled, as dask.distributed does."""
-        tasks = self.tasks
-        stack = [
-            ts for ts in created if any(tasks.get(dep.key) is not dep for dep in ts.dependencies)
-        ]
-        lost: set[TaskRecord] = set()
-        while stack:
-            ts = stack.pop()
-            if ts not in lost:
-                lost.add(ts)
-                stack.extend(d for d in ts.dependents if d in created)
-        for ts in lost:
-            for dep in ts.dependencies:
-                dep.dependents.discard(ts)
-                if (
-                    dep not in lost
-                    and tasks.get(dep.key) is dep
-                    and dep.state == "released"
-                    and not dep.dependents
-                    and not self._is_needed(dep)
-                ):
-                    recs[dep.key] = "forgotten"
-            ts.state = "forgotten"
-            del tasks[ts.key]
-            self.transition_log.append((ts.key, "released", "forgotten", stimulus_id))
-        return {ts.key for ts in lost}
+    def _want(
+        self, cs: ClientRecord, keys: Iterable, stimulus_id: str, unknown: str, lost: set = NO_KEYS
+    ) -> list[TaskRecord]:
+        """Make the client want these keys; return their records.  A key this scheduler
+        does not know is answered as cancelled (``unknown``, or "lost dependencies" for
+        the keys in ``lost``), so that the client does not wait for it."""
+        found = []
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                reason = "lost dependencies" if key in lost else unknown
+                self._out.append(
+                    ins.KeyCancelled(stimulus_id, cs.client_id, key, reason, ack=cs.last_seq)
+                )
+                continue
+            ts.who_wants.add(cs.client_id)
+            cs.wants_what.add(ts)
+            found.append(ts)
+        return found
 
-    def _fill_task(self, ts: TaskRecord, spec: ev.TaskSpec, generation: int) -> None:
-        ts.payload = spec.payload
-        prio = spec.priority
-        ts.priority = (prio[0], generation, *prio[1:])
-        ts.retries = spec.retries
-        ts.loose_restrictions = spec.allow_other_workers
-        ts.worker_restrictions = set(spec.workers) if spec.workers else None
-        ts.resource_restrictions = dict(spec.resources) if spec.resources else None
-        for dep_key in spec.dependencies:
-            dep = self.tasks.get(dep_key)
-            if dep is None:
-                dep = TaskRecord(dep_key, key_split(dep_key))  # left out of self.tasks: missing
-            linked(ts, "dependencies").add(dep)
-            linked(dep, "dependents").add(ts)
+    def _forget_lost(self, created: set[TaskRecord], recs: Recs, stimulus_id: str) -> set:
+        """Forget the new tasks on a key this scheduler does not know (a client's future
+        of it was cancelled meanwhile); return their keys, to cancel for their clients."""
+        lost, unlinked = forget_lost(self.tasks, created)
+        for ts in lost:
+            self.transition_log.append((ts.key, "released", "forgotten", stimulus_id))
+        for dep in unlinked:
+            if dep.state == "released" and not dep.dependents and not self._is_needed(dep):
+                recs[dep.key] = "forgotten"
+        return {ts.key for ts in lost}
 
     def _report_existing(self, ts: TaskRecord, client: str, stimulus_id: str) -> None:
         if ts.state == "memory":
@@ -270,18 +237,10 @@ class SchedulerState(TransitionEngine):
     def _handle_client_desires_keys(self, event: ev.ClientDesiresKeys) -> Recs:
         cs = self._client(event.client)
         recs: Recs = {}
-        for key in event.keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                self._out.append(
-                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "lost", ack=cs.last_seq)
-                )
-                continue
-            ts.who_wants.add(cs.client_id)
-            cs.wants_what.add(ts)
+        for ts in self._want(cs, event.keys, event.stimulus_id, "lost"):
             self._report_existing(ts, cs.client_id, event.stimulus_id)
             if ts.state == "released":
-                recs[key] = "waiting"
+                recs[ts.key] = "waiting"
         return recs
 
     def _handle_client_releases_keys(self, event: ev.ClientReleasesKeys) -> Recs:
@@ -324,19 +283,10 @@ class SchedulerState(TransitionEngine):
         # The client waits for these keys again: each is answered, and wanted.
         cs = self._client(event.client)
         recs: Recs = {}
-        stack = []
-        for key in event.keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                self._out.append(
-                    ins.KeyCancelled(event.stimulus_id, cs.client_id, key, "lost", ack=cs.last_seq)
-                )
-                continue
-            ts.who_wants.add(cs.client_id)
-            cs.wants_what.add(ts)
+        stack = self._want(cs, event.keys, event.stimulus_id, "lost")
+        for ts in stack:
             if ts.state != "erred":
                 self._report_existing(ts, cs.client_id, event.stimulus_id)
-            stack.append(ts)
         seen: set[TaskRecord] = set()
         while stack:
             ts = stack.pop()
@@ -579,14 +529,6 @@ class SchedulerState(TransitionEngine):
         if unwanted:
             self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, tuple(unwanted)))
         return {}
-
-    def _handle_release_worker_data(self, event: ev.ReleaseWorkerData) -> Recs:
-        ws = self.workers.get(event.worker)
-        ts = self.tasks.get(event.key)
-        if ws is None or ts is None or ws not in ts.who_has:
-            return {}
-        self._remove_replica(ts, ws)
-        return {} if ts.who_has or ts.state != "memory" else {ts.key: "released"}
 
     def _handle_missing_data(self, event: ev.MissingData) -> Recs:
         ts = self.tasks.get(event.key)
