@@ -201,6 +201,47 @@ def test_keys_held_for_later_parts_are_released_after_the_last():
     assert record.since == msgs[0]["seq"]
 
 
+def test_a_graph_queued_before_a_cancel_does_not_answer_for_the_next_life():
+    """Found by the model test: the old graph's request must not count for the record
+    made after the cancel, or the cancel's echo would cancel that one too."""
+    core = ClientState()
+    [old], graph = core.submit(["x"])  # built in the background: not sent yet
+    core.cancel(["x"], "cancel", force=True)
+    [new], again = submit(core, "x")
+    core.add_part(graph, [{"key": "x"}], ["x"])
+    graph.done = True
+    msgs = flush(core)
+    assert ops(msgs) == [
+        ("update-graph", ("x",)),
+        ("cancel-keys", ("x",)),
+        ("update-graph", ("x",)),
+    ]
+    assert old.since == 1 and new.since == 3
+    core.handle(report("cancelled-key", "x", ack=2, reason="cancel"))
+    assert new.status == "pending" and core.holds("x")
+
+
+def test_a_key_kept_for_a_later_part_becomes_the_holders():
+    """Found by the model test: a graph asked the scheduler to keep ``x`` for its next
+    part, and a record of this client holds ``x`` when the graph is done, so ``x`` is
+    not released; that record must then wait for reports written after the graph's
+    request (an older restart report would cancel it while the scheduler keeps ``x``)."""
+    core = ClientState()
+    [held], _ = submit(core, "x")
+    flush(core)  # seq 1
+    core.release("x")
+    _, graph = core.submit(["top"])
+    core.add_part(graph, [{"key": "x"}], ["x"])  # x, for the next part
+    core.add_part(graph, [{"key": "top", "dependencies": ("x",)}], ["top"])
+    graph.done = True
+    submit(core, "x")  # taken back before the release went out
+    msgs = flush(core)
+    assert ops(msgs) == [("update-graph", ("x",)), ("update-graph", ("top",))]
+    assert held.since == msgs[0]["seq"]
+    assert core.handle({"op": "restart", "ack": 1}) == []  # before the graph: not for it
+    assert core.holds("x") and held.status == "pending"
+
+
 def test_a_graph_being_built_holds_back_what_comes_after_it():
     core = ClientState()
     _, graph = core.submit(["big"])

@@ -17,12 +17,17 @@ Two rules make a key's life right whatever the timing:
    takes the record back and the release is never sent; a claim after it sends the
    task again, behind the release.  So the client never counts on the scheduler
    knowing a key it has asked it to forget.
-2. **A report is applied only to the incarnation it is about.**  Every message to the
-   scheduler carries a sequence number ``seq``; every message back carries ``ack``,
-   the last ``seq`` the scheduler had handled from this client when it wrote it.  A
-   record remembers the ``seq`` of the message that asked for it (``since``), and a
-   report with an older ``ack`` (written before the scheduler saw that request: about
-   an earlier life of the key, released or cancelled since) is dropped.
+2. **A report is applied only if it answers the latest request for the record.**
+   Every message to the scheduler carries a sequence number ``seq``; every message
+   back carries ``ack``, the last ``seq`` the scheduler had handled from this client
+   when it wrote it.  A record remembers the ``seq`` of the latest message that asked
+   for its key on its behalf (``since``), and a report with an older ``ack`` is
+   dropped: it was written before the scheduler saw that request, perhaps about an
+   earlier life of the key (released or cancelled since).  The scheduler answers every
+   request for a key (with its state, or a cancellation), so the report that counts
+   always comes.  A key that a graph asked the scheduler to keep for a later part,
+   and that a record holds when the graph is done, is the record's from then on: the
+   graph's request counts as the record's.
 """
 
 from __future__ import annotations
@@ -102,13 +107,14 @@ class FutureState:
 class PendingGraph:
     """A graph in the outbox: its parts as they are built, sent in order."""
 
-    __slots__ = ("wanted", "records", "built", "asked", "parts", "done", "error")
+    __slots__ = ("wanted", "records", "built", "asked", "kept_for_later", "parts", "done", "error")
 
     def __init__(self, wanted: set, records: dict | None = None):
         self.wanted = wanted  # the keys futures were made for
         self.records: dict[Key, FutureState] = records or {}  # theirs
         self.built: list[dict] = []  # messages built and not yet taken by the outbox
         self.asked: set = set()  # every key the built messages ask the scheduler to keep
+        self.kept_for_later: dict[Key, int] = {}  # other keys asked for: the seq that did
         self.parts = 0  # built so far
         self.done = False
         self.error: dict | None = None  # errs the wanted keys of the parts never built
@@ -340,6 +346,9 @@ class ClientState:
                 end_run()
                 for msg in item.built:
                     self._number(msgs, msg, [item.records.get(k) for k in msg["wanted"]])
+                    for key in msg["wanted"]:
+                        if key not in item.records:
+                            item.kept_for_later[key] = msg["seq"]
                 item.built.clear()
                 if not item.done:
                     break  # the rest waits for this graph
@@ -371,9 +380,15 @@ class ClientState:
         msg["seq"] = self.seq
         msg.setdefault("stimulus_id", f"{msg['op']}-{self.seq}")
         for record in asking:
-            if record is not None and record.since is None:
+            if record is not None:
                 record.since = self.seq
         msgs.append(msg)
+
+    def _record_of(self, key: Key) -> FutureState | None:
+        record = self.futures.get(key)
+        if record is None and key in self.releasing:
+            record = self.releasing[key].record
+        return record
 
     def _finish_graph(self, graph: PendingGraph, msgs: list[dict]) -> list[FutureState]:
         changed = []
@@ -383,12 +398,15 @@ class ClientState:
                 if record is not None and record.status == "pending":
                     record.set_error(graph.error)
                     changed.append(record)
-        # keys asked for only so that a later part finds them: released, unless held
-        unheld = [
-            key
-            for key in graph.asked
-            if key not in graph.wanted and key not in self.futures and key not in self.releasing
-        ]
+        # Keys asked for only so that a later part finds them are released, unless a
+        # record holds them: the scheduler keeps them for it, as the graph asked.
+        unheld = []
+        for key, seq in graph.kept_for_later.items():
+            record = self._record_of(key)
+            if record is None:
+                unheld.append(key)
+            elif record.since is not None and record.since < seq:
+                record.since = seq
         if unheld:
             self._number(msgs, {"op": RELEASE, "keys": unheld})
         return changed
@@ -422,11 +440,8 @@ class ClientState:
 
     def _current(self, msg: dict) -> FutureState | None:
         """The record a report is about, unless it was written about an earlier life."""
-        key = msg.get("key")
         try:
-            record = self.futures.get(key)
-            if record is None and key in self.releasing:
-                record = self.releasing[key].record
+            record = self._record_of(msg.get("key"))
         except TypeError:  # an unhashable key
             return None
         if record is None or record.since is None or msg.get("ack", 0) < record.since:
