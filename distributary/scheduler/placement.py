@@ -5,12 +5,17 @@ with dependencies goes where its estimated start is earliest: queueing behind th
 worker's running tasks plus moving the dependencies it lacks there.  Only the
 holders of its dependencies and one idle worker are considered, so the cost per
 task does not grow with the size of the cluster.
+
+Placement is reproducible: nothing depends on the order of a set (records hash by
+``id``, addresses by the process's string hash).  Ties go to the lower address, and
+tasks placed one after the other go in priority order.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from distributary.scheduler.records import TaskRecord, WorkerRecord
@@ -67,13 +72,19 @@ def decide_worker(state: SchedulerState, ts: TaskRecord) -> WorkerRecord | None:
         candidates = list(state.idle.values()) or state.workers.values()
     else:
         candidates = [state.workers[a] for a in valid]
-    best, best_cost = None, math.inf
+    best, best_cost = None, (math.inf, "")
     duration = state.durations.get(ts.prefix, state.unknown_duration)
     for ws in candidates:
         if ws.status != "running":
             continue
         missing = sum(max(d.nbytes, 0) for d in ts.dependencies if ws not in d.who_has)
-        cost = (ws.occupied + 1) / ws.nthreads * duration + missing / BANDWIDTH
+        cost = ((ws.occupied + 1) / ws.nthreads * duration + missing / BANDWIDTH, ws.address)
         if cost < best_cost:
             best, best_cost = ws, cost
     return best
+
+
+def urgent_last(tasks: Iterable[TaskRecord]) -> list[TaskRecord]:
+    """The tasks from the least urgent to the most: recommendations run last-in first,
+    so the most urgent task is placed first, and in the same order in every run."""
+    return sorted(tasks, key=attrgetter("priority"), reverse=True)

@@ -33,7 +33,7 @@ from distributary.exceptions import FutureLostError, KilledWorker
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.graph import forget_lost, read_graph
-from distributary.scheduler.placement import decide_worker
+from distributary.scheduler.placement import decide_worker, urgent_last
 from distributary.scheduler.records import (
     ClientRecord,
     MemoryState,
@@ -184,7 +184,7 @@ class SchedulerState(TransitionEngine):
         recs: Recs = {}
         lost = self._forget_lost(created, recs, event.stimulus_id) if created else NO_KEYS
         new = [ts for ts in fresh if ts.key not in lost]
-        for ts in sorted(new, key=lambda t: t.priority, reverse=True):
+        for ts in urgent_last(new):
             recs[ts.key] = "waiting"
         for ts in self._want(cs, event.wanted, event.stimulus_id, "unknown key", lost):
             self._report_existing(ts, cs.client_id, event.stimulus_id)
@@ -365,7 +365,7 @@ class SchedulerState(TransitionEngine):
             if not host_set:
                 del self.workers_by_host[ws.host]
         recs: Recs = {}
-        for ts in list(ws.processing):
+        for ts in urgent_last(ws.processing):
             if not event.safe:
                 ts.suspicious += 1
                 if ts.suspicious > self.allowed_failures:
@@ -452,9 +452,7 @@ class SchedulerState(TransitionEngine):
         return {}
 
     def _recommend_unrunnable(self) -> Recs:
-        # Recommendations pop last-in first: insert the most urgent task last.
-        ordered = sorted(self.unrunnable, key=lambda ts: ts.priority, reverse=True)
-        return {ts.key: "processing" for ts in ordered}
+        return {ts.key: "processing" for ts in urgent_last(self.unrunnable)}
 
     def _current_task(self, worker: str, key: Any, run_id: int) -> tuple:
         """The task and worker of a report, or ``(None, ws)`` if the report is stale."""
@@ -631,6 +629,7 @@ class SchedulerState(TransitionEngine):
             ts.exception_blame = ts
             recs[ts.key] = "erred"
             return recs
+        again = []  # dependencies to compute again (their data was lost)
         for dep in ts.dependencies:
             linked(dep, "waiters").add(ts)
             if dep.state == "erred":
@@ -639,7 +638,9 @@ class SchedulerState(TransitionEngine):
             elif dep.state != "memory" or not dep.who_has:  # (lost: its release is pending)
                 linked(ts, "waiting_on").add(dep)
                 if dep.state == "released":
-                    recs[dep.key] = "waiting"
+                    again.append(dep)
+        for dep in urgent_last(again):
+            recs[dep.key] = "waiting"
         if not ts.waiting_on and ts.key not in recs:
             recs[ts.key] = "processing"
         return recs
@@ -757,10 +758,13 @@ class SchedulerState(TransitionEngine):
     def _processing_to_memory(self, ts: TaskRecord, stimulus_id: str) -> Recs:
         recs = self._unassign(ts)
         ts.state = "memory"
+        ready = []
         for dependent in ts.dependents:
             dependent.waiting_on.discard(ts)
             if not dependent.waiting_on and dependent.state == "waiting":
-                recs[dependent.key] = "processing"
+                ready.append(dependent)
+        for dependent in urgent_last(ready):
+            recs[dependent.key] = "processing"
         self._release_dependencies(ts, recs)
         self._drop_fire_and_forget(ts)
         if ts.who_wants:
