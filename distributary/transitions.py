@@ -14,7 +14,25 @@ from typing import Any
 
 
 class InvalidTransition(RuntimeError):
-    """A recommendation asked for a transition that the table does not allow."""
+    """A recommendation asked for a transition that the table does not allow.
+
+    ``key`` names the task, ``start`` and ``finish`` the transition asked for, and
+    ``story`` what the task went through before (its logged transitions).
+    """
+
+    def __init__(self, key: Any, start: str, finish: str, story: list[tuple]):
+        self.key = key
+        self.start = start
+        self.finish = finish
+        self.story = story
+        recent = "; ".join(f"{a} -> {b} ({stimulus})" for _, a, b, stimulus in story[-5:])
+        super().__init__(
+            f"{key!r}: no transition {start} -> {finish}"
+            + (f"; before it: {recent}" if recent else "")
+        )
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.key, self.start, self.finish, self.story))
 
 
 class TransitionEngine:
@@ -52,6 +70,6 @@ class TransitionEngine:
                 recs.update(self._transition(ts, finish, stimulus_id))
             return recs
         else:
-            raise InvalidTransition(f"{ts.key!r}: {start} -> {finish}")
+            raise InvalidTransition(ts.key, start, finish, self.story(ts.key))
         self.transition_log.append((ts.key, start, ts.state, stimulus_id))
         return recs

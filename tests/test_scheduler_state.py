@@ -1838,3 +1838,64 @@ def test_random_sequences(seed):
         assert not ws.processing and not ws.long_running and not ws.has_what
         assert ws.nbytes == 0
     assert all(not cs.wants_what for cs in s.clients.values())
+
+
+# ---------------------------------------------------------------------- typed states
+
+
+def _assigned_states(path: pathlib.Path) -> set[str]:
+    """The states the module's code assigns: ``<x>.state = "..."``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            value = node.value
+            for target in targets:
+                if (
+                    isinstance(target, ast.Attribute)
+                    and target.attr == "state"
+                    and isinstance(value, ast.Constant)
+                    and isinstance(value.value, str)
+                ):
+                    found.add(value.value)
+    return found
+
+
+def test_every_state_is_a_declared_task_state():
+    from typing import get_args
+
+    from distributary.scheduler import records
+
+    declared = set(get_args(records.TaskState))
+    s = state()
+    assert {a for a, _ in s._table} | {b for _, b in s._table} <= declared
+    package = pathlib.Path(records.__file__).parent
+    assert len(_assigned_states(package / "state.py")) >= 6
+    for name in ("state.py", "records.py", "graph.py"):
+        assert _assigned_states(package / name) <= declared, name
+
+
+def test_an_impossible_transition_names_the_key_and_its_story():
+    import pickle
+
+    from distributary.transitions import InvalidTransition
+
+    s = state()
+    s.handle(graph("c", spec("x")))  # no worker: it waits
+    assert states(s, "x") == ["no-worker"]
+    with pytest.raises(InvalidTransition) as info:
+        s._run({"x": "memory"}, "stim-bad")  # (no path leads from released to memory)
+    exc = info.value
+    assert (exc.key, exc.start, exc.finish) == ("x", "released", "memory")
+    assert [(a, b) for _, a, b, _ in exc.story][-2:] == [
+        ("waiting", "no-worker"),
+        ("no-worker", "released"),
+    ]
+    assert "'x': no transition released -> memory" in str(exc)
+    again = pickle.loads(pickle.dumps(exc))
+    assert (again.key, again.start, again.finish, again.story) == (
+        exc.key,
+        exc.start,
+        exc.finish,
+        exc.story,
+    )

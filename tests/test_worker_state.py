@@ -1286,3 +1286,23 @@ def test_random_sequences_freed_with_work_under_way(seed):
         sim.handle(free(*sorted(sim.here)))
         sim.here.clear()
     assert_empty(s)
+
+
+def test_every_state_is_a_declared_worker_task_state():
+    import ast
+    import pathlib
+    from typing import get_args
+
+    from distributary.worker import state as worker_state
+
+    declared = set(get_args(worker_state.WorkerTaskState))
+    ws = worker_state.WorkerState("tcp://a:1", nthreads=1)
+    assert {a for a, _ in ws._table} | {b for _, b in ws._table} <= declared
+    assigned = {
+        node.value.value
+        for node in ast.walk(ast.parse(pathlib.Path(worker_state.__file__).read_text()))
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Attribute) and t.attr == "state" for t in node.targets)
+        and isinstance(node.value, ast.Constant)
+    }
+    assert assigned and assigned <= declared

@@ -5,7 +5,12 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+# The states of a task on the scheduler (DESIGN.md, "Task states").
+TaskState = Literal[
+    "released", "waiting", "queued", "no-worker", "processing", "memory", "erred", "forgotten"
+]
 
 
 class _NoTasks(frozenset):
@@ -68,7 +73,7 @@ class TaskRecord:
     def __init__(self, key: Any, prefix: str):
         self.key = key
         self.prefix = sys.intern(prefix)  # one copy for all the tasks of a prefix
-        self.state = "released"
+        self.state: TaskState = "released"
         self.payload: Any = None
         self.priority: tuple = (0,)
         # (NO_TASKS until a task is added: see ``linked``)

@@ -38,6 +38,7 @@ from distributary.scheduler.records import (
     ClientRecord,
     MemoryState,
     TaskRecord,
+    TaskState,
     WorkerRecord,
     linked,
 )
@@ -106,7 +107,7 @@ class SchedulerState(TransitionEngine):
             ev.AddKeys: self._handle_add_keys,
             ev.MissingData: self._handle_missing_data,
         }
-        self._table: dict[tuple[str, str], Callable[[TaskRecord, str], Recs]] = {
+        self._table: dict[tuple[TaskState, TaskState], Callable[[TaskRecord, str], Recs]] = {
             ("released", "waiting"): self._released_to_waiting,
             ("released", "forgotten"): self._released_to_forgotten,
             ("waiting", "processing"): self._waiting_to_processing,

@@ -24,13 +24,27 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 from distributary.transitions import TransitionEngine
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 
 Recs = dict
+
+# The states of a task on a worker (see the theory of operation above).
+WorkerTaskState = Literal[
+    "released",
+    "waiting",
+    "ready",
+    "executing",
+    "long-running",
+    "memory",
+    "fetch",
+    "flight",
+    "cancelled",
+    "forgotten",
+]
 
 # Replicas wait behind every dependency of a task to run here.
 _REPLICA_PRIORITY = (float("inf"),)
@@ -63,7 +77,7 @@ class WorkerTask:
 
     def __init__(self, key: Any):
         self.key = key
-        self.state = "released"
+        self.state: WorkerTaskState = "released"
         self.run_id = 0  # > 0 once the scheduler asked this worker to compute it
         self.payload: Any = None
         self.priority: tuple = ()
@@ -129,7 +143,9 @@ class WorkerState(TransitionEngine):
             ev.AcquireReplicas: self._handle_acquire_replicas,
             ev.PauseChange: self._handle_pause_change,
         }
-        self._table: dict[tuple[str, str], Callable[[WorkerTask, str], Recs]] = {
+        self._table: dict[
+            tuple[WorkerTaskState, WorkerTaskState], Callable[[WorkerTask, str], Recs]
+        ] = {
             ("released", "waiting"): self._released_to_waiting,
             ("released", "fetch"): self._released_to_fetch,
             ("released", "forgotten"): self._to_forgotten,
