@@ -17,6 +17,7 @@ import psutil
 from dask.utils import parse_bytes
 
 from distributary.comm.addressing import get_address_host_port, normalize_address, parse_address
+from distributary.utils.process import cpu_count
 
 
 class ServerNode:
@@ -145,7 +146,7 @@ def parse_memory_limit(limit: str | float | int | None, nthreads: int) -> int:
     if limit is None or limit == 0:
         return 0
     if limit == "auto":
-        cpus = psutil.cpu_count() or 1
+        cpus = cpu_count()
         return int(total * min(1, nthreads / cpus))
     if isinstance(limit, str):
         value = parse_bytes(limit)

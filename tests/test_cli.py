@@ -22,7 +22,7 @@ from conftest import gone, poll
 
 from distributary import Client, Nanny, Scheduler, Worker, get_worker
 from distributary.cli import main
-from distributary.nanny import cpu_count
+from distributary.utils.process import cpu_count
 
 
 class Command:

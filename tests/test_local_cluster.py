@@ -17,7 +17,7 @@ from conftest import children, gone, poll
 
 from distributary import LocalCluster, Nanny, Worker
 from distributary.deploy.local import _workers_and_threads
-from distributary.nanny import cpu_count
+from distributary.utils.process import cpu_count
 
 
 def registered(cluster: LocalCluster) -> dict:

@@ -28,9 +28,9 @@ from distributary.cli.common import (
 from distributary.comm import connect
 from distributary.comm.addressing import normalize_address, parse_address
 from distributary.deploy.local import _workers_and_threads
-from distributary.nanny import Nanny, cpu_count
+from distributary.nanny import Nanny
 from distributary.node import ServerNode
-from distributary.utils.process import exit_process
+from distributary.utils.process import cpu_count, exit_process
 from distributary.worker.server import Worker
 
 logger = logging.getLogger("distributary.cli")

@@ -22,10 +22,11 @@ from typing import Any
 
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
-from distributary.nanny import Nanny, cpu_count
+from distributary.nanny import Nanny
 from distributary.node import parse_memory_limit
 from distributary.scheduler.server import Scheduler
 from distributary.utils.loop import LoopRunner
+from distributary.utils.process import cpu_count
 from distributary.worker.server import Worker
 
 logger = logging.getLogger("distributary.deploy")

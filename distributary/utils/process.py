@@ -1,4 +1,4 @@
-"""Leaving a process that runs a worker."""
+"""Processes: how many cores this one may use, and leaving a process that runs a worker."""
 
 from __future__ import annotations
 
@@ -37,3 +37,11 @@ def exit_process(code: int, grace: float = 1.0, force: bool = False) -> NoReturn
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def cpu_count() -> int:
+    """The number of cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -32,6 +32,7 @@ from distributary.messages import Message
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol.errors import error_message
 from distributary.protocol.serialize import Serialize, deserialize
+from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 from distributary.worker.context import set_task_context
@@ -95,7 +96,7 @@ class Worker(ServerNode):
         self.scheduler_address = self._scheduler_address(
             scheduler_ip, scheduler_port, scheduler_file
         )
-        self.nthreads = nthreads or ncores or os.cpu_count() or 1
+        self.nthreads = nthreads or ncores or cpu_count()
         self.name = name
         self.resources = dict(resources or {})
         self.memory_manager = WorkerMemoryManager(
