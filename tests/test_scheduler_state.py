@@ -1473,6 +1473,74 @@ def test_cancelled_retirement_runs_tasks_again():
     assert s.workers[A].status == "running" and s.retiring == {}
 
 
+def test_ticks_tell_when_a_retirement_is_done():
+    s = _retire_setup()
+    s.handle(ev.RetireWorkers(sid(), (A,), time=100.0))
+    assert of(s.handle(ev.Tick(sid(), 100.5)), ins.WorkerRetired) == []  # x not copied yet
+    s.handle(ev.AddKeys(sid(), B, ("x",)))
+    (retired,) = of(s.handle(ev.Tick(sid(), 100.6)), ins.WorkerRetired)
+    assert retired.address == A and s.retiring == {}
+    assert s.workers[A].status == "closing_gracefully"  # (until the server removes it)
+    assert s.handle(ev.Tick(sid(), 100.7)) == []  # told once
+
+
+def test_ticks_ask_again_for_copies_not_made():
+    s = _retire_setup()
+    s.handle(ev.RetireWorkers(sid(), (A,), time=100.0))
+    assert of(s.handle(ev.Tick(sid(), 101.0)), ins.AcquireReplicas) == []
+    (again,) = of(s.handle(ev.Tick(sid(), 102.5)), ins.AcquireReplicas)
+    assert again.worker == B and again.who_has == {"x": (A,)}
+    assert of(s.handle(ev.Tick(sid(), 103.0)), ins.AcquireReplicas) == []  # planned anew
+
+
+def test_a_retirement_past_its_deadline_is_given_up():
+    s = _retire_setup()
+    s.handle(ev.RetireWorkers(sid(), (A,), time=100.0, deadline=101.0))
+    assert s.handle(ev.Tick(sid(), 100.9)) == []
+    (failed,) = of(s.handle(ev.Tick(sid(), 101.1)), ins.RetirementFailed)
+    assert failed.addresses == (A,) and failed.reason == "timed out"
+    assert s.workers[A].status == "running" and s.retiring == {}
+
+
+def test_a_retirement_with_nowhere_to_go_is_given_up_at_once():
+    s = state()
+    s.handle(add_worker(A))
+    s.handle(finished(one_compute(s.handle(graph("c", spec("x"))))))
+    s.handle(ev.RetireWorkers(sid(), (A,), time=100.0))
+    (failed,) = of(s.handle(ev.Tick(sid(), 100.0)), ins.RetirementFailed)
+    assert "no other running worker" in failed.reason
+    assert s.workers[A].status == "running"
+
+
+def test_a_retiring_worker_that_leaves_is_retired():
+    s = _retire_setup()
+    s.handle(ev.RetireWorkers(sid(), (A,), time=100.0))
+    (retired,) = of(s.handle(ev.RemoveWorker(sid(), A)), ins.WorkerRetired)
+    assert retired.address == A and s.retiring == {}
+
+
+def test_ticks_tell_of_silent_workers():
+    s = state(worker_ttl=10.0)
+    s.handle(add_worker(A, time=100.0), add_worker(B, time=105.0))
+    assert s.handle(ev.Tick(sid(), 110.0)) == []
+    (silent,) = s.handle(ev.Tick(sid(), 112.0))
+    assert silent == ins.WorkerSilent(silent.stimulus_id, A, 12.0)
+    s.handle(ev.WorkerHeartbeat(sid(), A, 112.0))
+    assert s.handle(ev.Tick(sid(), 114.0)) == []
+
+
+def test_ticks_tell_when_the_scheduler_is_idle():
+    s = state(idle_timeout=5.0)
+    s.handle(add_worker(A))
+    assert s.handle(ev.Tick(sid(), 100.0)) == []
+    s.handle(ev.AddClient(sid(), "c"))
+    assert s.handle(ev.Tick(sid(), 110.0)) == []  # a client: busy
+    s.handle(ev.RemoveClient(sid(), "c"))
+    assert s.handle(ev.Tick(sid(), 114.0)) == []
+    (idle,) = s.handle(ev.Tick(sid(), 116.0))
+    assert isinstance(idle, ins.SchedulerIdle) and idle.idle_for == 6.0
+
+
 def test_retiring_worker_status_is_not_undone_by_the_worker():
     s = state()
     s.handle(add_worker(A), add_worker(B))
@@ -1529,6 +1597,8 @@ class _Cluster:
         self.last: dict[tuple, type] = {}  # (client, key) -> last instruction type
         self.graphs = itertools.count()
         self.acquiring: list[tuple] = []  # (worker, key) copies asked for a retirement
+        self.retired: list[str] = []  # workers the state says may leave
+        self.clock = 0.0
 
     # -- plumbing
 
@@ -1556,6 +1626,12 @@ class _Cluster:
         elif isinstance(i, ins.KeyCancelled):
             self.wanted[i.client].discard(i.key)
             self.last[(i.client, i.key)] = type(i)
+        elif isinstance(i, ins.WorkerRetired):
+            assert i.address not in s.retiring, i
+            if i.address in s.workers:
+                self.retired.append(i.address)
+        elif isinstance(i, ins.RetirementFailed):
+            assert all(s.workers[a].status == "running" for a in i.addresses), i
         else:
             assert i.key in self.wanted[i.client], i  # only clients that want a key hear of it
             if isinstance(i, ins.KeyInMemory):
@@ -1659,20 +1735,33 @@ class _Cluster:
             if worker in s.workers:
                 self.handle(ev.AddKeys(sid(), worker=worker, keys=(key,)))
             return
+        if self.retired:  # the server removes a worker the state let go
+            address = self.retired.pop(0)
+            if address in s.workers:
+                index = next(i for i, a in self.live.items() if a == address)
+                del self.live[index]
+                self.handle(remove_worker(address, safe=True))
+            return
         retiring = sorted(s.retiring)
         if roll < 0.6 or not retiring:
             address = self.live[rng.choice(sorted(self.live))]
-            self.handle(ev.RetireWorkers(sid(), (address,), replan=rng.random() < 0.3))
+            self.clock += rng.random()
+            replan = rng.random() < 0.3
+            deadline = self.clock + 5 if rng.random() < 0.3 else None
+            self.handle(ev.RetireWorkers(sid(), (address,), replan, self.clock, deadline))
             return
         address = rng.choice(retiring)
-        if retirement_done(s, address):
+        if retirement_done(s, address) and roll < 0.65:
             index = next(i for i, a in self.live.items() if a == address)
             del self.live[index]
             self.handle(remove_worker(address, safe=True))
         elif roll < 0.7:
             self.handle(ev.CancelRetirement(sid(), (address,)))
-        else:
+        elif roll < 0.85:
             self.handle(ev.RetireWorkers(sid(), (address,)))
+        else:
+            self.clock += rng.random() * 3
+            self.handle(ev.Tick(sid(), self.clock))
 
     # -- the clients
 
@@ -1793,6 +1882,13 @@ class _Cluster:
             if index not in self.live:
                 self.add_worker(index)
         self.handle(ev.CancelRetirement(sid(), tuple(self.s.retiring)))
+        while self.retired:  # let go of: removed, and back afresh
+            address = self.retired.pop(0)
+            if address in self.s.workers:
+                index = next(i for i, a in self.live.items() if a == address)
+                self.handle(remove_worker(address, safe=True))
+                del self.live[index]
+                self.add_worker(index)
         for address in self.live.values():
             if self.s.workers[address].status != "running":
                 self.handle(ev.WorkerStatusChange(sid(), address=address, status="running"))

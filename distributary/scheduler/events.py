@@ -145,12 +145,22 @@ class WorkerHeartbeat(SchedulerEvent):
 class RetireWorkers(SchedulerEvent):
     """Stop giving these workers tasks and copy the data only they hold elsewhere.
 
-    Sent again while they retire; with ``replan`` the keys asked of other workers
-    earlier, whose copies have still not arrived, are asked again.
+    With ``replan`` the keys asked of other workers earlier, whose copies have still
+    not arrived, are asked again.  ``time`` is now; a retirement not done by
+    ``deadline`` is given up (:class:`Tick` tells).
     """
 
     addresses: tuple
     replan: bool = False
+    time: float = 0.0
+    deadline: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(SchedulerEvent):
+    """Time passes: ``now`` on the clock that the other events' times come from."""
+
+    now: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,41 @@ class AcquireReplicas(Message, ToWorker):
 
 
 @dataclass(frozen=True, slots=True)
+class ForServer(SchedulerInstruction):
+    """Base of the instructions the scheduler's server carries out itself."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRetired(ForServer):
+    """The worker's data is elsewhere and its tasks ran (or it is gone): it may leave."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetirementFailed(ForServer):
+    """These workers could not be retired (``reason``): they run tasks again."""
+
+    addresses: tuple
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSilent(ForServer):
+    """The worker sent nothing for ``silence`` seconds, more than ``worker_ttl``."""
+
+    address: str
+    silence: float
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerIdle(ForServer):
+    """No client and no work for ``idle_for`` seconds, more than ``idle_timeout``."""
+
+    idle_for: float
+
+
+@dataclass(frozen=True, slots=True)
 class ToClient(SchedulerInstruction):
     """Base of the instructions addressed to one client.
 

@@ -2,22 +2,28 @@
 
 Theory of operation
 -------------------
-*Silence.*  Workers send a heartbeat every second or so on their stream.  A watchdog
-removes a worker not heard from for ``worker_ttl`` by closing its stream; the stream's
-reader then removes it as for any lost worker (its tasks count as suspicious).  The
-same watchdog closes the scheduler after ``idle_timeout`` without clients or work.
+*Time.*  The pure state knows no clock: a ticker sends it ``Tick(now)`` (every fifth
+of ``worker_ttl`` or ``idle_timeout``, and every 20 ms while workers retire), and the
+state answers with instructions that this module carries out.
 
-*Retirement.*  :meth:`WorkerLifecycle.retire_workers` marks the workers
-``closing_gracefully`` (no new tasks), and asks other running workers to copy the
-data only the retiring ones hold (``acquire-replicas``).  It polls the pure state
-until each worker's data is held elsewhere and its running tasks finished, then
-removes it (``safe``: nothing counts against its tasks) and, if asked, closes it.  A
-worker whose data has nowhere to go stays (its retirement is cancelled).
+*Silence.*  Workers send a heartbeat every second or so on their stream.  A worker not
+heard from for ``worker_ttl`` is removed (``WorkerSilent``) by closing its stream; the
+stream's reader then removes it as for any lost worker (its tasks count as
+suspicious).  After ``idle_timeout`` without clients or work the scheduler closes
+(``SchedulerIdle``).
+
+*Retirement.*  :meth:`WorkerLifecycle.retire_workers` tells the state, which marks the
+workers ``closing_gracefully`` (no new tasks) and asks other running workers to copy
+the data only the retiring ones hold (``acquire-replicas``).  The state says when each
+worker's data is held elsewhere and its tasks finished (``WorkerRetired``), or that a
+retirement is given up (``RetirementFailed``: timed out, or no running worker left to
+take the data; the worker then runs tasks again).  A retired worker is removed
+(``safe``: nothing counts against its tasks) and, if asked, closed.
 
 *Restart.*  Every task and every client's wants are forgotten at once; clients cancel
 their futures; the workers are marked ``closing`` (no new work) and each nanny restarts
 its worker process while workers without a nanny are closed.  It returns when as many
-workers as had nannies are registered again.
+workers as had nannies are registered again (the server tells of each arrival).
 
 *Reasons.*  A nanny that kills its worker (too much memory) says why first
 (``worker-killed``); the reason goes with the worker's removal into ``KilledWorker``.
@@ -32,20 +38,18 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import dask.config
 from dask.utils import parse_timedelta
 
 from distributary.scheduler import events as ev
+from distributary.scheduler import instructions as ins
 from distributary.scheduler.records import WorkerRecord
-from distributary.scheduler.retirement import retirement_done
 
 if TYPE_CHECKING:
     from distributary.scheduler.server import Scheduler
 
 logger = logging.getLogger("distributary.scheduler")
 
-_RETIRE_POLL = 0.02  # seconds between checks of a retirement's progress
-_REPLAN_EVERY = 2.0  # seconds after which copies asked for and not made are asked again
+_RETIRE_TICK = 0.02  # seconds between ticks while workers retire
 _CLOSE_TIMEOUT = 5.0  # seconds to wait for a worker (or nanny) to accept a close request
 
 
@@ -54,83 +58,104 @@ def _stimulus(name: str) -> str:
 
 
 class WorkerLifecycle:
-    """The scheduler's handling of workers that go silent, retire or restart."""
+    """The scheduler's handling of time, and of workers that go silent, retire or restart."""
 
-    def __init__(self, scheduler: Scheduler, worker_ttl: Any, idle_timeout: Any):
+    def __init__(self, scheduler: Scheduler):
         self.scheduler = scheduler
-        if worker_ttl is None:
-            worker_ttl = dask.config.get("distributed.scheduler.worker-ttl", default=None)
-        if idle_timeout is None:
-            idle_timeout = dask.config.get("distributed.scheduler.idle-timeout", default=None)
-        self.worker_ttl = parse_timedelta(worker_ttl) if worker_ttl else None
-        self.idle_timeout = parse_timedelta(idle_timeout) if idle_timeout else None
         self.exit_reasons: dict[str, str] = {}
-        self.idle_since = time.monotonic()
-        self._watchdog: asyncio.Task | None = None
+        self._retirements: dict[str, asyncio.Future] = {}  # address -> retired?
+        self._workers_changed = asyncio.Event()
+        self._tickers: set[asyncio.Task] = set()
+        self._retirement_ticker: asyncio.Task | None = None
+        self._closing = False
         self.handlers: dict[str, Callable] = {
             "worker-killed": self._handle_worker_killed,
             "retire_workers": self._handle_retire_workers,
             "workers_to_close": self._handle_workers_to_close,
             "restart": self._handle_restart,
         }
+        self._instructions: dict[type, Callable[[Any], None]] = {
+            ins.WorkerRetired: self._worker_retired,
+            ins.RetirementFailed: self._retirement_failed,
+            ins.WorkerSilent: self._worker_silent,
+            ins.SchedulerIdle: self._scheduler_idle,
+        }
 
-    # ------------------------------------------------------------------ watchdog
+    # ------------------------------------------------------------------ time
 
     def start(self) -> None:
-        """Start watching for silent workers and idleness (if either is configured)."""
-        periods = [t / 5 for t in (self.worker_ttl, self.idle_timeout) if t]
+        """Start the ticker that tells the state of silent workers and idleness."""
+        state = self.scheduler.state
+        periods = [t / 5 for t in (state.worker_ttl, state.idle_timeout) if t]
         if periods:
-            self._watchdog = asyncio.get_running_loop().create_task(
-                self._watch(max(min(min(periods), 5.0), 0.05))
-            )
+            self._start_ticker(max(min(min(periods), 5.0), 0.05), lambda: True)
 
     def stop(self) -> None:
-        """Stop the watchdog."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        """Stop the tickers; retirements under way are not done."""
+        for ticker in list(self._tickers):
+            ticker.cancel()
+        for outcome in self._retirements.values():
+            if not outcome.done():
+                outcome.set_result(False)
+        self._retirements.clear()
 
-    async def _watch(self, period: float) -> None:
-        while True:
+    def _start_ticker(self, period: float, running: Callable[[], bool]) -> asyncio.Task:
+        ticker = asyncio.get_running_loop().create_task(self._tick(period, running))
+        self._tickers.add(ticker)
+        ticker.add_done_callback(self._tickers.discard)
+        return ticker
+
+    def _retiring(self) -> bool:
+        if self._retirements:
+            return True
+        self._retirement_ticker = None
+        return False
+
+    async def _tick(self, period: float, running: Callable[[], bool]) -> None:
+        while running():
             await asyncio.sleep(period)
-            if self.worker_ttl:
-                self.remove_silent_workers(time.time())
-            if self.idle_timeout and self._idle_for() > self.idle_timeout:
-                logger.info("Closing the scheduler: idle for more than %s s", self.idle_timeout)
-                await self.scheduler.close()
-                return
+            self.tick()
 
-    def remove_silent_workers(self, now: float) -> list[str]:
-        """Close the streams of workers not heard from for ``worker_ttl``; their addresses."""
-        scheduler = self.scheduler
-        silent = [
-            ws.address
-            for ws in scheduler.state.workers.values()
-            if now - ws.last_seen > self.worker_ttl
-        ]
-        for address in silent:
-            silence = now - scheduler.state.workers[address].last_seen
-            logger.warning(
-                "Worker %s sent no heartbeat for %.1f s (worker-ttl %s s); removing it",
-                address,
-                silence,
-                self.worker_ttl,
-            )
-            self.exit_reasons[address] = (
-                f"sent no heartbeat for {silence:.0f} s (worker-ttl is {self.worker_ttl:g} s)"
-            )
-            stream = scheduler.worker_streams.get(address)
-            if stream is not None:
-                stream.abort()  # its reader removes the worker
-            else:
-                scheduler._handle(ev.RemoveWorker(_stimulus("worker-ttl"), address))
-        return silent
+    def tick(self) -> None:
+        """Tell the state that time passed."""
+        self.scheduler._handle(ev.Tick(_stimulus("tick"), time.time()))
 
-    def _idle_for(self) -> float:
-        state = self.scheduler.state
-        busy = self.scheduler.client_streams or any(ws.processing for ws in state.workers.values())
-        if busy or state.unrunnable:
-            self.idle_since = time.monotonic()
-        return time.monotonic() - self.idle_since
+    def on_instruction(self, instruction: ins.ForServer) -> None:
+        """Carry out an instruction of the state addressed to the server itself."""
+        self._instructions[type(instruction)](instruction)
+
+    def workers_changed(self) -> None:
+        """A worker came or went (the server tells): wake whoever waits for workers."""
+        self._workers_changed.set()
+
+    def _worker_silent(self, instruction: ins.WorkerSilent) -> None:
+        address, silence = instruction.address, instruction.silence
+        if address in self.exit_reasons:  # (already being removed)
+            return
+        ttl = self.scheduler.state.worker_ttl
+        logger.warning(
+            "Worker %s sent no heartbeat for %.1f s (worker-ttl %s s); removing it",
+            address,
+            silence,
+            ttl,
+        )
+        self.exit_reasons[address] = (
+            f"sent no heartbeat for {silence:.0f} s (worker-ttl is {ttl:g} s)"
+        )
+        stream = self.scheduler.worker_streams.get(address)
+        if stream is not None:
+            stream.abort()  # its reader removes the worker
+        else:  # (after the instructions of this step are carried out)
+            asyncio.get_running_loop().call_soon(
+                self.scheduler._handle, ev.RemoveWorker(_stimulus("worker-ttl"), address)
+            )
+
+    def _scheduler_idle(self, instruction: ins.SchedulerIdle) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        logger.info("Closing the scheduler: idle for %.1f s", instruction.idle_for)
+        asyncio.get_running_loop().create_task(self.scheduler.close())
 
     # ------------------------------------------------------------------ retirement
 
@@ -207,37 +232,37 @@ class WorkerLifecycle:
         stimulus_id = _stimulus("retire-workers")
         info = {a: scheduler.worker_info(state.workers[a]) for a in addresses}
         logger.info("Retiring %d workers: %s", len(addresses), addresses)
-        pending = set(addresses)
-        scheduler._handle(ev.RetireWorkers(stimulus_id, tuple(pending)))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        replan_at = time.monotonic() + _REPLAN_EVERY
-        retired: dict[str, dict] = {}
-        while pending:
-            done = [a for a in pending if retirement_done(state, a)]
-            for address in done:
-                pending.discard(address)
-                retired[address] = info[address]
-            stuck = not any(ws.status == "running" for ws in state.workers.values())
-            if pending and (stuck or (deadline is not None and time.monotonic() > deadline)):
-                logger.warning(
-                    "Could not retire %s: %s",
-                    sorted(pending),
-                    "no other running worker can take their data" if stuck else "timed out",
-                )
-                scheduler._handle(ev.CancelRetirement(stimulus_id, tuple(pending)))
-                break
-            if pending:
-                await asyncio.sleep(_RETIRE_POLL)
-                replan = time.monotonic() > replan_at
-                if replan:
-                    replan_at = time.monotonic() + _REPLAN_EVERY
-                scheduler._handle(ev.RetireWorkers(stimulus_id, tuple(pending), replan))
+        loop = asyncio.get_running_loop()
+        outcomes = {a: self._retirements.get(a) or loop.create_future() for a in addresses}
+        self._retirements.update(outcomes)
+        now = time.time()
+        deadline = None if timeout is None else now + timeout
+        scheduler._handle(
+            ev.RetireWorkers(stimulus_id, tuple(addresses), time=now, deadline=deadline),
+            ev.Tick(stimulus_id, now),
+        )
+        if self._retirements and self._retirement_ticker is None:
+            self._retirement_ticker = self._start_ticker(_RETIRE_TICK, self._retiring)
+        await asyncio.wait(outcomes.values())
+        retired = {a: info[a] for a, outcome in outcomes.items() if outcome.result()}
         for address in retired:
             if remove:
                 scheduler._handle(ev.RemoveWorker(stimulus_id, address, safe=True))
         if close_workers:
             await asyncio.gather(*(self.close_worker(a) for a in retired))
         return retired
+
+    def _worker_retired(self, instruction: ins.WorkerRetired) -> None:
+        outcome = self._retirements.pop(instruction.address, None)
+        if outcome is not None and not outcome.done():
+            outcome.set_result(True)
+
+    def _retirement_failed(self, instruction: ins.RetirementFailed) -> None:
+        logger.warning("Could not retire %s: %s", sorted(instruction.addresses), instruction.reason)
+        for address in instruction.addresses:
+            outcome = self._retirements.pop(address, None)
+            if outcome is not None and not outcome.done():
+                outcome.set_result(False)
 
     async def close_worker(self, address: str) -> None:
         """Ask a worker to close for good (its nanny too, so that it is not restarted)."""
@@ -282,11 +307,13 @@ class WorkerLifecycle:
             back = sum(1 for a, ws in workers.items() if a not in old and ws.status == "running")
             if back >= len(nannies) and not any(a in workers for a in old):
                 return
-            if time.monotonic() > deadline:
+            self._workers_changed.clear()
+            try:
+                await asyncio.wait_for(self._workers_changed.wait(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
                 raise TimeoutError(
                     f"{back} of {len(nannies)} workers came back within {timeout} s of a restart"
-                )
-            await asyncio.sleep(0.01)
+                ) from None
 
     # ------------------------------------------------------------------ handlers
 

@@ -206,6 +206,18 @@ class WorkerRecord:
         return f"<Worker {self.address!r} {self.status}, processing: {len(self.processing)}>"
 
 
+class Retirement:
+    """A worker being retired: the keys asked of other workers (and of which one),
+    when that plan was made, and when to give up (``None``: never)."""
+
+    __slots__ = ("asked", "planned_at", "deadline")
+
+    def __init__(self, planned_at: float, deadline: float | None):
+        self.asked: dict[TaskRecord, str] = {}
+        self.planned_at = planned_at
+        self.deadline = deadline
+
+
 class ClientRecord:
     """A client as the scheduler tracks it: the keys it holds futures for."""
 

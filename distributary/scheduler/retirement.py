@@ -1,4 +1,5 @@
-"""Retiring workers gracefully: which data must move first, and where it goes.
+"""Retiring workers gracefully: which data must move first, where it goes, and when
+a retirement is done, or given up.
 
 Pure queries over :class:`~distributary.scheduler.state.SchedulerState`: a retiring
 worker may leave once no key is held by retiring workers only and it runs no task.
@@ -49,9 +50,10 @@ def plan_replicas(
     heapq.heapify(load)
     plans: dict[str, tuple[dict, dict]] = {}
     for ws in retiring:
-        asked = state.retiring.get(ws.address)
-        if asked is None:
+        retirement = state.retiring.get(ws.address)
+        if retirement is None:
             continue
+        asked = retirement.asked
         for ts in unique_data(state, ws.address):
             recipient = asked.get(ts)
             if recipient is not None and state.workers.get(recipient) in recipients:
@@ -63,3 +65,22 @@ def plan_replicas(
             who_has[ts.key] = tuple(holder.address for holder in ts.who_has)
             sizes[ts.key] = ts.nbytes
     return [(recipient, who_has, sizes) for recipient, (who_has, sizes) in plans.items()]
+
+
+REPLAN_EVERY = 2.0  # seconds after which copies asked for and not made are asked again
+
+
+def retirement_progress(state: SchedulerState, now: float) -> tuple[list, list, str, list]:
+    """Where the retirements stand at ``now``: the workers done, those to give up and
+    why, and those whose copies should be asked for again."""
+    done, failed, replan = [], [], []
+    stuck = not any(ws.status == "running" for ws in state.workers.values())
+    reason = "no other running worker can take their data" if stuck else "timed out"
+    for address, retirement in state.retiring.items():
+        if retirement_done(state, address):
+            done.append(address)
+        elif stuck or (retirement.deadline is not None and now > retirement.deadline):
+            failed.append(address)
+        elif now - retirement.planned_at > REPLAN_EVERY:
+            replan.append(address)
+    return done, failed, reason, replan

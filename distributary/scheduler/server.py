@@ -68,6 +68,8 @@ class Scheduler(ServerNode):
             worker_saturation=float(saturation),
             unknown_duration=parse_timedelta(config("distributed.scheduler.unknown-task-duration")),
             validate=validate,
+            worker_ttl=_seconds(worker_ttl, "distributed.scheduler.worker-ttl"),
+            idle_timeout=_seconds(idle_timeout, "distributed.scheduler.idle-timeout"),
         )
         self.scheduler_file = scheduler_file
         self._listen_address = listen_address_for(None, host, port, protocol, interface)
@@ -91,7 +93,7 @@ class Scheduler(ServerNode):
         self.datasets = DatasetExtension(self)
         self.server.handlers.update(self.datasets.handlers)
         self._from_client.update(self.datasets.stream_handlers)
-        self.lifecycle = WorkerLifecycle(self, worker_ttl, idle_timeout)
+        self.lifecycle = WorkerLifecycle(self)
         self.server.handlers.update(self.lifecycle.handlers)
 
     @property
@@ -201,6 +203,9 @@ class Scheduler(ServerNode):
         for instruction in self.state.handle(*events):
             if isinstance(instruction, ins.ToWorker):
                 stream = self.worker_streams.get(instruction.worker)
+            elif isinstance(instruction, ins.ForServer):
+                self.lifecycle.on_instruction(instruction)
+                continue
             else:
                 stream = self.client_streams.get(instruction.client)
             if stream is None or stream.closed():
@@ -309,6 +314,7 @@ class Scheduler(ServerNode):
         )
         await comm.write({"status": "OK", "id": self.id})
         logger.info("Worker %s registered", address)
+        self.lifecycle.workers_changed()
         safe = False
         try:
             await self._read_stream(comm, address, self._from_worker)
@@ -322,6 +328,7 @@ class Scheduler(ServerNode):
                     ev.RemoveWorker(f"remove-worker-{address}", address, safe=safe, reason=reason)
                 )
                 logger.info("Worker %s removed", address)
+                self.lifecycle.workers_changed()
 
     async def _handle_register_client(self, comm: Any, msg: dict) -> None:
         client = msg["client"]
@@ -364,6 +371,13 @@ class Scheduler(ServerNode):
             f"<Scheduler {self.address if self.status == 'running' else ''!r}, "
             f"workers: {len(self.state.workers)}, tasks: {len(self.state.tasks)}>"
         )
+
+
+def _seconds(value: Any, config_key: str) -> float | None:
+    """A duration given, or else configured, in seconds (``None``: not set)."""
+    if value is None:
+        value = dask.config.get(config_key, default=None)
+    return parse_timedelta(value) if value else None
 
 
 def _serializable(value: Any) -> Any:

@@ -37,12 +37,13 @@ from distributary.scheduler.placement import decide_worker, urgent_last
 from distributary.scheduler.records import (
     ClientRecord,
     MemoryState,
+    Retirement,
     TaskRecord,
     TaskState,
     WorkerRecord,
     linked,
 )
-from distributary.scheduler.retirement import plan_replicas
+from distributary.scheduler.retirement import plan_replicas, retirement_progress
 from distributary.scheduler.validation import validate_state
 from distributary.transitions import TransitionEngine
 
@@ -63,9 +64,14 @@ class SchedulerState(TransitionEngine):
         unknown_duration: float = _UNKNOWN_DURATION,
         transition_log_length: int = 100_000,
         validate: bool = False,
+        worker_ttl: float | None = None,
+        idle_timeout: float | None = None,
     ):
         super().__init__(transition_log_length)
         self.allowed_failures = allowed_failures
+        self.worker_ttl = worker_ttl  # seconds of silence after which a worker is removed
+        self.idle_timeout = idle_timeout  # seconds without clients or work: close
+        self.idle_since: float | None = None  # (set by the first Tick)
         self.worker_saturation = worker_saturation
         self.unknown_duration = unknown_duration
         self.validate_each_step = validate
@@ -77,8 +83,7 @@ class SchedulerState(TransitionEngine):
         self.workers_by_name: dict[Any, str] = {}
         self.workers_by_host: dict[str, set[str]] = {}
         self.durations: dict[str, float] = {}
-        # worker being retired -> the keys asked of another worker, and which one
-        self.retiring: dict[str, dict[TaskRecord, str]] = {}
+        self.retiring: dict[str, Retirement] = {}  # by worker address
         self._queue: list = []
         self._queue_counter = itertools.count()
         self._run_ids = itertools.count(1)  # unique across records: a key may come back
@@ -99,6 +104,7 @@ class SchedulerState(TransitionEngine):
             ev.WorkerHeartbeat: self._handle_worker_heartbeat,
             ev.RetireWorkers: self._handle_retire_workers,
             ev.CancelRetirement: self._handle_cancel_retirement,
+            ev.Tick: self._handle_tick,
             ev.Restart: self._handle_restart,
             ev.TaskFinished: self._handle_task_finished,
             ev.TaskErred: self._handle_task_erred,
@@ -357,7 +363,8 @@ class SchedulerState(TransitionEngine):
         if ws is None:
             return {}
         self.idle.pop(ws.address, None)
-        self.retiring.pop(ws.address, None)
+        if self.retiring.pop(ws.address, None) is not None:  # (gone: nothing left to move)
+            self._out.append(ins.WorkerRetired(event.stimulus_id, ws.address))
         if self.workers_by_name.get(ws.name) == ws.address:
             del self.workers_by_name[ws.name]
         host_set = self.workers_by_host.get(ws.host)
@@ -416,22 +423,68 @@ class SchedulerState(TransitionEngine):
             if ws.status in ("running", "paused"):
                 ws.status = "closing_gracefully"
                 self._update_idle(ws)
-            asked = self.retiring.setdefault(ws.address, {})
-            if event.replan:
-                asked.clear()
-        for recipient, who_has, nbytes in plan_replicas(self, retiring):
-            self._out.append(ins.AcquireReplicas(event.stimulus_id, recipient, who_has, nbytes))
+            retirement = self.retiring.get(ws.address)
+            if retirement is None:
+                retirement = self.retiring[ws.address] = Retirement(event.time, event.deadline)
+            elif event.replan:
+                retirement.asked.clear()
+                retirement.planned_at = event.time
+        self._plan_replicas(retiring, event.stimulus_id)
         return {}
 
+    def _plan_replicas(self, retiring: list[WorkerRecord], stimulus_id: str) -> None:
+        for recipient, who_has, nbytes in plan_replicas(self, retiring):
+            self._out.append(ins.AcquireReplicas(stimulus_id, recipient, who_has, nbytes))
+
     def _handle_cancel_retirement(self, event: ev.CancelRetirement) -> Recs:
+        return self._cancel_retirement(event.addresses)
+
+    def _cancel_retirement(self, addresses: Iterable[str]) -> Recs:
         recs: Recs = {}
-        for address in event.addresses:
+        for address in addresses:
             ws = self.workers.get(address)
             self.retiring.pop(address, None)
             if ws is not None and ws.status == "closing_gracefully":
                 ws.status = "running"
                 recs.update(self._resume(ws))
         return recs
+
+    def _handle_tick(self, event: ev.Tick) -> Recs:
+        now = event.now
+        if self.worker_ttl is not None:
+            for ws in self.workers.values():
+                if now - ws.last_seen > self.worker_ttl:
+                    self._out.append(
+                        ins.WorkerSilent(event.stimulus_id, ws.address, now - ws.last_seen)
+                    )
+        if self.idle_timeout is not None:
+            self._check_idle(now, event.stimulus_id)
+        if not self.retiring:
+            return {}
+        done, failed, reason, replan = retirement_progress(self, event.now)
+        for address in done:
+            del self.retiring[address]
+            self._out.append(ins.WorkerRetired(event.stimulus_id, address))
+        for address in replan:
+            retirement = self.retiring[address]
+            retirement.asked.clear()
+            retirement.planned_at = event.now
+        self._plan_replicas([self.workers[a] for a in replan], event.stimulus_id)
+        if not failed:
+            return {}
+        self._out.append(ins.RetirementFailed(event.stimulus_id, tuple(failed), reason))
+        return self._cancel_retirement(failed)
+
+    def _check_idle(self, now: float, stimulus_id: str) -> None:
+        busy = (
+            any(client != FIRE_AND_FORGET for client in self.clients)
+            or self.unrunnable
+            or any(ws.processing for ws in self.workers.values())
+        )
+        if busy or self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since > self.idle_timeout:
+            self._out.append(ins.SchedulerIdle(stimulus_id, now - self.idle_since))
 
     def _handle_restart(self, event: ev.Restart) -> Recs:
         for client in self.clients:
@@ -443,6 +496,8 @@ class SchedulerState(TransitionEngine):
         self.unrunnable.clear()
         self._queue.clear()
         self.idle.clear()
+        for address in self.retiring:  # (nothing is left to move)
+            self._out.append(ins.WorkerRetired(event.stimulus_id, address))
         self.retiring.clear()
         for ws in self.workers.values():
             ws.status = "closing"
