@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributary.client.state import ClientState, FutureState, PendingGraph
+from distributary.protocol.client_messages import FROM_CLIENT
+from distributary.protocol.worker_messages import FROM_WORKER, TO_WORKER
 from distributary.scheduler import events as sev
 from distributary.scheduler import instructions as sins
-from distributary.scheduler.server import FROM_CLIENT, FROM_WORKER
 from distributary.scheduler.state import SchedulerState
 from distributary.worker import events as wev
 from distributary.worker import instructions as wins
-from distributary.worker.server import FROM_SCHEDULER
 from distributary.worker.state import WorkerState
 
 CLIENTS = ("alice", "bob")
@@ -124,7 +124,7 @@ class ModelCluster:
 
     # ------------------------------------------------------------------ routing
 
-    def _to_scheduler_state(self, event: sev.SchedulerEvent) -> None:
+    def _to_scheduler_state(self, event: sev.Event) -> None:
         for instruction in self.scheduler.handle(event):
             msg = instruction.to_message()
             if isinstance(instruction, sins.ToWorker):
@@ -133,7 +133,7 @@ class ModelCluster:
             elif instruction.client in self.to_client:
                 self.to_client[instruction.client].append(msg)
 
-    def _to_worker_state(self, address: str, event: wev.WorkerEvent) -> None:
+    def _to_worker_state(self, address: str, event: wev.Event) -> None:
         worker = self.workers[address]
         for instruction in worker.handle(event):
             if isinstance(instruction, wins.Execute):
@@ -319,14 +319,14 @@ class ModelCluster:
         if where == "client":
             self.clients[who].core.handle(msg)
         elif where == "worker":
-            self._to_worker_state(who, FROM_SCHEDULER[msg["op"]](msg))
+            self._to_worker_state(who, TO_WORKER.decode(msg, who))
         elif msg["op"] == _REMOVED:
             del self.to_scheduler[who]
             self._to_scheduler_state(sev.RemoveWorker(self._sid(), who))
         elif who in self.clients:
-            self._to_scheduler_state(FROM_CLIENT[msg["op"]](who, msg))
+            self._to_scheduler_state(FROM_CLIENT.decode(msg, who))
         else:
-            self._to_scheduler_state(FROM_WORKER[msg["op"]](who, msg))
+            self._to_scheduler_state(FROM_WORKER.decode(msg, who))
         return True
 
     def execute(self, action: Action) -> bool:

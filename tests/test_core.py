@@ -9,6 +9,8 @@ import struct
 import time
 import traceback
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import ClassVar
 
 import msgpack
 import pytest
@@ -22,8 +24,9 @@ from distributary.comm import (
     get_address_host_port,
     listen,
 )
-from distributary.core import BatchedSend, ConnectionPool, Server
+from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.protocol import RemoteException, rebuild_exception
+from distributary.protocol.message import Catalogue, Message, peer
 
 
 def _divide(a: int, b: int) -> float:
@@ -45,10 +48,8 @@ def default_handlers() -> dict:
 
 
 @contextlib.asynccontextmanager
-async def serving(
-    handlers: dict | None = None, stream_handlers: dict | None = None, address: str = "tcp"
-) -> AsyncIterator[Server]:
-    server = Server(handlers if handlers is not None else default_handlers(), stream_handlers or {})
+async def serving(handlers: dict | None = None, address: str = "tcp") -> AsyncIterator[Server]:
+    server = Server(handlers if handlers is not None else default_handlers())
     await server.listen("tcp://127.0.0.1:0" if address == "tcp" else address)
     try:
         yield server
@@ -178,67 +179,86 @@ def test_malformed_input_drops_connection_and_server_survives(after_handshake, c
     assert "Closing the connection" in caplog.text or "Malformed" in caplog.text
 
 
-def test_handle_stream_dispatches_batches():
+@dataclass(frozen=True, slots=True)
+class Record(Message):
+    """A test message."""
+
+    op: ClassVar[str] = "record"
+
+    i: int
+    sender: str = peer()
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Message):
+    """A test message after which the reader stops."""
+
+    op: ClassVar[str] = "stop"
+
+
+def test_read_messages_decodes_batches_in_order(caplog):
     async def main():
-        seen: list = []
-        closed = asyncio.Event()
+        batches: list = []
+        done = asyncio.Event()
 
-        async def record_async(msg: dict) -> None:
+        async def handle(messages: list) -> bool:
             await asyncio.sleep(0)
-            seen.append(("async", msg["i"]))
-
-        def fail(msg: dict) -> None:
-            raise RuntimeError("stream handler failed")
+            batches.append(messages)
+            return not any(isinstance(m, Stop) for m in messages)
 
         async def stream(comm: Comm, msg: dict) -> None:
-            await server.handle_stream(comm, on_close=closed.set)
+            await read_messages(comm, Catalogue(Record, Stop), "the-peer", handle)
+            done.set()
 
-        stream_handlers = {
-            "record": lambda msg: seen.append(("sync", msg["i"])),
-            "record-async": record_async,
-            "fail": fail,
-        }
-        async with serving({"stream": stream}, stream_handlers) as server:
+        async with serving({"stream": stream}) as server:
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
             await comm.write({"op": "record", "i": 0})
             await comm.write(
                 [
-                    {"op": "record-async", "i": 1},
-                    {"op": "fail"},
+                    {"op": "record", "i": 1},
+                    {"op": "record", "i": "one"},
                     {"op": "unknown-op"},
                     "not a dict",
-                    {"op": "record", "i": 2},
+                    {"op": "record", "i": 2, "sender": "someone else"},
                 ]
             )
-            await apoll(lambda: len(seen) == 3)
-            assert seen == [("sync", 0), ("async", 1), ("sync", 2)]
-            assert not closed.is_set()
+            await comm.write("not a batch")
+            await apoll(lambda: len(batches) == 2)
+            assert batches == [
+                [Record(0, sender="the-peer")],
+                [Record(1, sender="the-peer"), Record(2, sender="the-peer")],
+            ]
+            assert not done.is_set()
+            await comm.write([{"op": "stop"}, {"op": "record", "i": 3}])
+            await asyncio.wait_for(done.wait(), 5)  # (handle said stop)
+            assert len(batches) == 3
             await comm.close()
-            await asyncio.wait_for(closed.wait(), 5)
 
-    run(main())
+    with caplog.at_level(logging.WARNING, logger="distributary.core"):
+        run(main())
+    assert "Malformed 'record' message, field 'i': Expected `int`, got `str`" in caplog.text
+    assert "unknown op 'unknown-op'" in caplog.text
+    assert "a message is a map, not str" in caplog.text
+    assert "Malformed batch from the-peer: 'not a batch'" in caplog.text
 
 
-def test_stream_handler_errors_are_logged(caplog):
+def test_read_messages_returns_when_the_comm_closes():
     async def main():
+        done = asyncio.Event()
+
         async def stream(comm: Comm, msg: dict) -> None:
-            await server.handle_stream(comm)
+            await read_messages(comm, Catalogue(Record), "peer", lambda messages: None)
+            done.set()
 
-        def fail(msg: dict) -> None:
-            raise RuntimeError("stream handler failed")
-
-        seen: list = []
-        async with serving({"stream": stream}, {"fail": fail, "ok": seen.append}) as server:
+        async with serving({"stream": stream}) as server:
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
-            await comm.write([{"op": "fail"}, {"op": "ok"}])
-            await apoll(lambda: len(seen) == 1)
+            await comm.write({"op": "record", "i": 0})
             await comm.close()
+            await asyncio.wait_for(done.wait(), 5)
 
-    with caplog.at_level(logging.ERROR, logger="distributary.core"):
-        run(main())
-    assert "Error in stream handler 'fail'" in caplog.text
+    run(main())
 
 
 def test_server_close_aborts_comms_and_is_idempotent():
@@ -250,7 +270,7 @@ def test_server_close_aborts_comms_and_is_idempotent():
             started.set()
             await never.wait()
 
-        server = Server({"hang": hang, **default_handlers()}, {})
+        server = Server({"hang": hang, **default_handlers()})
         await server.listen("tcp://127.0.0.1:0")
         address = server.address
         async with pool_for() as pool:
@@ -274,7 +294,7 @@ def test_server_close_from_a_handler():
             await server.close()
             return "bye"
 
-        server = Server({"shutdown": shutdown}, {})
+        server = Server({"shutdown": shutdown})
         await server.listen("tcp://127.0.0.1:0")
         async with pool_for() as pool:
             with pytest.raises(CommClosedError):

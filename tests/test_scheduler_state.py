@@ -132,14 +132,14 @@ def test_single_task_lifecycle():
 
     done = finished(ct, nbytes=123)
     out = s.handle(done)
-    assert out == [ins.KeyInMemory(done.stimulus_id, "c", key, "int", (A,))]
+    assert out == [ins.KeyInMemory(done.stimulus_id, key, "int", (A,), client="c")]
     assert states(s, key) == ["memory"]
     assert s.tasks[key].nbytes == 123
     assert s.workers[A].nbytes == 123
 
     stim = sid()
     out = s.handle(ev.ClientReleasesKeys(stim, client="c", keys=(key,)))
-    assert out == [ins.FreeKeys(stim, A, (key,))]
+    assert out == [ins.FreeKeys(stim, (key,), worker=A)]
     assert key not in s.tasks
     assert not s.workers[A].has_what and s.workers[A].nbytes == 0
     assert not s.clients["c"].wants_what
@@ -326,7 +326,7 @@ def test_graph_in_parts_shares_one_place_in_the_order():
     first = s.handle(graph("c", spec("a", priority=(0, 0))))
     s.handle(graph("other", spec("o", priority=(0, 0))))
     part = ev.UpdateGraph(
-        sid(), "c", (spec("b", "a", priority=(0, 1)),), wanted=("b",), continues=True
+        sid(), (spec("b", "a", priority=(0, 1)),), wanted=("b",), continues=True, client="c"
     )
     s.handle(part)
     s.handle(graph("c", spec("n", priority=(0, 0))))
@@ -866,7 +866,7 @@ def test_missing_data():
     other = B if ct.worker == A else A
     s.handle(finished(ct))
     out = s.handle(ev.AddKeys(sid(), worker=other, keys=("a", "junk")))
-    assert out == [ins.FreeKeys(out[0].stimulus_id, other, ("junk",))]
+    assert out == [ins.FreeKeys(out[0].stimulus_id, ("junk",), worker=other)]
     assert {ws.address for ws in s.tasks["a"].who_has} == {A, B}
     out = s.handle(ev.MissingData(sid(), worker=other, key="a", errant_worker=ct.worker))
     assert out == [] and {ws.address for ws in s.tasks["a"].who_has} == {other}
@@ -889,7 +889,7 @@ def test_stale_run_id_on_another_worker():
     assert ct2.worker == B and ct2.run_id > ct1.run_id
     stim = sid()
     out = s.handle(ev.TaskFinished(stim, worker=A, key=key, run_id=ct1.run_id, nbytes=1))
-    assert out == [ins.FreeKeys(stim, A, (key,))]
+    assert out == [ins.FreeKeys(stim, (key,), worker=A)]
     assert states(s, key) == ["processing"]
     assert s.tasks[key].processing_on.address == B
 
@@ -917,7 +917,7 @@ def test_report_from_wrong_worker():
     ct = one_compute(s.handle(graph("c", spec(key, workers=(A,)))))
     stim = sid()
     out = s.handle(ev.TaskFinished(stim, worker=B, key=key, run_id=ct.run_id, nbytes=1))
-    assert out == [ins.FreeKeys(stim, B, (key,))]
+    assert out == [ins.FreeKeys(stim, (key,), worker=B)]
     assert states(s, key) == ["processing"]
     out = s.handle(erred(ct, ValueError(), worker=B))
     assert out == []
@@ -1159,7 +1159,7 @@ def test_long_running_frees_a_slot():
 def test_paused_worker_gets_no_new_tasks():
     s = state(worker_saturation=1.0)
     s.handle(add_worker(A, name="alpha"))
-    s.handle(ev.WorkerStatusChange(sid(), address=A, status="paused"))
+    s.handle(ev.WorkerStatusChange(sid(), worker=A, status="paused"))
     out = s.handle(
         graph(
             "c",
@@ -1170,16 +1170,16 @@ def test_paused_worker_gets_no_new_tasks():
     )
     assert not computes(out)
     assert states(s, "pinned") == ["no-worker"]
-    out = s.handle(ev.WorkerStatusChange(sid(), address=A, status="running"))
+    out = s.handle(ev.WorkerStatusChange(sid(), worker=A, status="running"))
     assert sorted(ct.key for ct in computes(out)) == ["pinned", "r0"]
-    assert s.handle(ev.WorkerStatusChange(sid(), address="tcp://nobody", status="paused")) == []
+    assert s.handle(ev.WorkerStatusChange(sid(), worker="tcp://nobody", status="paused")) == []
 
 
 def test_paused_worker_keeps_its_tasks_and_data():
     s = state(worker_saturation=math.inf)
     s.handle(add_worker(A), add_worker(B))
     ct = one_compute(s.handle(graph("c", spec("a", workers=(A,)))))
-    s.handle(ev.WorkerStatusChange(sid(), address=A, status="paused"))
+    s.handle(ev.WorkerStatusChange(sid(), worker=A, status="paused"))
     out = s.handle(finished(ct))
     assert of(out, ins.KeyInMemory)
     ct = one_compute(s.handle(graph("c", spec("b", "a"))))
@@ -1350,7 +1350,7 @@ _PLACE_A_GRAPH = textwrap.dedent(
         deps = () if i < 60 else tuple(f"t{j}" for j in rng.sample(range(i), 2))
         specs.append(ev.TaskSpec(f"t{i}", payload=i, dependencies=deps, priority=(0, i)))
     wanted = tuple(s.key for s in specs[-20:])
-    out = s.handle(ev.UpdateGraph(next(sid), "c", tuple(specs), wanted=wanted))
+    out = s.handle(ev.UpdateGraph(next(sid), tuple(specs), wanted=wanted, client="c"))
     placed = []
     running = {}
     def take(out):
@@ -1362,7 +1362,7 @@ _PLACE_A_GRAPH = textwrap.dedent(
         rid = min(running)
         ct = running.pop(rid)
         size = 100 + len(ct.key)
-        take(s.handle(ev.TaskFinished(next(sid), ct.worker, ct.key, ct.run_id, nbytes=size)))
+        take(s.handle(ev.TaskFinished(next(sid), ct.key, ct.run_id, nbytes=size, worker=ct.worker)))
         if len(placed) == 100:  # lose a worker midway
             take(s.handle(ev.RemoveWorker(next(sid), W[1])))
             running = {r: c for r, c in running.items() if c.worker != W[1]}
@@ -1404,12 +1404,12 @@ def test_heartbeat_records_memory_and_time():
     s = state()
     s.handle(add_worker(A, memory_limit=1000))
     beat = {"process": 900, "managed": 300, "spilled": 50}
-    assert s.handle(ev.WorkerHeartbeat(sid(), A, time=12.5, memory=beat)) == []
+    assert s.handle(ev.WorkerHeartbeat(sid(), worker=A, time=12.5, memory=beat)) == []
     ws = s.workers[A]
     assert ws.last_seen == 12.5
     assert (ws.memory.process, ws.memory.managed, ws.memory.spilled) == (900, 300, 50)
     assert ws.memory.unmanaged == 600
-    s.handle(ev.WorkerHeartbeat(sid(), "tcp://gone:1", time=13.0, memory=beat))  # ignored
+    s.handle(ev.WorkerHeartbeat(sid(), worker="tcp://gone:1", time=13.0, memory=beat))  # ignored
 
 
 def _retire_setup():
@@ -1420,7 +1420,7 @@ def _retire_setup():
     s.handle(finished(x, nbytes=100))
     y = one_compute(s.handle(graph("c", spec("y", workers=(A,)))))
     s.handle(finished(y, nbytes=10))
-    s.handle(ev.AddKeys(sid(), B, ("y",)))
+    s.handle(ev.AddKeys(sid(), ("y",), worker=B))
     return s
 
 
@@ -1440,7 +1440,7 @@ def test_retire_copies_unique_data_then_is_done():
     ct = one_compute(s.handle(graph("c", spec("z"))))
     assert ct.worker == B
     s.handle(finished(ct))
-    s.handle(ev.AddKeys(sid(), B, ("x",)))
+    s.handle(ev.AddKeys(sid(), ("x",), worker=B))
     assert retirement_done(s, A)
     out = s.handle(ev.RemoveWorker(sid(), A, safe=True))
     assert of(out, ins.KeyLost) == [] and computes(out) == []
@@ -1477,7 +1477,7 @@ def test_ticks_tell_when_a_retirement_is_done():
     s = _retire_setup()
     s.handle(ev.RetireWorkers(sid(), (A,), time=100.0))
     assert of(s.handle(ev.Tick(sid(), 100.5)), ins.WorkerRetired) == []  # x not copied yet
-    s.handle(ev.AddKeys(sid(), B, ("x",)))
+    s.handle(ev.AddKeys(sid(), ("x",), worker=B))
     (retired,) = of(s.handle(ev.Tick(sid(), 100.6)), ins.WorkerRetired)
     assert retired.address == A and s.retiring == {}
     assert s.workers[A].status == "closing_gracefully"  # (until the server removes it)
@@ -1525,7 +1525,7 @@ def test_ticks_tell_of_silent_workers():
     assert s.handle(ev.Tick(sid(), 110.0)) == []
     (silent,) = s.handle(ev.Tick(sid(), 112.0))
     assert silent == ins.WorkerSilent(silent.stimulus_id, A, 12.0)
-    s.handle(ev.WorkerHeartbeat(sid(), A, 112.0))
+    s.handle(ev.WorkerHeartbeat(sid(), worker=A, time=112.0))
     assert s.handle(ev.Tick(sid(), 114.0)) == []
 
 
@@ -1545,9 +1545,9 @@ def test_retiring_worker_status_is_not_undone_by_the_worker():
     s = state()
     s.handle(add_worker(A), add_worker(B))
     s.handle(ev.RetireWorkers(sid(), (A,)))
-    s.handle(ev.WorkerStatusChange(sid(), A, "running"))
+    s.handle(ev.WorkerStatusChange(sid(), "running", worker=A))
     assert s.workers[A].status == "closing_gracefully"
-    s.handle(ev.WorkerStatusChange(sid(), B, "closing"))  # not the worker's to say
+    s.handle(ev.WorkerStatusChange(sid(), "closing", worker=B))  # not the worker's to say
     assert s.workers[B].status == "running"
 
 
@@ -1712,7 +1712,7 @@ class _Cluster:
     def pause_or_resume(self) -> None:
         address = self.live[self.rng.choice(sorted(self.live))]
         status = "paused" if self.s.workers[address].status == "running" else "running"
-        self.handle(ev.WorkerStatusChange(sid(), address=address, status=status))
+        self.handle(ev.WorkerStatusChange(sid(), worker=address, status=status))
 
     def replicas(self) -> None:
         rng, s = self.rng, self.s
@@ -1891,7 +1891,7 @@ class _Cluster:
                 self.add_worker(index)
         for address in self.live.values():
             if self.s.workers[address].status != "running":
-                self.handle(ev.WorkerStatusChange(sid(), address=address, status="running"))
+                self.handle(ev.WorkerStatusChange(sid(), worker=address, status="running"))
         for _ in range(100_000):
             while self.late:
                 self.report_late()

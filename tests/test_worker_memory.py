@@ -80,7 +80,7 @@ class Recorder:
         self.calls: list[dict] = []
         handlers = {op: self._replier(reply) for op, reply in ops.items()}
         handlers["register-worker"] = self._register
-        self.server = Server(handlers=handlers, stream_handlers={})
+        self.server = Server(handlers=handlers)
 
     @property
     def address(self) -> str:

@@ -163,7 +163,7 @@ def test_single_task_lifecycle():
 
     done = ev.ExecuteSuccess(sid(), key, 3, "result", 123, "str", 0.25)
     out = step(s, done)
-    assert out == [ins.TaskFinishedMsg(done.stimulus_id, key, 3, 123, "str", 0.25)]
+    assert out == [ins.TaskFinished(done.stimulus_id, key, 3, 123, "str", 0.25)]
     assert out[0].to_message() == {
         "op": "task-finished",
         "stimulus_id": done.stimulus_id,
@@ -221,7 +221,7 @@ def test_compute_task_for_key_in_memory_reports_it_again():
     step(s, success("a", nbytes=5))
     e = compute("a", run_id=2)
     out = step(s, e)
-    assert out == [ins.TaskFinishedMsg(e.stimulus_id, "a", 2, 5, "tuple", 0.0)]
+    assert out == [ins.TaskFinished(e.stimulus_id, "a", 2, 5, "tuple", 0.0)]
 
 
 # ---------------------------------------------------------------------- threads
@@ -243,11 +243,11 @@ def test_threads_and_priorities():
     # a seceded task gives its thread back and still finishes
     e = ev.Secede(sid(), "t4")
     out = step(s, e)
-    assert out == [ins.LongRunningMsg(e.stimulus_id, "t4", 1), ins.Execute(e.stimulus_id, "t2", 1)]
+    assert out == [ins.LongRunning(e.stimulus_id, "t4", 1), ins.Execute(e.stimulus_id, "t2", 1)]
     assert states(s, "t4") == ["long-running"]
     assert s.busy_threads == 2  # t0 and t2
     out = step(s, success("t4"))
-    assert of(out, ins.TaskFinishedMsg)[0].key == "t4"
+    assert of(out, ins.TaskFinished)[0].key == "t4"
     assert executes(out) == []
     assert s.busy_threads == 2
     for key in ("t0", "t2"):
@@ -297,19 +297,19 @@ def test_dependencies_fetched_in_batches_per_peer():
 
     # P2 answers: P3 gets its request, P1 is still busy
     out = step(s, gathered(g[P2]))
-    assert of(out, ins.AddKeysMsg) == [ins.AddKeysMsg(out[0].stimulus_id, (("e", 0),))]
+    assert of(out, ins.AddKeys) == [ins.AddKeys(out[0].stimulus_id, (("e", 0),))]
     g3 = one(out, ins.GatherDep)
     assert (g3.worker, g3.keys) == (P3, (("f", 0),))
     # P1 answers: the fourth key is asked of P1
     out = step(s, gathered(g[P1]))
-    assert one(out, ins.AddKeysMsg).keys == g[P1].keys
+    assert one(out, ins.AddKeys).keys == g[P1].keys
     (last,) = {("d", i) for i in range(4)} - set(g[P1].keys)
     assert one(out, ins.GatherDep).keys == (last,)
     out = step(s, gathered(one(out, ins.GatherDep)))
     assert executes(out) == ["x"]
     out = step(s, gathered(g3))
     assert executes(out) == ["y"]
-    assert one(out, ins.AddKeysMsg).keys == (("f", 0),)
+    assert one(out, ins.AddKeys).keys == (("f", 0),)
 
 
 def test_a_key_bigger_than_the_batch_is_fetched_alone():
@@ -327,7 +327,7 @@ def test_gather_success_makes_dependent_ready():
     reply = gathered(gd)
     out = step(s, reply)
     assert out == [
-        ins.AddKeysMsg(reply.stimulus_id, (("a", 0),)),
+        ins.AddKeys(reply.stimulus_id, (("a", 0),)),
         ins.Execute(reply.stimulus_id, ("x", 1), 1),
     ]
     assert s.data[("a", 0)] == ("v", ("a", 0))
@@ -380,7 +380,7 @@ def test_gather_failure_tries_another_holder():
     assert gd.worker == P1
     fail = gather_failed(gd)
     out = step(s, fail)
-    assert out[0] == ins.MissingDataMsg(fail.stimulus_id, "a", P1)
+    assert out[0] == ins.MissingData(fail.stimulus_id, "a", P1)
     assert one(out, ins.GatherDep).worker == P2
     assert s.tasks["a"].who_has == {P2}
     out = step(s, gathered(one(out, ins.GatherDep)))
@@ -398,9 +398,9 @@ def test_key_missing_from_reply():
     assert set(gd.keys) == {"a", "b"}
     reply = gathered(gd, "b")
     out = step(s, reply)
-    assert ins.AddKeysMsg(reply.stimulus_id, ("a",)) in out
-    assert ins.MissingDataMsg(reply.stimulus_id, "b", P1) in out
-    assert ins.RescheduleMsg(reply.stimulus_id, "x", 4) in out  # b has no other holder
+    assert ins.AddKeys(reply.stimulus_id, ("a",)) in out
+    assert ins.MissingData(reply.stimulus_id, "b", P1) in out
+    assert ins.TaskRescheduled(reply.stimulus_id, "x", 4) in out  # b has no other holder
     assert executes(out) == ["y"]
     assert states(s, "x", "b", "a", "y") == ["forgotten", "forgotten", "memory", "executing"]
 
@@ -412,8 +412,8 @@ def test_no_holder_left_gives_the_dependent_back():
     fail = gather_failed(g[P1])
     out = step(s, fail)
     assert out == [
-        ins.MissingDataMsg(fail.stimulus_id, ("a", 0), P1),
-        ins.RescheduleMsg(fail.stimulus_id, ("x", 0), 2),
+        ins.MissingData(fail.stimulus_id, ("a", 0), P1),
+        ins.TaskRescheduled(fail.stimulus_id, ("x", 0), 2),
     ]
     assert states(s, ("x", 0), ("a", 0)) == ["forgotten", "forgotten"]
     assert states(s, ("b", 0)) == ["cancelled"]  # still coming, nobody wants it
@@ -434,7 +434,7 @@ def test_gather_error_fails_the_dependents():
     e = ev.GatherDepError(sid(), P1, gd.keys, error)
     out = step(s, e)
     assert out == [
-        ins.TaskErredMsg(
+        ins.TaskErred(
             e.stimulus_id, "x", 3, error["exception"], "tb", error["exception_text"], "tb-text"
         )
     ]
@@ -462,7 +462,7 @@ def test_free_while_executing_cancels():
     assert states(s, "a") == ["cancelled"]
     assert s.busy_threads == 1  # its thread is still taken
     out = step(s, success("a"))
-    assert not of(out, ins.TaskFinishedMsg)
+    assert not of(out, ins.TaskFinished)
     assert executes(out) == ["b"]
     assert "a" not in s.data and states(s, "a") == ["forgotten"]
     step(s, free("b"))
@@ -487,7 +487,7 @@ def test_compute_again_resumes_a_cancelled_task():
     assert step(s, compute(("a", 0), run_id=2)) == []  # still running: no second Execute
     assert states(s, ("a", 0)) == ["executing"]
     out = step(s, success(("a", 0), run_id=1))
-    assert one(out, ins.TaskFinishedMsg).run_id == 2
+    assert one(out, ins.TaskFinished).run_id == 2
     assert states(s, ("a", 0)) == ["memory"]
 
 
@@ -499,9 +499,9 @@ def test_free_long_running_then_resume():
     assert states(s, "a") == ["cancelled"] and s.busy_threads == 0
     out = step(s, compute("a", run_id=2))
     assert states(s, "a") == ["long-running"]
-    assert of(out, ins.LongRunningMsg) == [ins.LongRunningMsg(out[0].stimulus_id, "a", 2)]
+    assert of(out, ins.LongRunning) == [ins.LongRunning(out[0].stimulus_id, "a", 2)]
     out = step(s, success("a"))
-    assert one(out, ins.TaskFinishedMsg).run_id == 2
+    assert one(out, ins.TaskFinished).run_id == 2
 
 
 def test_secede_while_cancelled_frees_the_thread():
@@ -513,8 +513,8 @@ def test_secede_while_cancelled_frees_the_thread():
     out = step(s, compute("b"))
     assert executes(out) == ["b"]
     out = step(s, compute("a", run_id=2))  # resumed: the scheduler hears it seceded
-    assert out == [ins.LongRunningMsg(out[0].stimulus_id, "a", 2)]
-    assert one(step(s, success("a")), ins.TaskFinishedMsg).run_id == 2
+    assert out == [ins.LongRunning(out[0].stimulus_id, "a", 2)]
+    assert one(step(s, success("a")), ins.TaskFinished).run_id == 2
     step(s, success("b"))
     step(s, free("a", "b"))
     assert_empty(s)
@@ -539,7 +539,7 @@ def test_free_while_in_flight_then_needed_again():
     assert out == []  # the transfer under way will do
     out = step(s, gathered(gd))
     assert executes(out) == ["y"]
-    assert one(out, ins.AddKeysMsg).keys == ("a",)
+    assert one(out, ins.AddKeys).keys == ("a",)
 
 
 def test_dependency_cancelled_while_executing_then_needed():
@@ -550,7 +550,7 @@ def test_dependency_cancelled_while_executing_then_needed():
     out = step(s, compute("y", who_has={"a": [P1]}))
     assert executes(out) == []
     out = step(s, success("a"))
-    assert not of(out, ins.TaskFinishedMsg)
+    assert not of(out, ins.TaskFinished)
     gd = one(out, ins.GatherDep)
     assert gd.keys == ("a",)
     assert executes(step(s, gathered(gd))) == ["y"]
@@ -563,7 +563,7 @@ def test_free_while_fetching_then_data_arrives_for_other_keys():
     assert set(gd.keys) == {"a", "b"}
     step(s, free("x"))
     out = step(s, gathered(gd))
-    assert one(out, ins.AddKeysMsg).keys == ("b",)
+    assert one(out, ins.AddKeys).keys == ("b",)
     assert executes(out) == ["y"]
     assert "a" not in s.data and states(s, "a") == ["forgotten"]
 
@@ -574,7 +574,7 @@ def test_compute_task_for_key_in_flight_takes_the_transfer():
     gd = one(out, ins.GatherDep)
     assert step(s, compute("a", run_id=7)) == []
     out = step(s, gathered(gd))
-    assert one(out, ins.TaskFinishedMsg).run_id == 7
+    assert one(out, ins.TaskFinished).run_id == 7
     assert executes(out) == ["x"]
 
 
@@ -585,8 +585,8 @@ def test_compute_task_for_key_in_flight_whose_transfer_fails():
     gd = one(out, ins.GatherDep)
     assert step(s, compute("a", run_id=7)) == []
     out = step(s, gather_failed(gd))
-    assert ins.RescheduleMsg(out[0].stimulus_id, "a", 7) in out  # a is not left hanging
-    assert ins.RescheduleMsg(out[0].stimulus_id, "x", 1) in out
+    assert ins.TaskRescheduled(out[0].stimulus_id, "a", 7) in out  # a is not left hanging
+    assert ins.TaskRescheduled(out[0].stimulus_id, "x", 1) in out
     assert_empty(s)
 
 
@@ -598,7 +598,7 @@ def test_free_key_being_fetched_then_compute_it():
     assert step(s, compute("a", run_id=3)) == []  # resumed: the data on its way will do
     assert states(s, "a") == ["flight"]
     out = step(s, gathered(gd))
-    assert one(out, ins.TaskFinishedMsg).run_id == 3
+    assert one(out, ins.TaskFinished).run_id == 3
 
 
 def test_compute_task_for_key_waiting_to_be_fetched():
@@ -611,7 +611,7 @@ def test_compute_task_for_key_waiting_to_be_fetched():
     assert executes(out) == ["b"]
     assert executes(step(s, gathered(gd))) == []  # x waits for the thread
     out = step(s, success("b", run_id=2))
-    assert one(out, ins.TaskFinishedMsg).run_id == 2
+    assert one(out, ins.TaskFinished).run_id == 2
     assert executes(out) == ["x"]
     assert executes(step(s, success("x"))) == ["y"]
     assert not s.in_flight_peers
@@ -628,7 +628,7 @@ def test_execute_failure():
     e = ev.ExecuteFailure(sid(), key, 9, exc, "tb", "ZeroDivisionError(...)", "Traceback...")
     out = step(s, e)
     assert out == [
-        ins.TaskErredMsg(e.stimulus_id, key, 9, exc, "tb", "ZeroDivisionError(...)", "Traceback...")
+        ins.TaskErred(e.stimulus_id, key, 9, exc, "tb", "ZeroDivisionError(...)", "Traceback...")
     ]
     msg = out[0].to_message()
     assert msg["op"] == "task-erred"
@@ -642,7 +642,7 @@ def test_reschedule():
     step(s, compute("a", run_id=4))
     e = ev.RescheduleTask(sid(), "a", 4)
     out = step(s, e)
-    assert out == [ins.RescheduleMsg(e.stimulus_id, "a", 4)]
+    assert out == [ins.TaskRescheduled(e.stimulus_id, "a", 4)]
     assert out[0].to_message() == {
         "op": "reschedule",
         "stimulus_id": e.stimulus_id,
@@ -657,7 +657,7 @@ def test_failure_of_a_long_running_task():
     step(s, compute("a"))
     step(s, ev.Secede(sid(), "a"))
     out = step(s, failure("a"))
-    assert one(out, ins.TaskErredMsg).key == "a"
+    assert one(out, ins.TaskErred).key == "a"
     assert_empty(s)
 
 
@@ -733,7 +733,7 @@ def test_pause():
     step(s, compute("running"))
     e = ev.PauseChange(sid(), True)
     out = step(s, e)
-    assert out == [ins.PauseMsg(e.stimulus_id, "paused")]
+    assert out == [ins.WorkerStatusChange(e.stimulus_id, "paused")]
     assert out[0].to_message() == {
         "op": "worker-status-change",
         "stimulus_id": e.stimulus_id,
@@ -742,10 +742,10 @@ def test_pause():
     assert step(s, compute("a")) == []
     assert step(s, compute("b", who_has={"d": [P1]})) == []
     out = step(s, success("running"))
-    assert [type(i) for i in out] == [ins.TaskFinishedMsg]  # no new task while paused
+    assert [type(i) for i in out] == [ins.TaskFinished]  # no new task while paused
     e = ev.PauseChange(sid(), False)
     out = step(s, e)
-    assert out[0] == ins.PauseMsg(e.stimulus_id, "running")
+    assert out[0] == ins.WorkerStatusChange(e.stimulus_id, "running")
     assert executes(out) == ["a"]
     assert one(out, ins.GatherDep).keys == ("d",)
 
@@ -815,7 +815,7 @@ def test_acquire_replicas_fetches_and_keeps_the_keys():
     assert states(s, "a", "b") == ["flight", "flight"]
     e = gathered(gd, nbytes=7)
     out = step(s, e)
-    assert out == [ins.AddKeysMsg(e.stimulus_id, gd.keys)]
+    assert out == [ins.AddKeys(e.stimulus_id, gd.keys)]
     assert states(s, "a", "b") == ["memory", "memory"]  # kept: no task here needs them
     assert s.nbytes == 14
     step(s, free("a", "b"))
@@ -828,7 +828,7 @@ def test_acquire_replicas_of_keys_held_here_reports_them_at_once():
     step(s, compute("x"))
     step(s, success("x", nbytes=5))
     e = acquire({"x": [P1]})
-    assert step(s, e) == [ins.AddKeysMsg(e.stimulus_id, ("x",))]
+    assert step(s, e) == [ins.AddKeys(e.stimulus_id, ("x",))]
     assert s.nbytes == 5
     step(s, free("x"))
     assert_empty(s)
@@ -841,7 +841,7 @@ def test_acquire_replica_of_a_dependency_outlives_its_dependent():
     step(s, free("x"))
     assert states(s, "x", "a") == ["forgotten", "flight"]
     out = step(s, gathered(gd))
-    assert one(out, ins.AddKeysMsg).keys == ("a",)
+    assert one(out, ins.AddKeys).keys == ("a",)
     assert states(s, "a") == ["memory"]
     step(s, free("a"))
     assert_empty(s)
@@ -862,7 +862,7 @@ def test_acquire_replica_again_while_cancelled_takes_the_transfer():
     step(s, free("a"))
     assert step(s, acquire({"a": [P1]})) == []
     assert states(s, "a") == ["flight"]
-    assert one(step(s, gathered(gd)), ins.AddKeysMsg).keys == ("a",)
+    assert one(step(s, gathered(gd)), ins.AddKeys).keys == ("a",)
     step(s, free("a"))
     assert_empty(s)
 
@@ -871,12 +871,12 @@ def test_acquire_replica_from_another_holder_then_give_up():
     s = ws()
     gd = one(step(s, acquire({"a": [P1, P2]})), ins.GatherDep)
     out = step(s, gather_failed(gd))
-    assert one(out, ins.MissingDataMsg).errant_worker == gd.worker
+    assert one(out, ins.MissingData).errant_worker == gd.worker
     gd2 = one(out, ins.GatherDep)
     assert gd2.worker != gd.worker
     out = step(s, gathered(gd2, "a"))  # missing there too: no holder left
-    assert one(out, ins.MissingDataMsg).errant_worker == gd2.worker
-    assert not of(out, ins.AddKeysMsg) and not of(out, ins.RescheduleMsg)
+    assert one(out, ins.MissingData).errant_worker == gd2.worker
+    assert not of(out, ins.AddKeys) and not of(out, ins.TaskRescheduled)
     assert_empty(s)
 
 
@@ -1055,22 +1055,22 @@ class _Sim:
                 assert s.tasks[key].state == "flight" and i.worker in s.tasks[key].who_has
             self.requests[i.worker] = i
             assert len(self.requests) <= s.max_peers_in_flight
-        elif isinstance(i, ins.TaskFinishedMsg):
+        elif isinstance(i, ins.TaskFinished):
             assert self.assigned.pop(i.key) == i.run_id, i
             assert s.data[i.key] == ("v", i.key)
             self.here.add(i.key)
-        elif isinstance(i, (ins.TaskErredMsg, ins.RescheduleMsg)):
+        elif isinstance(i, (ins.TaskErred, ins.TaskRescheduled)):
             assert self.assigned.pop(i.key) == i.run_id, i
             if i.key not in self.holders and i.key not in self.here:
                 self.lost.add(i.key)
-        elif isinstance(i, ins.LongRunningMsg):
+        elif isinstance(i, ins.LongRunning):
             assert self.assigned[i.key] == i.run_id, i
-        elif isinstance(i, ins.AddKeysMsg):
+        elif isinstance(i, ins.AddKeys):
             for key in i.keys:
                 assert s.data[key] == ("v", key)
             self.here.update(i.keys)
             self.lost.difference_update(i.keys)
-        elif isinstance(i, ins.MissingDataMsg):
+        elif isinstance(i, ins.MissingData):
             assert i.errant_worker in _PEERS
             holders = self.holders.get(i.key, set())
             holders.discard(i.errant_worker)
@@ -1078,7 +1078,7 @@ class _Sim:
                 del self.holders[i.key]
                 if i.key not in self.here and i.key not in self.assigned:
                     self.lost.add(i.key)
-        elif isinstance(i, ins.PauseMsg):
+        elif isinstance(i, ins.WorkerStatusChange):
             assert i.status == ("paused" if self.paused else "running")
         else:
             raise AssertionError(i)

@@ -70,9 +70,8 @@ def fire_and_forget(obj: Any) -> None:
     for future in futures:
         future.client._send(
             {
-                "op": "client-desires-keys",
+                "op": "fire-and-forget",
                 "keys": [future.key],
-                "client": "fire-and-forget",
                 "stimulus_id": f"fire-and-forget-{future.key}",
             }
         )

@@ -1,7 +1,7 @@
 """Servers with operation handlers, a connection pool for calls, and batched streams."""
 
-from distributary.core.batched import BatchedSend
+from distributary.core.batched import BatchedSend, read_messages
 from distributary.core.rpc import ConnectionPool, RPCProxy
 from distributary.core.server import Server
 
-__all__ = ["BatchedSend", "ConnectionPool", "RPCProxy", "Server"]
+__all__ = ["BatchedSend", "ConnectionPool", "RPCProxy", "Server", "read_messages"]

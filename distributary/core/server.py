@@ -1,12 +1,12 @@
-"""Server: answers request/reply operations and reads batched streams.
+"""Server: answers request/reply operations.
 
 Every comm a server accepts is served by :meth:`Server.handle_comm`: it reads a
 message ``{"op": name, ...}``, calls ``handlers[name](comm, msg)`` and writes the
 result back (unless the message says ``"reply": False``). A handler that raises
 makes the reply an error message (see :func:`distributary.protocol.error_message`)
 and the server keeps serving the comm. A handler may also take the comm over for
-good, e.g. by calling :meth:`Server.handle_stream`, which reads batches of
-``{"op": ...}`` messages and dispatches them to ``stream_handlers`` without replies.
+good, e.g. to read it as a batched stream (:func:`distributary.core.read_messages`);
+:meth:`Server.close` aborts it then too.
 """
 
 from __future__ import annotations
@@ -31,16 +31,10 @@ def _describe(msg: object, limit: int = 200) -> str:
 
 
 class Server:
-    """Serve ``handlers`` (request/reply) and ``stream_handlers`` (batched streams)."""
+    """Serve ``handlers``: request/reply operations, by name."""
 
-    def __init__(
-        self,
-        handlers: dict[str, Callable],
-        stream_handlers: dict[str, Callable],
-        handshake_info: dict | None = None,
-    ):
+    def __init__(self, handlers: dict[str, Callable], handshake_info: dict | None = None):
         self.handlers = handlers
-        self.stream_handlers = stream_handlers
         self.handshake_info = dict(handshake_info or {})
         self.listeners: list[Listener] = []
         # comms being served, and the task serving each
@@ -139,54 +133,6 @@ class Server:
             except CommClosedError:
                 return False
         return True
-
-    async def handle_stream(self, comm: Comm, on_close: Callable[[], Any] | None = None) -> None:
-        """Dispatch stream messages from ``comm`` to ``stream_handlers`` until it closes.
-
-        Each message read is a dict or a list/tuple of dicts, each handled by
-        ``stream_handlers[d["op"]](d)`` (awaited if it returns an awaitable); errors
-        are logged and reading goes on. ``on_close()`` (awaited if needed) is called
-        when the comm is finished.
-        """
-        owned = comm not in self._comms
-        if owned:
-            self._comms[comm] = asyncio.current_task()
-        handlers = self.stream_handlers
-        try:
-            while True:
-                try:
-                    batch = await comm.read()
-                except CommClosedError:
-                    return
-                if isinstance(batch, dict):
-                    batch = (batch,)
-                elif not isinstance(batch, (list, tuple)):
-                    logger.error("Ignoring stream message from %s: %s", comm.peer_address, batch)
-                    continue
-                for msg in batch:
-                    try:
-                        op = msg["op"]
-                        handler = handlers[op]
-                    except (KeyError, TypeError):
-                        logger.error(
-                            "Unknown stream operation from %s: %s",
-                            comm.peer_address,
-                            _describe(msg),
-                        )
-                        continue
-                    try:
-                        result = handler(msg)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception:
-                        logger.exception("Error in stream handler %r", op)
-        finally:
-            if owned:
-                self._comms.pop(comm, None)
-            if on_close is not None:
-                result = on_close()
-                if inspect.isawaitable(result):
-                    await result
 
     async def close(self) -> None:
         """Stop listening, abort every comm being served and wait for their tasks."""

@@ -136,7 +136,6 @@ class Nanny(ServerNode):
                 "close_gracefully": self._handle_close_gracefully,
                 "identity": self._handle_identity,
             },
-            stream_handlers={},
         )
         self._lock = asyncio.Lock()
         self._close_timeout = 5.0

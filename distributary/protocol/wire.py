@@ -32,7 +32,18 @@ _INLINE_MAX = 64 * 1024  # bytes of frames below which a serialized value is inl
 
 
 class ProtocolError(ValueError):
-    """The bytes received are not a valid message."""
+    """What was received is not a valid message; ``op`` and ``field`` say where, when
+    known."""
+
+    def __init__(self, problem: str, op: Any = None, field: str | None = None):
+        self.problem, self.op, self.field = problem, op, field
+        where = f"Malformed {op!r} message" if op is not None else "Malformed message"
+        if field is not None:
+            where += f", field {field!r}"
+        super().__init__(f"{where}: {problem}" if op is not None or field else problem)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.problem, self.op, self.field)
 
 
 def dumps_message(msg: Any) -> list:

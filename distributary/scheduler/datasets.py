@@ -71,8 +71,7 @@ class DatasetExtension:
     """The scheduler's store of published datasets.
 
     ``handlers`` (request/reply operations) go into the scheduler server's handlers and
-    ``stream_handlers`` (translators of client stream messages, which return no event)
-    into the scheduler's client stream translators.
+    ``message_handlers`` (of messages on the clients' streams) into the scheduler's.
     """
 
     def __init__(self, scheduler: Scheduler):
@@ -85,16 +84,13 @@ class DatasetExtension:
             "publish-list": self.list,
             "publish-delete": self.delete,
         }
-        self.stream_handlers = {"publish-flush": self.flush_received}
+        self.message_handlers = {ev.PublishFlush: self.flush_received}
 
     # ------------------------------------------------------------------ ordering
 
-    def flush_received(self, client: str, msg: dict) -> None:
+    def flush_received(self, msg: ev.PublishFlush) -> None:
         """A client's ``publish-flush`` stream message: wake the request waiting for it."""
-        uid = msg["uid"]
-        if not isinstance(uid, str):
-            raise TypeError(f"uid: unexpected {type(uid).__name__}")
-        self._flush_event(uid).set()
+        self._flush_event(msg.uid).set()
         while len(self._flushes) > _MAX_PENDING_FLUSHES:
             self._flushes.popitem(last=False)
 
@@ -167,7 +163,9 @@ class DatasetExtension:
             self.datasets[name] = Dataset(name, value, dataset_keys, pseudo)
             # Want the new keys before letting go of the old ones: a key in both stays.
             if dataset_keys:
-                self.scheduler._handle(ev.ClientDesiresKeys(stimulus_id, pseudo, dataset_keys))
+                self.scheduler._handle(
+                    ev.ClientDesiresKeys(stimulus_id, dataset_keys, client=pseudo)
+                )
             if old is not None:
                 self._release(old, stimulus_id, keep=set(dataset_keys))
 
@@ -190,7 +188,7 @@ class DatasetExtension:
             wanted.update(dict.fromkeys(dataset.keys))
         if connected and wanted:
             self.scheduler._handle(
-                ev.ClientDesiresKeys(f"publish-get-{client}", client, tuple(wanted))
+                ev.ClientDesiresKeys(f"publish-get-{client}", tuple(wanted), client=client)
             )
         return out
 
@@ -234,7 +232,9 @@ class DatasetExtension:
             return
         unwanted = tuple(k for k in dataset.keys if k not in keep)
         if unwanted:
-            self.scheduler._handle(ev.ClientReleasesKeys(stimulus_id, dataset.client, unwanted))
+            self.scheduler._handle(
+                ev.ClientReleasesKeys(stimulus_id, unwanted, client=dataset.client)
+            )
 
 
 def _sequence(value: Any, name: str) -> tuple | list:

@@ -1,7 +1,8 @@
 """Stimuli the scheduler's state machine reacts to.
 
-Every event is a small frozen value.  The server turns each incoming message into
-one event and hands it to :meth:`SchedulerState.handle`; tests build them directly.
+Every event is a small frozen value: the messages of workers and clients (declared in
+:mod:`distributary.protocol`, named here too) and the server's own events below.  The
+server hands them to :meth:`SchedulerState.handle`; tests build them directly.
 ``stimulus_id`` names the cause so that :meth:`SchedulerState.story` can tell why a
 key moved.
 """
@@ -11,25 +12,61 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-Key = Any  # str, bytes, int or a (nested) tuple of these
+from distributary.protocol.client_messages import (
+    CancelKeys,
+    ClientDesiresKeys,
+    ClientReleasesKeys,
+    FireAndForget,
+    FromClient,
+    PublishFlush,
+    RetryKeys,
+    ScatterData,
+    TaskSpec,
+    UpdateGraph,
+)
+from distributary.protocol.worker_messages import (
+    AddKeys,
+    FromWorker,
+    LongRunning,
+    MissingData,
+    TaskErred,
+    TaskFinished,
+    TaskRescheduled,
+    WorkerHeartbeat,
+    WorkerStatusChange,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
-    """One task of a graph as a client describes it.
-
-    ``payload`` is opaque: the scheduler forwards it to a worker and never looks inside.
-    ``priority`` sorts ascending: smaller runs first.
-    """
-
-    key: Key
-    payload: Any
-    dependencies: tuple = ()
-    priority: tuple = (0,)
-    retries: int = 0
-    workers: tuple | None = None
-    allow_other_workers: bool = False
-    resources: dict | None = None
+__all__ = [
+    "AddClient",
+    "AddKeys",
+    "AddWorker",
+    "CancelKeys",
+    "CancelRetirement",
+    "Event",
+    "ClientDesiresKeys",
+    "ClientReleasesKeys",
+    "FireAndForget",
+    "FromClient",
+    "FromWorker",
+    "LongRunning",
+    "MissingData",
+    "PublishFlush",
+    "RemoveClient",
+    "RemoveWorker",
+    "Restart",
+    "RetireWorkers",
+    "RetryKeys",
+    "ScatterData",
+    "SchedulerEvent",
+    "TaskErred",
+    "TaskFinished",
+    "TaskRescheduled",
+    "TaskSpec",
+    "Tick",
+    "UpdateGraph",
+    "WorkerHeartbeat",
+    "WorkerStatusChange",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,18 +77,6 @@ class SchedulerEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class ClientEvent(SchedulerEvent):
-    """Base of the events a client's message causes.
-
-    ``seq`` numbers the client's messages in the order it sent them (0: not numbered);
-    the reports sent back to that client carry the last one handled as their ``ack``.
-    """
-
-    client: str
-    seq: int = field(default=0, kw_only=True)
-
-
-@dataclass(frozen=True, slots=True)
 class AddClient(SchedulerEvent):
     client: str
 
@@ -59,56 +84,6 @@ class AddClient(SchedulerEvent):
 @dataclass(frozen=True, slots=True)
 class RemoveClient(SchedulerEvent):
     client: str
-
-
-@dataclass(frozen=True, slots=True)
-class UpdateGraph(ClientEvent):
-    """A client submits tasks and wants the keys in ``wanted``.
-
-    ``continues``: these tasks are the next part of the client's previous graph, sent in
-    parts so that its first tasks can start early; they share its place in the order.
-    """
-
-    tasks: tuple[TaskSpec, ...]
-    wanted: tuple = ()
-    continues: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ClientDesiresKeys(ClientEvent):
-    keys: tuple
-
-
-@dataclass(frozen=True, slots=True)
-class ClientReleasesKeys(ClientEvent):
-    keys: tuple
-
-
-@dataclass(frozen=True, slots=True)
-class CancelKeys(ClientEvent):
-    """A client cancels keys; with ``force`` even if other clients want them."""
-
-    keys: tuple
-    force: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RetryKeys(ClientEvent):
-    """A client asks to run erred keys (and their erred dependencies) again."""
-
-    keys: tuple
-
-
-@dataclass(frozen=True, slots=True)
-class ScatterData(ClientEvent):
-    """A client placed data on workers itself: ``who_has`` maps key to worker addresses.
-
-    ``client`` is empty when no client wants the data (a worker's own scatter).
-    """
-
-    who_has: dict
-    nbytes: dict
-    types: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +105,6 @@ class RemoveWorker(SchedulerEvent):
     address: str
     safe: bool = False
     reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerHeartbeat(SchedulerEvent):
-    """A worker is alive; ``memory`` holds its ``process``, ``managed`` and ``spilled`` bytes."""
-
-    address: str
-    time: float
-    memory: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,65 +144,4 @@ class Restart(SchedulerEvent):
     """
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerStatusChange(SchedulerEvent):
-    """A worker paused (memory pressure) or resumed ("running")."""
-
-    address: str
-    status: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskFinished(SchedulerEvent):
-    worker: str
-    key: Key
-    run_id: int
-    nbytes: int
-    type: str = ""
-    duration: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class TaskErred(SchedulerEvent):
-    worker: str
-    key: Key
-    run_id: int
-    exception: Any
-    traceback: Any
-    exception_text: str = ""
-    traceback_text: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRescheduled(SchedulerEvent):
-    """The task raised ``Reschedule`` or the worker gave it back."""
-
-    worker: str
-    key: Key
-    run_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class LongRunning(SchedulerEvent):
-    """A task seceded from its worker's thread pool: it no longer occupies a slot."""
-
-    worker: str
-    key: Key
-    run_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class AddKeys(SchedulerEvent):
-    """A worker holds replicas of these keys (after fetching them as dependencies)."""
-
-    worker: str
-    keys: tuple
-
-
-@dataclass(frozen=True, slots=True)
-class MissingData(SchedulerEvent):
-    """``worker`` could not get ``key`` from ``errant_worker``, which was said to hold it."""
-
-    worker: str
-    key: Key
-    errant_worker: str
+Event = SchedulerEvent | FromWorker | FromClient

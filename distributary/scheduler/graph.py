@@ -22,7 +22,9 @@ def read_graph(
 
     A task already known (and not a bare released record) keeps its record: a key the
     client sends again is the same task.  A dependency not in ``tasks`` is linked to a
-    record left out of the table, which :func:`forget_lost` finds.
+    record left out of the table, which :func:`forget_lost` finds.  Payloads are kept
+    until their tasks are forgotten, and a map sends the same pickled function with
+    every task: one copy of it is kept.
     """
     fresh: list[tuple[TaskRecord, TaskSpec]] = []
     created: set[TaskRecord] = set()
@@ -34,8 +36,12 @@ def read_graph(
         elif ts.state != "released" or ts.payload is not None:
             continue
         fresh.append((ts, spec))
+    functions: dict[bytes, bytes] = {}
     for ts, spec in fresh:  # a second pass: dependencies may come after dependents
         _fill(tasks, ts, spec, generation)
+        payload = ts.payload
+        if type(payload) is dict and type(payload.get("func")) is bytes:
+            payload["func"] = functions.setdefault(payload["func"], payload["func"])
     return [ts for ts, _ in fresh], created
 
 

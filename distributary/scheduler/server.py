@@ -1,9 +1,11 @@
 """The Scheduler: the server around :class:`~distributary.scheduler.state.SchedulerState`.
 
 Workers and clients each keep one long-lived stream to the scheduler.  Every batch
-of messages read from a stream becomes events for the state machine in one call,
-and the instructions it returns go out on the batched streams of the workers and
-clients they name.  The scheduler never unpickles a task payload.
+read from a stream is decoded into the messages of :mod:`distributary.protocol`,
+which the state machine takes in one call (those an extension registered in
+``message_handlers`` go to it instead), and the messages it returns go out on the
+batched streams of the workers and clients they name.  The scheduler never unpickles
+a task payload.
 """
 
 from __future__ import annotations
@@ -19,17 +21,18 @@ from typing import Any
 import dask.config
 from dask.utils import parse_timedelta
 
-from distributary.comm import CommClosedError
 from distributary.comm.addressing import get_address_host, normalize_address
-from distributary.core import BatchedSend, ConnectionPool, Server
+from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
+from distributary.protocol.client_messages import FROM_CLIENT
 from distributary.protocol.serialize import Serialize, Serialized
+from distributary.protocol.worker_messages import FROM_WORKER, Unregister
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.records import WorkerRecord
-from distributary.scheduler.state import FIRE_AND_FORGET, SchedulerState
+from distributary.scheduler.state import SchedulerState
 from distributary.utils.gc_pause import gc_paused
 
 logger = logging.getLogger("distributary.scheduler")
@@ -82,17 +85,18 @@ class Scheduler(ServerNode):
                 "story": self._handle_story,
                 "terminate": self._handle_terminate,
             },
-            stream_handlers={},
         )
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
-        self._from_worker = dict(FROM_WORKER)
-        self._from_client = dict(FROM_CLIENT)
+        # The messages handled here or by an extension; the others go to the state.
+        self.message_handlers: dict[type, Callable[[Any], bool | None]] = {
+            Unregister: lambda msg: False,
+        }
         self.pool = ConnectionPool(role="scheduler")
         self.inproc_address: str | None = None  # the same server, in memory
         self.datasets = DatasetExtension(self)
         self.server.handlers.update(self.datasets.handlers)
-        self._from_client.update(self.datasets.stream_handlers)
+        self.message_handlers.update(self.datasets.message_handlers)
         self.lifecycle = WorkerLifecycle(self)
         self.server.handlers.update(self.lifecycle.handlers)
 
@@ -197,7 +201,7 @@ class Scheduler(ServerNode):
 
     # ------------------------------------------------------------------ state machine
 
-    def _handle(self, *events: ev.SchedulerEvent) -> None:
+    def _handle(self, *events: ev.Event) -> None:
         if not events:
             return
         for instruction in self.state.handle(*events):
@@ -216,76 +220,31 @@ class Scheduler(ServerNode):
                 msg["traceback"] = _serializable(msg["traceback"])
             stream.send(msg)
 
-    async def _read_stream(
-        self,
-        comm: Any,
-        sender: str,
-        translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
-    ) -> None:
-        """Turn each batch read from a worker's or client's stream into events."""
-        while True:
-            try:
-                msgs = await comm.read()
-            except CommClosedError:
-                return
-            if not await self._handle_batch(msgs, sender, translators):
-                return
-            del msgs  # (not kept while waiting: a batch may be a graph of 100,000 tasks)
+    async def _handle_messages(self, messages: list) -> bool:
+        """Handle one batch of a stream's messages, in order; False if its peer
+        unregistered.
 
-    async def _handle_batch(
-        self,
-        msgs: Any,
-        sender: str,
-        translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
-    ) -> bool:
-        """Translate and handle one batch, in order; False if the sender unregistered.
-
-        Each part of a graph is handled on its own, with the cycle collector paused, and
-        the streams may send what it started before the next part is read.
+        Each part of a graph is handled on its own, with the cycle collector paused,
+        and the streams may send what it started before the next part is handled.
         """
-        if isinstance(msgs, dict):
-            msgs = (msgs,)
-        elif not isinstance(msgs, list | tuple):
-            logger.warning("Malformed batch from %s: %.200r", sender, msgs)
-            return True
-        events = []
-        for msg in msgs:
-            op = msg.get("op") if isinstance(msg, dict) else None
-            if op == "unregister":
-                self._handle(*events)
-                return False
-            if op != "update-graph":
-                event = self._translate(op, msg, sender, translators)
-                if event is not None:
-                    events.append(event)
+        events: list = []
+        for msg in messages:
+            handler = self.message_handlers.get(type(msg))
+            if handler is None and type(msg) is not ev.UpdateGraph:
+                events.append(msg)
                 continue
             self._handle(*events)
             events = []
+            if handler is not None:
+                if handler(msg) is False:
+                    return False
+                continue
             with gc_paused():
-                event = self._translate(op, msg, sender, translators)
-                if event is not None:
-                    self._handle(event)
+                self._handle(msg)
             # (a read of a message already received does not yield to the loop)
             await asyncio.sleep(0)
         self._handle(*events)
         return True
-
-    @staticmethod
-    def _translate(
-        op: Any,
-        msg: Any,
-        sender: str,
-        translators: dict[str, Callable[[str, dict], ev.SchedulerEvent | None]],
-    ) -> ev.SchedulerEvent | None:
-        translate = translators.get(op)
-        if translate is None:
-            logger.warning("Unknown message %r from %s", op, sender)
-            return None
-        try:
-            return translate(sender, msg)
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.warning("Malformed %r message from %s: %r", op, sender, exc)
-            return None
 
     # ------------------------------------------------------------------ handlers
 
@@ -317,7 +276,7 @@ class Scheduler(ServerNode):
         self.lifecycle.workers_changed()
         safe = False
         try:
-            await self._read_stream(comm, address, self._from_worker)
+            await read_messages(comm, FROM_WORKER, address, self._handle_messages)
             safe = not comm.closed()
         finally:
             self.worker_streams.pop(address, None)
@@ -337,7 +296,7 @@ class Scheduler(ServerNode):
         self._handle(ev.AddClient(f"add-client-{client}", client))
         await comm.write({"status": "OK", "id": self.id})
         try:
-            await self._read_stream(comm, client, self._from_client)
+            await read_messages(comm, FROM_CLIENT, client, self._handle_messages)
         finally:
             self.client_streams.pop(client, None)
             stream.abort()
@@ -384,194 +343,3 @@ def _serializable(value: Any) -> Any:
     if value is None or isinstance(value, Serialize | Serialized):
         return value
     return Serialize(value)
-
-
-# ---------------------------------------------------------------------- translators
-# One per message type: (sender, message) -> event.  A missing field raises KeyError
-# and a field of the wrong type TypeError, which drop that one message with a warning:
-# the state machine only ever sees well-typed events.
-
-
-def _key(key: Any) -> Any:
-    hash(key)  # TypeError for an unhashable "key"
-    return key
-
-
-def _typed(value: Any, kind: type | tuple[type, ...], name: str) -> Any:
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise TypeError(f"{name}: unexpected {type(value).__name__} {value!r:.50}")
-    return value
-
-
-def _task_finished(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.TaskFinished(
-        msg["stimulus_id"],
-        worker,
-        _key(msg["key"]),
-        _typed(msg["run_id"], int, "run_id"),
-        _typed(msg["nbytes"], int, "nbytes"),
-        _typed(msg.get("type", ""), str, "type"),
-        _typed(msg.get("duration", 0.0), int | float, "duration"),
-    )
-
-
-def _task_erred(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.TaskErred(
-        msg["stimulus_id"],
-        worker,
-        _key(msg["key"]),
-        _typed(msg["run_id"], int, "run_id"),
-        msg["exception"],
-        msg.get("traceback"),
-        _typed(msg.get("exception_text", ""), str, "exception_text"),
-        _typed(msg.get("traceback_text", ""), str, "traceback_text"),
-    )
-
-
-def _reschedule(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.TaskRescheduled(
-        msg["stimulus_id"], worker, _key(msg["key"]), _typed(msg["run_id"], int, "run_id")
-    )
-
-
-def _long_running(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.LongRunning(
-        msg["stimulus_id"], worker, _key(msg["key"]), _typed(msg["run_id"], int, "run_id")
-    )
-
-
-def _add_keys(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.AddKeys(msg["stimulus_id"], worker, _keys(msg["keys"]))
-
-
-def _missing_data(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.MissingData(
-        msg["stimulus_id"],
-        worker,
-        _key(msg["key"]),
-        _typed(msg["errant_worker"], str, "errant_worker"),
-    )
-
-
-def _worker_status_change(worker: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.WorkerStatusChange(msg["stimulus_id"], worker, _typed(msg["status"], str, "status"))
-
-
-def _heartbeat(worker: str, msg: dict) -> ev.SchedulerEvent:
-    memory = {
-        name: _typed(value, int, "memory")
-        for name, value in _typed(msg.get("memory") or {}, dict, "memory").items()
-        if name in ("process", "managed", "spilled")
-    }
-    return ev.WorkerHeartbeat(msg["stimulus_id"], worker, time.time(), memory)
-
-
-def _seq(msg: dict) -> int:
-    return _typed(msg.get("seq", 0), int, "seq")
-
-
-def _keys(keys: Any, name: str = "keys") -> tuple:
-    return tuple(_key(k) for k in _typed(keys, list | tuple, name))
-
-
-def _task_spec(t: dict, functions: dict[bytes, bytes]) -> ev.TaskSpec:
-    # A priority of another type would poison comparisons with other clients' tasks.
-    priority = _typed(t.get("priority", (0,)), list | tuple, "priority")
-    for p in priority:
-        _typed(p, int | float, "priority")
-    workers = t.get("workers")
-    if workers:
-        workers = tuple(_typed(w, str, "workers") for w in _typed(workers, list | tuple, "workers"))
-    resources = t.get("resources")
-    if resources:
-        resources = dict(_typed(resources, dict, "resources"))
-        for name, amount in resources.items():
-            _typed(name, str, "resources")
-            _typed(amount, int | float, "resources")
-    payload = t["payload"]
-    if type(payload) is dict and type(payload.get("func")) is bytes:
-        payload["func"] = functions.setdefault(payload["func"], payload["func"])
-    return ev.TaskSpec(
-        _key(t["key"]),
-        payload,
-        _keys(t.get("dependencies", ()), "dependencies"),
-        tuple(priority),
-        int(t.get("retries") or 0),
-        workers or None,
-        bool(t.get("allow_other_workers", False)),
-        resources or None,
-    )
-
-
-def _update_graph(client: str, msg: dict) -> ev.SchedulerEvent:
-    # Payloads are kept until their tasks are forgotten, and a map sends the same pickled
-    # function with every task: one copy of it is kept.
-    functions: dict[bytes, bytes] = {}
-    tasks = tuple(_task_spec(t, functions) for t in _typed(msg["tasks"], list | tuple, "tasks"))
-    return ev.UpdateGraph(
-        msg["stimulus_id"],
-        client,
-        tasks,
-        _keys(msg.get("wanted", ())),
-        msg.get("continues", False) is True,
-        seq=_seq(msg),
-    )
-
-
-def _client_releases_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.ClientReleasesKeys(msg["stimulus_id"], client, _keys(msg["keys"]), seq=_seq(msg))
-
-
-def _client_desires_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    if msg.get("client") == FIRE_AND_FORGET:
-        client = FIRE_AND_FORGET
-    return ev.ClientDesiresKeys(msg["stimulus_id"], client, _keys(msg["keys"]), seq=_seq(msg))
-
-
-def _cancel_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.CancelKeys(
-        msg["stimulus_id"], client, _keys(msg["keys"]), bool(msg.get("force")), seq=_seq(msg)
-    )
-
-
-def _retry_keys(client: str, msg: dict) -> ev.SchedulerEvent:
-    return ev.RetryKeys(msg["stimulus_id"], client, _keys(msg["keys"]), seq=_seq(msg))
-
-
-def _scatter_data(client: str, msg: dict) -> ev.SchedulerEvent:
-    who_has = {
-        _key(key): tuple(_typed(w, str, "who_has") for w in _typed(where, list | tuple, "who_has"))
-        for key, where in _typed(msg["who_has"], dict, "who_has").items()
-    }
-    nbytes = {
-        _key(key): _typed(n, int, "nbytes")
-        for key, n in _typed(msg["nbytes"], dict, "nbytes").items()
-    }
-    types = {
-        _key(key): _typed(t, str, "types")
-        for key, t in _typed(msg.get("types") or {}, dict, "types").items()
-    }
-    return ev.ScatterData(msg["stimulus_id"], client, who_has, nbytes, types, seq=_seq(msg))
-
-
-Translator = Callable[[str, dict], ev.SchedulerEvent | None]
-
-# What each message on a worker's and a client's stream means, as an event.
-FROM_WORKER: dict[str, Translator] = {
-    "task-finished": _task_finished,
-    "task-erred": _task_erred,
-    "reschedule": _reschedule,
-    "long-running": _long_running,
-    "add-keys": _add_keys,
-    "missing-data": _missing_data,
-    "worker-status-change": _worker_status_change,
-    "heartbeat": _heartbeat,
-}
-FROM_CLIENT: dict[str, Translator] = {
-    "update-graph": _update_graph,
-    "client-releases-keys": _client_releases_keys,
-    "client-desires-keys": _client_desires_keys,
-    "cancel-keys": _cancel_keys,
-    "retry-keys": _retry_keys,
-    "scatter-data": _scatter_data,
-}

@@ -94,6 +94,7 @@ class SchedulerState(TransitionEngine):
             ev.RemoveClient: self._handle_remove_client,
             ev.UpdateGraph: self._handle_update_graph,
             ev.ClientDesiresKeys: self._handle_client_desires_keys,
+            ev.FireAndForget: self._handle_fire_and_forget,
             ev.ClientReleasesKeys: self._handle_client_releases_keys,
             ev.CancelKeys: self._handle_cancel_keys,
             ev.RetryKeys: self._handle_retry_keys,
@@ -136,10 +137,10 @@ class SchedulerState(TransitionEngine):
 
     # ------------------------------------------------------------------ entry point
 
-    def handle(self, *events: ev.SchedulerEvent) -> list[ins.SchedulerInstruction]:
+    def handle(self, *events: ev.Event) -> list[ins.SchedulerInstruction]:
         """Apply events in order; return the instructions they produce."""
         for event in events:
-            if isinstance(event, ev.ClientEvent) and event.seq:
+            if isinstance(event, ev.FromClient) and event.seq:
                 self._client(event.client).last_seq = event.seq
             recs = self._handlers[type(event)](event)
             if recs or (self._queue and self.idle):
@@ -211,7 +212,7 @@ class SchedulerState(TransitionEngine):
             if ts is None:
                 reason = "lost dependencies" if key in lost else unknown
                 self._out.append(
-                    ins.KeyCancelled(stimulus_id, cs.client_id, key, reason, ack=cs.last_seq)
+                    ins.KeyCancelled(stimulus_id, key, reason, client=cs.client_id, ack=cs.last_seq)
                 )
                 continue
             ts.who_wants.add(cs.client_id)
@@ -235,17 +236,22 @@ class SchedulerState(TransitionEngine):
             workers = tuple(ws.address for ws in ts.who_has)
             self._out.append(
                 ins.KeyInMemory(
-                    stimulus_id, client, ts.key, ts.type, workers, ack=self._ack(client)
+                    stimulus_id, ts.key, ts.type, workers, client=client, ack=self._ack(client)
                 )
             )
         elif ts.state == "erred":
             self._out.append(self._erred_instruction(ts, client, stimulus_id))
 
     def _handle_client_desires_keys(self, event: ev.ClientDesiresKeys) -> Recs:
-        cs = self._client(event.client)
+        return self._desire(self._client(event.client), event.keys, event.stimulus_id)
+
+    def _handle_fire_and_forget(self, event: ev.FireAndForget) -> Recs:
+        return self._desire(self._client(FIRE_AND_FORGET), event.keys, event.stimulus_id)
+
+    def _desire(self, cs: ClientRecord, keys: Iterable[Any], stimulus_id: str) -> Recs:
         recs: Recs = {}
-        for ts in self._want(cs, event.keys, event.stimulus_id, "lost"):
-            self._report_existing(ts, cs.client_id, event.stimulus_id)
+        for ts in self._want(cs, keys, stimulus_id, "lost"):
+            self._report_existing(ts, cs.client_id, stimulus_id)
             if ts.state == "released":
                 recs[ts.key] = "waiting"
         return recs
@@ -281,7 +287,9 @@ class SchedulerState(TransitionEngine):
                 cs = self.clients.get(client)
                 if cs is not None and client in ts.who_wants:
                     self._out.append(
-                        ins.KeyCancelled(event.stimulus_id, client, key, "cancel", ack=cs.last_seq)
+                        ins.KeyCancelled(
+                            event.stimulus_id, key, "cancel", client=client, ack=cs.last_seq
+                        )
                     )
                     recs.update(self._release_wants(cs, [ts]))
         return recs
@@ -389,7 +397,7 @@ class SchedulerState(TransitionEngine):
         return recs
 
     def _handle_worker_status_change(self, event: ev.WorkerStatusChange) -> Recs:
-        ws = self.workers.get(event.address)
+        ws = self.workers.get(event.worker)
         # A worker pauses and resumes itself; leaving is decided here, and sticks.
         if ws is None or ws.status not in ("running", "paused"):
             return {}
@@ -408,7 +416,7 @@ class SchedulerState(TransitionEngine):
         return recs
 
     def _handle_worker_heartbeat(self, event: ev.WorkerHeartbeat) -> Recs:
-        ws = self.workers.get(event.address)
+        ws = self.workers.get(event.worker)
         if ws is not None:
             ws.last_seen = event.time
             memory = event.memory
@@ -434,7 +442,7 @@ class SchedulerState(TransitionEngine):
 
     def _plan_replicas(self, retiring: list[WorkerRecord], stimulus_id: str) -> None:
         for recipient, who_has, nbytes in plan_replicas(self, retiring):
-            self._out.append(ins.AcquireReplicas(stimulus_id, recipient, who_has, nbytes))
+            self._out.append(ins.AcquireReplicas(stimulus_id, who_has, nbytes, worker=recipient))
 
     def _handle_cancel_retirement(self, event: ev.CancelRetirement) -> Recs:
         return self._cancel_retirement(event.addresses)
@@ -488,7 +496,7 @@ class SchedulerState(TransitionEngine):
 
     def _handle_restart(self, event: ev.Restart) -> Recs:
         for client in self.clients:
-            self._out.append(ins.Restarted(event.stimulus_id, client, ack=self._ack(client)))
+            self._out.append(ins.Restarted(event.stimulus_id, client=client, ack=self._ack(client)))
             self.clients[client].wants_what.clear()
         for ts in self.tasks.values():
             ts.state = "forgotten"  # (a record still referenced elsewhere must not look alive)
@@ -533,7 +541,7 @@ class SchedulerState(TransitionEngine):
             # (or is told now), so it is no replica, even if the key is in memory elsewhere.
             stale = self.tasks.get(event.key)
             if stale is None or (stale.processing_on is not ws and ws not in stale.who_has):
-                self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, (event.key,)))
+                self._out.append(ins.FreeKeys(event.stimulus_id, (event.key,), worker=ws.address))
             return {}
         ts.nbytes = event.nbytes
         ts.type = event.type
@@ -581,7 +589,7 @@ class SchedulerState(TransitionEngine):
             elif ts is None or ts.processing_on is not ws:  # (a stale copy of its own task)
                 unwanted.append(key)
         if unwanted:
-            self._out.append(ins.FreeKeys(event.stimulus_id, ws.address, tuple(unwanted)))
+            self._out.append(ins.FreeKeys(event.stimulus_id, tuple(unwanted), worker=ws.address))
         return {}
 
     def _handle_missing_data(self, event: ev.MissingData) -> Recs:
@@ -615,11 +623,11 @@ class SchedulerState(TransitionEngine):
         blame = ts.exception_blame or ts
         return ins.KeyErred(
             stimulus_id,
-            client,
             ts.key,
             blame.exception,
             blame.traceback,
             blame.exception_text,
+            client=client,
             ack=self._ack(client),
         )
 
@@ -722,7 +730,6 @@ class SchedulerState(TransitionEngine):
         self._out.append(
             ins.ComputeTask(
                 stimulus_id,
-                ws.address,
                 ts.key,
                 ts.run_id,
                 ts.payload,
@@ -730,6 +737,7 @@ class SchedulerState(TransitionEngine):
                 who_has,
                 nbytes,
                 ts.resource_restrictions,
+                worker=ws.address,
             )
         )
 
@@ -828,7 +836,7 @@ class SchedulerState(TransitionEngine):
             for client in ts.who_wants:
                 self._out.append(
                     ins.KeyInMemory(
-                        stimulus_id, client, ts.key, ts.type, workers, ack=self._ack(client)
+                        stimulus_id, ts.key, ts.type, workers, client=client, ack=self._ack(client)
                     )
                 )
         elif not ts.waiters:
@@ -839,7 +847,7 @@ class SchedulerState(TransitionEngine):
         ws = ts.processing_on
         recs = self._unassign(ts)
         if ws is not None and ws.address in self.workers:
-            self._out.append(ins.FreeKeys(stimulus_id, ws.address, (ts.key,)))
+            self._out.append(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
         ts.state = "released"
         self._release_dependencies(ts, recs)
         self._after_release(ts, recs)
@@ -853,10 +861,10 @@ class SchedulerState(TransitionEngine):
             return recs
         for ws in list(ts.who_has):
             self._remove_replica(ts, ws)
-            self._out.append(ins.FreeKeys(stimulus_id, ws.address, (ts.key,)))
+            self._out.append(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
         ts.state = "released"
         for client in ts.who_wants:
-            self._out.append(ins.KeyLost(stimulus_id, client, ts.key, ack=self._ack(client)))
+            self._out.append(ins.KeyLost(stimulus_id, ts.key, client=client, ack=self._ack(client)))
         for dependent in ts.dependents:
             if dependent.state == "waiting":
                 linked(dependent, "waiting_on").add(ts)

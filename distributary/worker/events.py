@@ -1,9 +1,29 @@
-"""Stimuli the worker's state machine reacts to."""
+"""Stimuli the worker's state machine reacts to: the scheduler's messages (declared in
+:mod:`distributary.protocol`, named here too) and the worker's own events below."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, FreeKeys, ToWorker
+
+__all__ = [
+    "AcquireReplicas",
+    "ComputeTask",
+    "Event",
+    "ExecuteFailure",
+    "ExecuteSuccess",
+    "FreeKeys",
+    "GatherDepError",
+    "GatherDepFailure",
+    "GatherDepSuccess",
+    "PauseChange",
+    "RescheduleTask",
+    "Secede",
+    "UpdateData",
+    "WorkerEvent",
+]
 
 Key = Any
 
@@ -13,26 +33,6 @@ class WorkerEvent:
     """Base of all worker events."""
 
     stimulus_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ComputeTask(WorkerEvent):
-    """The scheduler asks this worker to run ``key``."""
-
-    key: Key
-    run_id: int
-    payload: Any
-    priority: tuple
-    who_has: dict
-    nbytes: dict
-    resources: dict | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class FreeKeys(WorkerEvent):
-    """The scheduler no longer needs these keys here."""
-
-    keys: tuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +109,10 @@ class UpdateData(WorkerEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class AcquireReplicas(WorkerEvent):
-    """The scheduler wants copies of these keys here, fetched from the peers in
-    ``who_has``, and kept until it frees them."""
-
-    who_has: dict
-    nbytes: dict
-
-
-@dataclass(frozen=True, slots=True)
 class PauseChange(WorkerEvent):
     """Memory pressure paused (True) or unpaused (False) the worker."""
 
     paused: bool
+
+
+Event = WorkerEvent | ToWorker

@@ -1,11 +1,37 @@
-"""Instructions the worker's state machine emits for its server to carry out."""
+"""Instructions the worker's state machine emits for its server to carry out: the
+messages for the scheduler (declared in :mod:`distributary.protocol`, named here too),
+and the work the server does itself below."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from distributary.messages import Message
+from distributary.protocol.worker_messages import (
+    AddKeys,
+    FromWorker,
+    LongRunning,
+    MissingData,
+    TaskErred,
+    TaskFinished,
+    TaskRescheduled,
+    WorkerStatusChange,
+)
+
+__all__ = [
+    "AddKeys",
+    "Execute",
+    "FromWorker",
+    "GatherDep",
+    "Instruction",
+    "LongRunning",
+    "MissingData",
+    "TaskErred",
+    "TaskFinished",
+    "TaskRescheduled",
+    "WorkerInstruction",
+    "WorkerStatusChange",
+]
 
 Key = Any
 
@@ -34,55 +60,4 @@ class GatherDep(WorkerInstruction):
     total_nbytes: int
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFinishedMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "task-finished"
-    key: Key
-    run_id: int
-    nbytes: int
-    type: str
-    duration: float
-
-
-@dataclass(frozen=True, slots=True)
-class TaskErredMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "task-erred"
-    key: Key
-    run_id: int
-    exception: Any
-    traceback: Any
-    exception_text: str
-    traceback_text: str
-
-
-@dataclass(frozen=True, slots=True)
-class RescheduleMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "reschedule"
-    key: Key
-    run_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class LongRunningMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "long-running"
-    key: Key
-    run_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class AddKeysMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "add-keys"
-    keys: tuple
-
-
-@dataclass(frozen=True, slots=True)
-class MissingDataMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "missing-data"
-    key: Key
-    errant_worker: str
-
-
-@dataclass(frozen=True, slots=True)
-class PauseMsg(Message, WorkerInstruction):
-    op: ClassVar[str] = "worker-status-change"
-    status: str
+Instruction = WorkerInstruction | FromWorker

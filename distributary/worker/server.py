@@ -27,11 +27,11 @@ import dask.config
 from dask.sizeof import sizeof
 
 from distributary.comm import CommClosedError, connect
-from distributary.core import BatchedSend, ConnectionPool, Server
-from distributary.messages import Message
+from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol.errors import error_message
 from distributary.protocol.serialize import Serialize, deserialize
+from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
@@ -148,7 +148,6 @@ class Worker(ServerNode):
                 "identity": self._handle_identity,
                 "close": self._handle_close,
             },
-            stream_handlers={},
         )
         self.batched: BatchedSend | None = None
         self._stream_task: asyncio.Task | None = None
@@ -297,7 +296,7 @@ class Worker(ServerNode):
             task.cancel()
         if self.batched is not None and not self.batched.closed():
             try:
-                self.batched.send({"op": "unregister"})
+                self.batched.send(Unregister(f"close-{self.address}").to_message())
                 await self.batched.close(timeout=2)
             except CommClosedError:
                 pass
@@ -315,23 +314,13 @@ class Worker(ServerNode):
 
     async def _read_stream(self, comm: Any) -> None:
         """Take instructions from the scheduler until it goes away."""
-        try:
-            while True:
-                msgs = await comm.read()
-                if isinstance(msgs, dict):
-                    msgs = (msgs,)
-                events = []
-                for msg in msgs:
-                    handler = FROM_SCHEDULER.get(msg.get("op"))
-                    if handler is None:
-                        logger.warning("Unknown message from the scheduler: %r", msg.get("op"))
-                        continue
-                    events.append(handler(msg))
-                self._handle(*events)
-        except CommClosedError:
-            if self.status in ("running", "paused"):  # (closing gracefully closes anyway)
-                logger.info("Lost the scheduler at %s; closing", self.scheduler_address)
-                self._spawn(self.close(reason="scheduler-connection-lost"))
+        await read_messages(comm, TO_WORKER, self.address, self._handle_all)
+        if self.status in ("running", "paused"):  # (closing gracefully closes anyway)
+            logger.info("Lost the scheduler at %s; closing", self.scheduler_address)
+            self._spawn(self.close(reason="scheduler-connection-lost"))
+
+    def _handle_all(self, events: list[ev.Event]) -> None:
+        self._handle(*events)
 
     def _send(self, msg: dict) -> None:
         if self.batched is not None and not self.batched.closed():
@@ -340,9 +329,7 @@ class Worker(ServerNode):
     async def _heartbeats(self) -> None:
         for n in itertools.count():
             await asyncio.sleep(self.heartbeat_interval)
-            self._send(
-                {"op": "heartbeat", "stimulus_id": f"heartbeat-{n}", "memory": self.memory()}
-            )
+            self._send(WorkerHeartbeat(f"heartbeat-{n}", self.memory()).to_message())
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory: ``process`` (resident), ``managed`` (results in memory) and
@@ -362,9 +349,9 @@ class Worker(ServerNode):
 
     # ------------------------------------------------------------------ the state machine
 
-    def _handle(self, *events: ev.WorkerEvent) -> None:
+    def _handle(self, *events: ev.Event) -> None:
         for instruction in self.state.handle(*events):
-            if isinstance(instruction, Message):
+            if isinstance(instruction, ins.FromWorker):
                 self._send(instruction.to_message())
             elif isinstance(instruction, ins.Execute):
                 self._execute(instruction)
@@ -500,35 +487,6 @@ class Worker(ServerNode):
             f"name: {self.name}, status: {self.status}, stored: {len(self.state.data)}, "
             f"running: {self.state.busy_threads}/{self.nthreads}>"
         )
-
-
-def _compute_task(msg: dict) -> ev.ComputeTask:
-    return ev.ComputeTask(
-        msg["stimulus_id"],
-        msg["key"],
-        msg["run_id"],
-        msg["payload"],
-        tuple(msg["priority"]),
-        msg["who_has"],
-        msg["nbytes"],
-        msg.get("resources"),
-    )
-
-
-def _free_keys(msg: dict) -> ev.FreeKeys:
-    return ev.FreeKeys(msg["stimulus_id"], tuple(msg["keys"]))
-
-
-def _acquire_replicas(msg: dict) -> ev.AcquireReplicas:
-    return ev.AcquireReplicas(msg["stimulus_id"], msg["who_has"], msg["nbytes"])
-
-
-# The scheduler's messages on its stream, each turned into the event it means.
-FROM_SCHEDULER = {
-    "compute-task": _compute_task,
-    "free-keys": _free_keys,
-    "acquire-replicas": _acquire_replicas,
-}
 
 
 def _timeout(value: Any) -> float | None:

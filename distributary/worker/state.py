@@ -128,7 +128,7 @@ class WorkerState(TransitionEngine):
         self._constrained: deque[WorkerTask] = deque()
         self._fetch: list = []
         self._counter = itertools.count()
-        self._out: list[ins.WorkerInstruction] = []
+        self._out: list[ins.Instruction] = []
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             ev.ComputeTask: self._handle_compute_task,
             ev.FreeKeys: self._handle_free_keys,
@@ -176,7 +176,7 @@ class WorkerState(TransitionEngine):
 
     # ------------------------------------------------------------------ entry point
 
-    def handle(self, *events: ev.WorkerEvent) -> list[ins.WorkerInstruction]:
+    def handle(self, *events: ev.Event) -> list[ins.Instruction]:
         """Apply events in order; return the instructions they produce."""
         stimulus_id = ""
         for event in events:
@@ -212,7 +212,7 @@ class WorkerState(TransitionEngine):
         ts.priority = event.priority
         if ts.state == "memory":
             self._out.append(
-                ins.TaskFinishedMsg(event.stimulus_id, ts.key, ts.run_id, ts.nbytes, ts.type, 0.0)
+                ins.TaskFinished(event.stimulus_id, ts.key, ts.run_id, ts.nbytes, ts.type, 0.0)
             )
             return {}
         if ts.state == "cancelled":
@@ -269,7 +269,7 @@ class WorkerState(TransitionEngine):
         ts.type = event.type
         self.data[ts.key] = event.value
         self._out.append(
-            ins.TaskFinishedMsg(
+            ins.TaskFinished(
                 event.stimulus_id, ts.key, ts.run_id, ts.nbytes, ts.type, event.duration
             )
         )
@@ -281,7 +281,7 @@ class WorkerState(TransitionEngine):
             return {}
         if ts.state != "cancelled":
             self._out.append(
-                ins.TaskErredMsg(
+                ins.TaskErred(
                     event.stimulus_id,
                     ts.key,
                     ts.run_id,
@@ -298,7 +298,7 @@ class WorkerState(TransitionEngine):
         if ts is None:
             return {}
         if ts.state != "cancelled":
-            self._out.append(ins.RescheduleMsg(event.stimulus_id, ts.key, ts.run_id))
+            self._out.append(ins.TaskRescheduled(event.stimulus_id, ts.key, ts.run_id))
         return {ts.key: "released"}
 
     def _handle_secede(self, event: ev.Secede) -> Recs:
@@ -334,7 +334,7 @@ class WorkerState(TransitionEngine):
         for key in arrived:
             recs[key] = "memory"
         if arrived:
-            self._out.append(ins.AddKeysMsg(event.stimulus_id, tuple(arrived)))
+            self._out.append(ins.AddKeys(event.stimulus_id, tuple(arrived)))
         return recs
 
     def _handle_gather_failure(self, event: ev.GatherDepFailure) -> Recs:
@@ -364,7 +364,7 @@ class WorkerState(TransitionEngine):
             failed += [dep for dep in ts.dependents if dep.state == "waiting" and dep.run_id]
             for dependent in failed:
                 self._out.append(
-                    ins.TaskErredMsg(
+                    ins.TaskErred(
                         event.stimulus_id,
                         dependent.key,
                         dependent.run_id,
@@ -385,18 +385,18 @@ class WorkerState(TransitionEngine):
         ts.who_has.discard(worker)
         if ts.state == "cancelled":
             return {ts.key: "released"}
-        self._out.append(ins.MissingDataMsg(stimulus_id, ts.key, worker))
+        self._out.append(ins.MissingData(stimulus_id, ts.key, worker))
         if ts.who_has:
             return {ts.key: "fetch"}
         recs: Recs = {ts.key: "released"}
         ts.replica = False
         if ts.run_id:  # the scheduler asked us to compute it meanwhile: give it back too
-            self._out.append(ins.RescheduleMsg(stimulus_id, ts.key, ts.run_id))
+            self._out.append(ins.TaskRescheduled(stimulus_id, ts.key, ts.run_id))
             ts.run_id = 0
             ts.payload = None
         for dependent in list(ts.dependents):
             if dependent.state == "waiting" and dependent.run_id:  # not given back already
-                self._out.append(ins.RescheduleMsg(stimulus_id, dependent.key, dependent.run_id))
+                self._out.append(ins.TaskRescheduled(stimulus_id, dependent.key, dependent.run_id))
                 dependent.run_id = 0
                 recs[dependent.key] = "forgotten"
         return recs
@@ -444,13 +444,13 @@ class WorkerState(TransitionEngine):
                 recs[key] = "flight"  # the transfer under way will do
             # fetch, flight: on its way; waiting .. executing: computed here
         if here:
-            self._out.append(ins.AddKeysMsg(event.stimulus_id, tuple(here)))
+            self._out.append(ins.AddKeys(event.stimulus_id, tuple(here)))
         return recs
 
     def _handle_pause_change(self, event: ev.PauseChange) -> Recs:
         self.paused = event.paused
         status = "paused" if event.paused else "running"
-        self._out.append(ins.PauseMsg(event.stimulus_id, status))
+        self._out.append(ins.WorkerStatusChange(event.stimulus_id, status))
         return {}
 
     # ------------------------------------------------------------------ scheduling
@@ -584,7 +584,7 @@ class WorkerState(TransitionEngine):
         self._release_thread(ts)
         ts.state = "long-running"
         self.long_running.add(ts)
-        self._out.append(ins.LongRunningMsg(stimulus_id, ts.key, ts.run_id))
+        self._out.append(ins.LongRunning(stimulus_id, ts.key, ts.run_id))
         return {}
 
     def _executing_to_memory(self, ts: WorkerTask, stimulus_id: str) -> Recs:
@@ -596,7 +596,7 @@ class WorkerState(TransitionEngine):
         recs = self._to_memory(ts)
         if ts.run_id:
             self._out.append(
-                ins.TaskFinishedMsg(stimulus_id, ts.key, ts.run_id, ts.nbytes, ts.type, 0.0)
+                ins.TaskFinished(stimulus_id, ts.key, ts.run_id, ts.nbytes, ts.type, 0.0)
             )
         return recs
 
@@ -639,7 +639,7 @@ class WorkerState(TransitionEngine):
             ts.state = "flight"
         elif ts in self.long_running:
             ts.state = "long-running"  # the scheduler counts it in a thread until told
-            self._out.append(ins.LongRunningMsg(stimulus_id, ts.key, ts.run_id))
+            self._out.append(ins.LongRunning(stimulus_id, ts.key, ts.run_id))
         else:
             ts.state = "executing"
         return {}

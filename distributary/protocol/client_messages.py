@@ -1,0 +1,202 @@
+"""The messages on the stream between the scheduler and each client.
+
+A client's messages are :class:`FromClient`, numbered by ``seq`` in the order it sent
+them; the scheduler's reports are :class:`ToClient` and carry as ``ack`` the ``seq``
+of the last message from that client handled when they were written, so that the
+client can tell a report about an earlier life of a key (one it released or cancelled
+since) from one about the key it asks for now.  ``client`` is the peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from distributary.protocol.message import Catalogue, Key, Message, peer
+
+# ---------------------------------------------------------------------- client -> scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class FromClient(Message):
+    """Base of what a client tells the scheduler."""
+
+    stimulus_id: str
+    client: str = peer()
+    seq: int = field(default=0, kw_only=True)  # 0: not numbered
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task of a graph as a client describes it.
+
+    ``payload`` is opaque: the scheduler forwards it to a worker and never looks inside.
+    ``priority`` sorts ascending: smaller runs first.
+    """
+
+    key: Key
+    payload: Any
+    dependencies: tuple[Key, ...] = ()
+    priority: tuple[int | float, ...] = (0,)
+    retries: int = 0
+    workers: tuple[str, ...] | None = None
+    allow_other_workers: bool = False
+    resources: dict[str, int | float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateGraph(FromClient):
+    """The client submits tasks and wants the keys in ``wanted``.
+
+    ``continues``: these tasks are the next part of the client's previous graph, sent in
+    parts so that its first tasks can start early; they share its place in the order.
+    """
+
+    op: ClassVar[str] = "update-graph"
+
+    tasks: tuple[TaskSpec, ...]
+    wanted: tuple[Key, ...] = ()
+    continues: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDesiresKeys(FromClient):
+    """The client holds futures of these keys again."""
+
+    op: ClassVar[str] = "client-desires-keys"
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FireAndForget(FromClient):
+    """Run these keys to the end even when no client holds them any more."""
+
+    op: ClassVar[str] = "fire-and-forget"
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientReleasesKeys(FromClient):
+    """The client holds no future of these keys any more."""
+
+    op: ClassVar[str] = "client-releases-keys"
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelKeys(FromClient):
+    """The client cancels keys; with ``force`` even if other clients want them."""
+
+    op: ClassVar[str] = "cancel-keys"
+
+    keys: tuple[Key, ...]
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryKeys(FromClient):
+    """The client asks to run erred keys (and their erred dependencies) again."""
+
+    op: ClassVar[str] = "retry-keys"
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScatterData(FromClient):
+    """The client placed data on workers itself: ``who_has`` maps key to worker addresses.
+
+    ``client`` is empty when no client wants the data (a worker's own scatter).
+    """
+
+    op: ClassVar[str] = "scatter-data"
+
+    who_has: dict[Key, tuple[str, ...]]
+    nbytes: dict[Key, int]
+    types: dict[Key, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishFlush(FromClient):
+    """Everything the client sent before this has arrived (a publish waits for it)."""
+
+    op: ClassVar[str] = "publish-flush"
+
+    uid: str
+
+
+# ---------------------------------------------------------------------- scheduler -> client
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient(Message):
+    """Base of what the scheduler tells a client."""
+
+    stimulus_id: str
+    client: str = peer()
+    ack: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInMemory(ToClient):
+    """``key`` finished: its result, of ``type``, is held by ``workers``."""
+
+    op: ClassVar[str] = "key-in-memory"
+
+    key: Key
+    type: str
+    workers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyErred(ToClient):
+    """``key`` (or a task it depends on) raised."""
+
+    op: ClassVar[str] = "task-erred"
+
+    key: Key
+    exception: Any
+    traceback: Any
+    exception_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCancelled(ToClient):
+    """The scheduler forgot ``key`` (cancelled, or its dependencies were lost)."""
+
+    op: ClassVar[str] = "cancelled-key"
+
+    key: Key
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLost(ToClient):
+    """The data of a finished key was lost; it is being computed again."""
+
+    op: ClassVar[str] = "lost-data"
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted(ToClient):
+    """The cluster restarted: every future of the client is cancelled."""
+
+    op: ClassVar[str] = "restart"
+
+
+FROM_CLIENT = Catalogue(
+    UpdateGraph,
+    ClientDesiresKeys,
+    FireAndForget,
+    ClientReleasesKeys,
+    CancelKeys,
+    RetryKeys,
+    ScatterData,
+    PublishFlush,
+)
+TO_CLIENT = Catalogue(KeyInMemory, KeyErred, KeyCancelled, KeyLost, Restarted)

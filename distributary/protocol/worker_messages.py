@@ -1,0 +1,175 @@
+"""The messages on the stream between the scheduler and each worker.
+
+The scheduler's state machine emits the ones :class:`ToWorker` and the worker's takes
+them; the worker's emits the ones :class:`FromWorker` and the scheduler's takes them.
+``worker`` is the peer: the worker the message is for, or came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from distributary.protocol.message import Catalogue, Key, Message, arrival_time, peer
+
+# ---------------------------------------------------------------------- scheduler -> worker
+
+
+@dataclass(frozen=True, slots=True)
+class ToWorker(Message):
+    """Base of what the scheduler tells a worker."""
+
+    stimulus_id: str
+    worker: str = peer()
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeTask(ToWorker):
+    """Run ``key``: its dependencies are held by the workers in ``who_has``."""
+
+    op: ClassVar[str] = "compute-task"
+
+    key: Key
+    run_id: int
+    payload: Any
+    priority: tuple[int | float, ...]
+    who_has: dict[Key, tuple[str, ...]]
+    nbytes: dict[Key, int]
+    resources: dict[str, int | float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FreeKeys(ToWorker):
+    """Forget these keys: stop running them and drop their data."""
+
+    op: ClassVar[str] = "free-keys"
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireReplicas(ToWorker):
+    """Fetch these keys from the workers in ``who_has`` and keep them until freed."""
+
+    op: ClassVar[str] = "acquire-replicas"
+
+    who_has: dict[Key, tuple[str, ...]]
+    nbytes: dict[Key, int]
+
+
+# ---------------------------------------------------------------------- worker -> scheduler
+
+
+@dataclass(frozen=True, slots=True)
+class FromWorker(Message):
+    """Base of what a worker tells the scheduler."""
+
+    stimulus_id: str
+    worker: str = peer()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished(FromWorker):
+    """``key`` ran (its run ``run_id``): its result, ``nbytes`` of ``type``, is here."""
+
+    op: ClassVar[str] = "task-finished"
+
+    key: Key
+    run_id: int
+    nbytes: int
+    type: str = ""
+    duration: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskErred(FromWorker):
+    """``key`` raised: the exception and traceback, pickled, and their texts."""
+
+    op: ClassVar[str] = "task-erred"
+
+    key: Key
+    run_id: int
+    exception: Any
+    traceback: Any
+    exception_text: str = ""
+    traceback_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRescheduled(FromWorker):
+    """The task raised ``Reschedule``, or the worker gave it back."""
+
+    op: ClassVar[str] = "reschedule"
+
+    key: Key
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LongRunning(FromWorker):
+    """A task seceded from its worker's thread pool: it no longer occupies a slot."""
+
+    op: ClassVar[str] = "long-running"
+
+    key: Key
+    run_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddKeys(FromWorker):
+    """The worker holds replicas of these keys (after fetching them as dependencies)."""
+
+    op: ClassVar[str] = "add-keys"
+
+    keys: tuple[Key, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MissingData(FromWorker):
+    """The worker could not get ``key`` from ``errant_worker``, said to hold it."""
+
+    op: ClassVar[str] = "missing-data"
+
+    key: Key
+    errant_worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatusChange(FromWorker):
+    """The worker paused (memory pressure) or resumed ("running")."""
+
+    op: ClassVar[str] = "worker-status-change"
+
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHeartbeat(FromWorker):
+    """The worker is alive; ``memory`` holds its ``process``, ``managed`` and
+    ``spilled`` bytes.  ``time`` is when the scheduler heard it."""
+
+    op: ClassVar[str] = "heartbeat"
+
+    memory: dict[str, int] = field(default_factory=dict)
+    time: float = arrival_time()
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister(FromWorker):
+    """The worker is leaving: nothing more will come on this stream."""
+
+    op: ClassVar[str] = "unregister"
+
+
+TO_WORKER = Catalogue(ComputeTask, FreeKeys, AcquireReplicas)
+FROM_WORKER = Catalogue(
+    TaskFinished,
+    TaskErred,
+    TaskRescheduled,
+    LongRunning,
+    AddKeys,
+    MissingData,
+    WorkerStatusChange,
+    WorkerHeartbeat,
+    Unregister,
+)

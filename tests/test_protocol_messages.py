@@ -1,0 +1,179 @@
+"""Every message class round-trips through the wire, and every malformed variant of it
+is a ProtocolError naming its op and field (no event loop, no sockets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+
+from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
+from distributary.protocol.message import Catalogue, Message
+from distributary.protocol.wire import ProtocolError, dumps_message, loads_message
+from distributary.protocol.worker_messages import FROM_WORKER, TO_WORKER, WorkerHeartbeat
+
+CATALOGUES = {"to-worker": TO_WORKER, "from-worker": FROM_WORKER}
+CATALOGUES |= {"to-client": TO_CLIENT, "from-client": FROM_CLIENT}
+CLASSES = [(name, cls) for name, cat in CATALOGUES.items() for cls in cat.classes]
+IDS = [f"{name}:{cls.op}" for name, cls in CLASSES]
+
+
+def sample(hint: Any) -> Any:
+    """A value of the declared type, as it comes off the wire."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return {"anything": [1, 2]}
+    if hint is Hashable:
+        return ("x", 1)
+    simple = {str: "text", int: 7, float: 2.5, bool: True, bytes: b"raw"}
+    if hint in simple:
+        return simple[hint]
+    if dataclasses.is_dataclass(hint):
+        return {f.name: sample(h) for f, h in _fields(hint)}
+    if origin in (typing.Union, type(int | None)):
+        return sample(next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        return (sample(args[0]),)
+    if origin is dict:
+        return {sample(args[0]): sample(args[1])}
+    raise AssertionError(f"no sample for {hint!r}")
+
+
+def wrong(hint: Any) -> Any:
+    """A value that the declared type does not allow (None: anything goes)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if hint is Hashable:
+        return {"unhashable": 1}
+    if hint in (str, bytes):
+        return 5
+    if hint in (int, float):
+        return "five"
+    if hint is bool:
+        return 1
+    if origin in (typing.Union, type(int | None)):
+        return wrong(next(a for a in args if a is not type(None)))
+    if origin is tuple or dataclasses.is_dataclass(hint):
+        return 5
+    if origin is dict:
+        return {sample(args[0]): wrong(args[1])} if wrong(args[1]) is not None else 5
+    raise AssertionError(f"no wrong value for {hint!r}")
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [
+        (f, hints[f.name])
+        for f in dataclasses.fields(cls)
+        if not (f.metadata.get("peer") or f.metadata.get("arrival"))
+    ]
+
+
+def wire_message(cls: type) -> dict:
+    msg = {"op": cls.op}
+    msg.update({f.name: sample(hint) for f, hint in _fields(cls)})
+    return msg
+
+
+def over_the_wire(msg: dict) -> Any:
+    return loads_message(dumps_message(msg))
+
+
+@pytest.mark.parametrize(("side", "cls"), CLASSES, ids=IDS)
+def test_every_message_round_trips(side, cls):
+    catalogue: Catalogue = CATALOGUES[side]
+    decoded = catalogue.decode(over_the_wire(wire_message(cls)), "tcp://peer:1")
+    assert type(decoded) is cls
+    for name in ("worker", "client"):
+        if hasattr(decoded, name):
+            assert getattr(decoded, name) == "tcp://peer:1"  # the peer, not what was said
+    again = catalogue.decode(over_the_wire(decoded.to_message()), "tcp://peer:1")
+    if cls is WorkerHeartbeat:  # (stamped on arrival)
+        again = dataclasses.replace(again, time=decoded.time)
+    assert again == decoded
+
+
+@pytest.mark.parametrize(("side", "cls"), CLASSES, ids=IDS)
+def test_every_malformed_variant_is_a_protocol_error(side, cls):
+    catalogue = CATALOGUES[side]
+    for f, hint in _fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required:
+            msg = wire_message(cls)
+            del msg[f.name]
+            with pytest.raises(ProtocolError) as info:
+                catalogue.decode(msg, "peer")
+            assert (info.value.op, info.value.field, info.value.problem) == (
+                cls.op,
+                f.name,
+                "missing",
+            )
+        bad = wrong(hint)
+        if bad is not None:
+            msg = wire_message(cls) | {f.name: bad}
+            with pytest.raises(ProtocolError) as info:
+                catalogue.decode(msg, "peer")
+            assert info.value.op == cls.op and info.value.field == f.name
+            assert repr(cls.op) in str(info.value) and repr(f.name) in str(info.value)
+
+
+@pytest.mark.parametrize("side", CATALOGUES)
+def test_what_is_no_message_is_a_protocol_error(side):
+    catalogue = CATALOGUES[side]
+    with pytest.raises(ProtocolError, match="unknown op 'no-such-op'"):
+        catalogue.decode({"op": "no-such-op"}, "peer")
+    with pytest.raises(ProtocolError, match="unknown op None"):
+        catalogue.decode({"key": "x"}, "peer")
+    with pytest.raises(ProtocolError, match="a message is a map, not list"):
+        catalogue.decode([1, 2], "peer")
+
+
+def test_a_graph_travels_with_its_tasks():
+    graph = UpdateGraph(
+        "s",
+        (TaskSpec(("x", 0), {"func": b"f"}, dependencies=(("y", 0),), priority=(1, 2.5)),),
+        wanted=(("x", 0),),
+        seq=4,
+        client="me",
+    )
+    decoded = FROM_CLIENT.decode(over_the_wire(graph.to_message()), "me")
+    assert decoded == graph
+    bad = graph.to_message()
+    bad["tasks"] = ({"key": "x", "payload": 1, "retries": "many"},)
+    with pytest.raises(ProtocolError, match="field 'tasks': Expected `int`, got `str` at"):
+        FROM_CLIENT.decode(bad, "me")
+
+
+def test_every_message_is_declared_once():
+    ops = [(side, cls.op) for side, cls in CLASSES]
+    assert len(ops) == len(set(ops))
+    for _, cls in CLASSES:
+        assert issubclass(cls, Message)
+        assert cls.__dataclass_params__.frozen and "__slots__" in cls.__dict__
+        assert cls.__doc__
+
+
+@pytest.mark.parametrize(
+    ("msg", "field"),
+    [
+        ({"op": "free-keys", "stimulus_id": "s", "keys": [("x", [1])]}, "keys"),
+        ({"op": "reschedule", "stimulus_id": "s", "key": ("x", {}), "run_id": 1}, "key"),
+        (
+            {
+                "op": "update-graph",
+                "stimulus_id": "s",
+                "tasks": [{"key": "y", "payload": 1, "dependencies": [("x", [0])]}],
+            },
+            "tasks: dependencies",
+        ),
+    ],
+)
+def test_a_key_holding_something_unhashable_is_a_protocol_error(msg, field):
+    catalogue = next(c for c in CATALOGUES.values() if msg["op"] in c)
+    with pytest.raises(ProtocolError, match="unhashable key") as info:
+        catalogue.decode(msg, "peer")
+    assert info.value.field == field
