@@ -8,34 +8,29 @@ it runs on the caller's loop and its methods return awaitables.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
-import threading
 import uuid
-import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client.cluster import ClusterMixin
-from distributary.client.collections import CollectionsMixin
-from distributary.client.datasets import DatasetsMixin
+from distributary.client import cluster, registry
+from distributary.client.collections import GraphRunner
+from distributary.client.datasets import NO_DEFAULT, DatasetRequests, Datasets
 from distributary.client.future import Future
-from distributary.client.graphs import part_size
-from distributary.client.outbox import OutboxMixin
+from distributary.client.graphs import part_size, task_options
+from distributary.client.outbox import Outbox
+from distributary.client.registry import default_client
 from distributary.client.state import ClientState, FutureState
-from distributary.client.structures import collect_futures, substitute_results
+from distributary.client.structures import collect_futures
+from distributary.client.transfer import DataTransfer
 from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool
-from distributary.exceptions import FutureLostError
-from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, in_loop, sync
 
@@ -43,58 +38,22 @@ logger = logging.getLogger("distributary.client")
 
 register_reference_type(Future)
 
-_default_client: Client | None = None
-# Every client that was made the default, by age: when the default closes, the most
-# recent one still running takes over (as in dask.distributed).
-_default_clients: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
-_default_counter = itertools.count()
-
-
-def default_client() -> Client:
-    """The client that ``dask.compute`` and friends use, or ValueError if none."""
-    client = _default_client
-    if client is None or client.status == "closed":
-        running = [c for _, c in sorted(_default_clients.items()) if c.status == "running"]
-        if not running:
-            raise ValueError("No clients found. Start a client with Client(...) first")
-        client = running[-1]
-    return client
-
 
 def get_client() -> Client:
     """The client to use here: the default client of this process."""
     return default_client()
 
 
-# What dask.compute and friends use while a distributary client is the default; the
-# settings that were there before come back when no default client is left.
-_DASK_SETTINGS = ("scheduler", "dataframe.shuffle.method", "array.rechunk.method")
-_dask_settings_before: dict | None = None
-
-
-def _use_for_dask(client: Client | None) -> None:
-    global _dask_settings_before
-    if client is not None:
-        if _dask_settings_before is None:
-            _dask_settings_before = {k: dask.config.get(k, None) for k in _DASK_SETTINGS}
-        dask.config.set(
-            {
-                "scheduler": client,
-                "dataframe.shuffle.method": "tasks",
-                "array.rechunk.method": "tasks",
-            }
-        )
-    elif _dask_settings_before is not None:
-        dask.config.set(_dask_settings_before)
-        _dask_settings_before = None
-
-
-class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
+class Client:
     """Connect to a cluster and submit computation to it.
 
     ``Client()`` starts a ``LocalCluster`` (closed with the client);
     ``Client("tcp://host:port")`` or ``Client(cluster)`` connects to a running one.
     """
+
+    # A Client is an I/O shell around its ClientState: its ``Outbox`` (the state, its
+    # lock and the scheduler stream) and helpers for graphs, data transfers and
+    # datasets, each told only what it needs.  It is the ``FutureOwner`` of its futures.
 
     def __init__(
         self,
@@ -122,14 +81,15 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             timeout if timeout is not None else dask.config.get("distributed.comm.timeouts.connect")
         )
         self._core = ClientState()
-        self._lock = threading.RLock()  # around every call into ``_state``
-        self._dropped: deque = deque()  # keys of Futures gone, not yet counted
-        self._flush_scheduled = False
+        self._outbox = Outbox(self._core, self)
         self._restart_waiters: set[asyncio.Event] = set()  # set when a restart is reported
-        self._graph_builder: ThreadPoolExecutor | None = None
-        self._batched: BatchedSend | None = None
         self._stream_task: asyncio.Task | None = None
         self.pool = ConnectionPool(limit=connection_limit, role="client")
+        self._graphs = GraphRunner(self, self._outbox, self.gather)
+        self._transfer = DataTransfer(
+            self, self._outbox, self.pool, self._call_scheduler, self._timeout
+        )
+        self._datasets = DatasetRequests(self.id, self, self._outbox, self._call_scheduler)
         self.scheduler_address: str | None = None
         self.scheduler_file = scheduler_file
         if scheduler_file is not None:
@@ -184,7 +144,6 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         return self
 
     async def _connect(self, address: str) -> None:
-        global _default_client
         self.scheduler_address = normalize_address(address)
         scheduler = getattr(self.cluster, "scheduler", None)  # in this process?
         if (
@@ -199,13 +158,11 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         if reply.get("status") != "OK":
             await comm.close()
             raise RuntimeError(f"The scheduler refused this client: {reply}")
-        self._batched = BatchedSend(comm)
+        self._outbox.stream = BatchedSend(comm)
         self._stream_task = asyncio.get_running_loop().create_task(self._read_stream(comm))
         self.status = "running"
         if self._set_as_default:
-            _default_client = self
-            _default_clients[next(_default_counter)] = self
-            _use_for_dask(self)
+            registry.make_default(self)
 
     def __await__(self):
         return self._start().__await__()
@@ -239,28 +196,18 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         return None
 
     async def _close(self) -> None:
-        global _default_client
         if self.status == "closed":
             return
         self.status = "closing"
-        if self._batched is not None:
-            await self._batched.close(timeout=2)
+        await self._outbox.close()
         if self._stream_task is not None:
             self._stream_task.cancel()
         await self.pool.close()
-        if self._graph_builder is not None:
-            self._graph_builder.shutdown(wait=False, cancel_futures=True)
-        self._cancel_everything("client closed")
+        self._outbox.cancel_everything("client closed")
         if self.asynchronous and self._own_cluster and self.cluster is not None:
             await self.cluster.close()
         self.status = "closed"
-        if _default_client is self:
-            _default_client = None
-        if dask.config.get("scheduler", None) is self:
-            try:
-                _use_for_dask(default_client())
-            except ValueError:
-                _use_for_dask(None)
+        registry.leave(self)
 
     @classmethod
     def current(cls, allow_global: bool = True) -> Client:
@@ -280,8 +227,11 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         return sync(self.loop, func(*args, **kwargs), timeout)
 
     def _check_open(self) -> None:
-        if self.status in ("closing", "closed"):
-            raise RuntimeError(f"{self!r} is closed; start a new Client to submit work")
+        self._outbox.check_open()
+
+    def _call_scheduler(self, msg: dict, **kwargs: Any) -> Any:
+        """An rpc call to the scheduler (awaitable)."""
+        return self.pool.call(self.scheduler_address, msg, **kwargs)
 
     @property
     def futures(self) -> dict[Any, FutureState]:
@@ -297,13 +247,13 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
                 if isinstance(msgs, dict):
                     msgs = (msgs,)
                 done: list[FutureState] = []
-                with self._lock:
+                with self._outbox.lock:
                     restarts = self._core.restarts
                     for msg in msgs:
                         if isinstance(msg, dict):
                             done.extend(self._core.handle(msg))
                     restarted = self._core.restarts != restarts
-                self._wake(done)
+                self._outbox.wake(done)
                 if restarted:
                     for event in self._restart_waiters:
                         event.set()
@@ -311,12 +261,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             if self.status == "running":
                 logger.warning("Lost the connection to the scheduler at %s", self.scheduler_address)
                 self.status = "closed"
-                self._cancel_everything("lost the connection to the scheduler")
-
-    def _cancel_everything(self, reason: str) -> None:
-        with self._lock:
-            done = self._core.cancel_all(reason)
-        self._wake(done)
+                self._outbox.cancel_everything("lost the connection to the scheduler")
 
     # ------------------------------------------------------------------ submit and map
 
@@ -341,7 +286,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             raise TypeError(f"First argument to submit must be callable, got {func!r}")
         if key is None:
             key = _make_key(func, args, kwargs, pure)
-        options = _task_options(workers, resources, retries, allow_other_workers)
+        options = task_options(workers, resources, retries, allow_other_workers)
         return self._submit_calls(func, [args], [key], kwargs, (-priority,), options)[0]
 
     def map(
@@ -383,7 +328,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
                 keys = [f"{name}-{tokenize(func_token, kwargs, *call)}" for call in calls]
             else:
                 keys = [f"{name}-{uuid.uuid4().hex}" for _ in calls]
-        options = _task_options(workers, resources, retries, allow_other_workers)
+        options = task_options(workers, resources, retries, allow_other_workers)
         size = batch_size or part_size()
         return self._submit_calls(func, calls, keys, kwargs, (-priority,), options, size)
 
@@ -399,8 +344,8 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
     ) -> list[Future]:
         """Send a task per call, ``size`` tasks per message; return their futures."""
         self._check_open()
-        with self._lock:
-            self._count_dropped()
+        with self._outbox.lock:
+            self._outbox.count_dropped()
             records, pending = self._core.submit(keys)
         todo = []
         seen = set()  # (a key given twice is sent once)
@@ -422,7 +367,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
                 yield tasks, [task["key"] for task in tasks]
 
         if todo:  # (each part goes out as soon as it is pickled)
-            self._send_graph(pending, parts(), keys)
+            self._outbox.send_graph(pending, parts(), keys)
         return [Future(key, self, record) for key, record in zip(keys, records)]
 
     # ------------------------------------------------------------------ results
@@ -442,69 +387,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         if isinstance(futures, Iterator):
             return (self.gather(f, errors=errors) for f in futures)
-        return self.sync(self._gather, futures, errors=errors)
-
-    async def _gather(self, futures: Any, errors: str = "raise") -> Any:
-        found = collect_futures(futures)
-        for future in found:
-            await future._wait()
-        bad = set()
-        for future in found:
-            if future.status == "finished":
-                continue
-            if errors == "raise":
-                await future._result()
-            bad.add(future.key)
-        records = {f.key: f._state for f in found if f.key not in bad}
-        data = await self._fetch(records)
-        return substitute_results(futures, data, bad)
-
-    async def _gather_one(self, future: Future) -> Any:
-        return (await self._fetch({future.key: future._state}))[future.key]
-
-    async def _fetch(self, records: dict[Any, FutureState]) -> dict:
-        """Get the data of finished keys (``{key: record}``) from the workers holding it."""
-        results: dict = {}
-        missing = list(records)
-        for attempt in range(10):
-            by_worker: dict[str, list] = {}
-            unknown = []
-            for key in missing:
-                workers = records[key].workers
-                if workers:
-                    by_worker.setdefault(workers[0], []).append(key)
-                else:
-                    unknown.append(key)
-            if unknown:
-                who_has = await self.pool.call(
-                    self.scheduler_address, {"op": "who-has", "keys": unknown}
-                )
-                for key, holders in who_has.items():
-                    if holders:
-                        by_worker.setdefault(holders[0], []).append(key)
-            replies = await asyncio.gather(
-                *(self._get_data(worker, wanted) for worker, wanted in by_worker.items())
-            )
-            for reply in replies:
-                results.update(reply)
-            missing = [key for key in missing if key not in results]
-            if not missing:
-                return results
-            for key in missing:
-                records[key].workers = ()
-            await asyncio.sleep(0.01 * 2**attempt)
-            for key in missing:
-                await self._wait_for(records[key])
-                if records[key].status in ("error", "cancelled"):
-                    raise FutureLostError(key)
-        raise FutureLostError(missing[0])
-
-    async def _get_data(self, worker: str, keys: list) -> dict:
-        try:
-            reply = await self.pool.call(worker, {"op": "get-data", "keys": keys})
-        except OSError:
-            return {}
-        return {key: deserialize(value) for key, value in reply["data"].items()}
+        return self.sync(self._transfer.gather, futures, errors=errors)
 
     # ------------------------------------------------------------------ scatter
 
@@ -523,70 +406,7 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
         A list gives a list of futures, a dict a dict, a single object one future.
         """
         # positionally: ``timeout=`` would be taken by ``sync`` itself
-        return self.sync(self._scatter, data, workers, broadcast, hash, timeout)
-
-    async def _scatter(
-        self, data: Any, workers: Any, broadcast: bool, hash: bool, timeout: Any
-    ) -> Any:
-        self._check_open()
-        if isinstance(data, dict):
-            items = dict(data)
-        else:
-            single = not isinstance(data, list | tuple | set | frozenset | Iterator)
-            values = [data] if single else list(data)
-            names = [
-                f"{type(v).__name__}-{tokenize(v) if hash else uuid.uuid4().hex}" for v in values
-            ]
-            items = dict(zip(names, values))
-        targets = await self._scatter_targets(workers, broadcast, timeout)
-        placement: dict[str, dict] = {}
-        for i, (key, value) in enumerate(items.items()):
-            for worker in targets if broadcast else [targets[i % len(targets)]]:
-                placement.setdefault(worker, {})[key] = value
-        who_has: dict = {}
-        nbytes: dict = {}
-        types: dict = {}
-        for worker, chunk in placement.items():
-            reply = await self.pool.call(
-                worker,
-                {"op": "update-data", "data": {k: Serialize(v) for k, v in chunk.items()}},
-            )
-            for key in chunk:
-                who_has.setdefault(key, []).append(worker)
-            nbytes.update(reply["nbytes"])
-            types.update(reply["types"])
-        self._check_open()
-        with self._lock:
-            self._count_dropped()
-            done = self._core.scattered(who_has, nbytes, types)
-            records, _ = self._core.claim(items)
-        self._schedule_flush()
-        self._wake(done)
-        futures = {key: Future(key, self, record) for key, record in zip(items, records)}
-        if isinstance(data, dict):
-            return futures
-        result = list(futures.values())
-        return result[0] if single else result
-
-    async def _scatter_targets(self, workers: Any, broadcast: bool, timeout: Any) -> list[str]:
-        deadline = asyncio.get_running_loop().time() + (
-            parse_timedelta(timeout) if timeout is not None else self._timeout
-        )
-        while True:
-            info = await self._scheduler_info()
-            available = info["workers"]
-            if workers is not None:
-                wanted = [workers] if isinstance(workers, str) else list(workers)
-                by_name = {w["name"]: a for a, w in available.items()}
-                targets = [by_name.get(w, w) for w in wanted]
-                targets = [t for t in targets if t in available]
-            else:
-                targets = sorted(available)
-            if targets:
-                return targets
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("No workers to scatter data to")
-            await asyncio.sleep(0.05)
+        return self.sync(self._transfer.scatter, data, workers, broadcast, hash, timeout)
 
     # ------------------------------------------------------------------ control
 
@@ -603,10 +423,10 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
     async def _cancel(self, futures: Any, force: bool = False, reason: str | None = None) -> None:
         keys = [f.key for f in collect_futures(futures)]
         self._check_open()
-        with self._lock:
+        with self._outbox.lock:
             done = self._core.cancel(keys, reason or "cancel", force)
-        self._schedule_flush()
-        self._wake(done)
+        self._outbox.schedule_flush()
+        self._outbox.wake(done)
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
         """Run erred futures' tasks again."""
@@ -615,24 +435,215 @@ class Client(CollectionsMixin, DatasetsMixin, ClusterMixin, OutboxMixin):
     async def _retry(self, futures: Any) -> None:
         keys = [f.key for f in collect_futures(futures)]
         self._check_open()
-        with self._lock:
+        with self._outbox.lock:
             self._core.retry(keys)
-        self._schedule_flush()
+        self._outbox.schedule_flush()
+
+    # ------------------------------------------------------------------ dask graphs and collections
+
+    def get(
+        self,
+        dsk: Any,
+        keys: Any,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: dict | None = None,
+        sync: bool = True,
+        asynchronous: bool | None = None,
+        direct: bool | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Compute the ``keys`` of a dask graph on the cluster (dask's scheduler ``get``).
+
+        ``keys`` may be nested lists; the results come back in the same shape.
+        With ``sync=False`` the futures come back instead.
+        """
+        return self._graphs.get(
+            dsk,
+            keys,
+            sync=sync,
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+        )
+
+    def compute(
+        self,
+        collections: Any,
+        sync: bool = False,
+        optimize_graph: bool = True,
+        workers: Any = None,
+        allow_other_workers: bool = False,
+        resources: dict | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        traverse: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections; return a future per collection.
+
+        A list gives a list; with ``sync=True`` the results instead of futures.
+        """
+        return self._graphs.compute(
+            collections,
+            sync=sync,
+            optimize_graph=optimize_graph,
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+            traverse=traverse,
+        )
+
+    def persist(
+        self,
+        collections: Any,
+        optimize_graph: bool = True,
+        workers: Any = None,
+        allow_other_workers: bool | None = None,
+        resources: dict | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        fifo_timeout: Any = "60s",
+        actors: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Start computing dask collections; return them backed by futures on the cluster."""
+        return self._graphs.persist(
+            collections,
+            optimize_graph=optimize_graph,
+            workers=workers,
+            allow_other_workers=allow_other_workers,
+            resources=resources,
+            retries=retries,
+            priority=priority,
+        )
+
+    # ------------------------------------------------------------------ datasets
+
+    def publish_dataset(
+        self, *args: Any, name: Any = None, override: bool = False, **kwargs: Any
+    ) -> Any:
+        """Publish named datasets on the scheduler, for any client to get.
+
+        ``publish_dataset(x=futures, y=collection)`` or ``publish_dataset(value,
+        name="x")`` (several positional values are published as one tuple), or
+        ``publish_dataset({"x": value})``.  The futures inside (and so their results,
+        as long as the dataset exists) are kept by the cluster; values are not
+        computed: persist a dask collection before publishing it.  Publishing a name
+        that exists raises KeyError unless ``override=True``.
+        """
+        return self.sync(self._datasets.publish, args, name, override, kwargs)
+
+    def get_dataset(self, name: Any, default: Any = NO_DEFAULT, **kwargs: Any) -> Any:
+        """The dataset published as ``name`` (a list of names gives a list of datasets).
+
+        Its futures belong to this client.  A missing name raises KeyError, unless a
+        ``default`` is given, which is returned instead.
+        """
+        return self.sync(self._datasets.get, name, default)
+
+    def list_datasets(self, **kwargs: Any) -> Any:
+        """The names of the datasets published on the scheduler."""
+        return self.sync(self._datasets.names)
+
+    def unpublish_dataset(self, name: Any, **kwargs: Any) -> Any:
+        """Remove the dataset ``name``; its data is freed unless someone else holds it."""
+        return self.sync(self._datasets.unpublish, name)
+
+    @property
+    def datasets(self) -> Datasets:
+        """The published datasets as a mapping: ``client.datasets["x"] = value``, ..."""
+        return Datasets(self)
+
+    # ------------------------------------------------------------------ the cluster
+
+    def scheduler_info(self, **kwargs: Any) -> Any:
+        """The scheduler's identity and its workers."""
+        return self.sync(cluster.scheduler_info, self._call_scheduler)
+
+    def nthreads(self, workers: Any = None, **kwargs: Any) -> Any:
+        """Threads of each worker, by address."""
+        return self.sync(cluster.nthreads, self._call_scheduler)
+
+    ncores = nthreads
+
+    def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
+        """The workers holding each future's data."""
+        return self.sync(cluster.who_has, self._call_scheduler, futures, self.futures)
+
+    def restart(self, timeout: Any = 30, wait_for_workers: bool = True, **kwargs: Any) -> Any:
+        """Restart the cluster: kill all work, delete all data, start new worker processes.
+
+        Every future of this client is cancelled; the client stays usable.  Workers
+        without a nanny are closed.  With ``wait_for_workers``, return once as many
+        workers as had nannies are back (TimeoutError after ``timeout``).
+        """
+        return self.sync(
+            cluster.restart,
+            self._call_scheduler,
+            timeout,
+            wait_for_workers,
+            self._restart_waiters,
+            self._outbox.cancel_everything,
+        )
+
+    def retire_workers(
+        self, workers: list[str] | None = None, close_workers: bool = True, **kwargs: Any
+    ) -> Any:
+        """Retire workers gracefully: their data moves to the others first, then they close.
+
+        ``workers`` are addresses (or use ``names=[...]``); with neither, the scheduler
+        picks workers that can go at little cost.  Returns ``{address: info}`` of the
+        workers retired.
+        """
+        return self.sync(
+            cluster.retire_workers, self._call_scheduler, workers, close_workers, **kwargs
+        )
+
+    def write_scheduler_file(self, scheduler_file: str) -> None:
+        """Write the scheduler's address to a JSON file that ``Client(scheduler_file=...)``,
+        workers and nannies can read."""
+        if self.scheduler_file is not None and self.scheduler_file == scheduler_file:
+            return
+        info = self.sync(cluster.scheduler_info, self._call_scheduler)
+        cluster.write_scheduler_file(scheduler_file, self.scheduler_address, info)
+        self.scheduler_file = scheduler_file
+
+    def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
+        """Block until at least ``n_workers`` workers have joined."""
+        return self.sync(
+            cluster.wait_for_workers, self._call_scheduler, n_workers, timeout=timeout
+        )
+
+    # ------------------------------------------------------------------ for its futures
+
+    def _acquire(self, key: Any) -> FutureState:
+        return self._outbox.acquire(key)
+
+    def _drop(self, key: Any) -> None:
+        self._outbox.drop(key)
+
+    def _send(self, msg: dict) -> None:
+        self._outbox.send(msg)
+
+    async def _wait_for(self, record: FutureState) -> None:
+        await self._outbox.wait_for(record)
+
+    async def _gather_one(self, future: Future) -> Any:
+        return await self._transfer.gather_one(future)
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
-        def run() -> None:
-            self.loop.run_in_executor(None, fn, future)
-
-        def register() -> None:
-            if future._state.done():
-                run()
-            else:
-                future._state.callbacks.append(run)
-
-        if in_loop(self.loop):
-            register()
-        else:
-            self.loop.call_soon_threadsafe(register)
+        self._outbox.add_done_callback(future, fn)
 
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"
@@ -644,14 +655,3 @@ def _make_key(func: Callable, args: tuple, kwargs: dict, pure: bool) -> str:
         return f"{funcname(func)}-{tokenize(func, kwargs, *args)}"
     return f"{funcname(func)}-{uuid.uuid4().hex}"
 
-
-def _task_options(workers: Any, resources: Any, retries: Any, allow_other_workers: bool) -> dict:
-    options: dict = {}
-    if workers is not None:
-        options["workers"] = [workers] if isinstance(workers, str) else list(workers)
-        options["allow_other_workers"] = allow_other_workers
-    if resources:
-        options["resources"] = dict(resources)
-    if retries:
-        options["retries"] = int(retries)
-    return options

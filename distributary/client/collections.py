@@ -1,12 +1,14 @@
 """Running dask graphs and collections on the cluster: ``get``, ``compute``, ``persist``.
 
-``Client`` inherits these.  The client materialises and orders the graph with dask's
-own functions (see :mod:`distributary.client.graphs`) and sends it in parts, in order.
+A :class:`GraphRunner` does the work of these ``Client`` methods: it materialises and
+orders the graph with dask's own functions (see :mod:`distributary.client.graphs`) and
+sends it in parts, in order.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from dask import delayed
 from dask.base import collections_to_expr, is_dask_collection, unpack_collections
@@ -19,21 +21,35 @@ from distributary.client.graphs import (
     materialize,
     needed_nodes,
     part_size,
+    task_options,
 )
 from distributary.client.state import PendingGraph
 from distributary.protocol.errors import error_message
 from distributary.utils.gc_pause import gc_paused
+
+if TYPE_CHECKING:
+    from distributary.client.interface import FutureOwner
+    from distributary.client.outbox import Outbox
 
 # Graphs with at least this many tasks are ordered and pickled in a thread, so that
 # ``compute`` returns as soon as the graph is checked; smaller ones are pickled at once.
 BACKGROUND_NODES = 10_000
 
 
-class CollectionsMixin:
-    """``Client.get``, ``compute`` and ``persist``."""
+class GraphRunner:
+    """Sends dask graphs and collections for one client: ``get``, ``compute``, ``persist``.
 
-    def _graph_to_futures(
-        self: Any,
+    ``owner`` owns the futures made; ``outbox`` is its state and stream; ``gather``
+    is the client's ``gather``, for ``sync=True``.
+    """
+
+    def __init__(self, owner: FutureOwner, outbox: Outbox, gather: Callable[[Any], Any]):
+        self._owner = owner
+        self._outbox = outbox
+        self._gather = gather
+
+    def graph_to_futures(
+        self,
         graph: Any,
         keys: list,
         priority: int = 0,
@@ -47,28 +63,26 @@ class CollectionsMixin:
 
         ``workers`` restricts every task; ``per_key`` maps keys to options of their own.
         """
-        from distributary.client.client import _task_options
-
-        self._check_open()
-        options = _task_options(workers, resources, retries, bool(allow_other_workers))
+        self._outbox.check_open()
+        options = task_options(workers, resources, retries, bool(allow_other_workers))
         # Checked here, so that a bad graph raises before anything is sent.
         with gc_paused():
             nodes = needed_nodes(materialize(graph), keys, self._known)
         background = len(nodes) >= BACKGROUND_NODES
-        with self._lock:  # held while deciding what to send, and queueing it
-            self._count_dropped()
-            records, new = self._core.claim(keys)
+        with self._outbox.lock:  # held while deciding what to send, and queueing it
+            self._outbox.count_dropped()
+            records, new = self._outbox.core.claim(keys)
             to_want = set(new)
             pending = PendingGraph(to_want, {k: r for k, r in zip(keys, records) if k in to_want})
             lost = [key for key in new if key not in nodes]  # (released since the check)
             if lost:
                 error = GraphError(f"Key {lost[0]!r} is not in the graph")
-                self._core.abandon(keys, pending, error_message(error))
+                self._outbox.core.abandon(keys, pending, error_message(error))
                 raise error
             # the rest of the graph: sent unless this client holds it
-            send = [key for key in nodes if key in to_want or not self._core.holds(key)]
+            send = [key for key in nodes if key in to_want or not self._outbox.core.holds(key)]
             if send:
-                self._core.outbox.append(pending)
+                self._outbox.core.outbox.append(pending)
         if send:
             size = part_size()
             parts: Any = graph_parts(nodes, send, to_want, priority, options, per_key, size)
@@ -77,66 +91,53 @@ class CollectionsMixin:
                     try:
                         parts = list(parts)
                     except BaseException as exc:
-                        with self._lock:
-                            done = self._core.abandon(keys, pending, error_message(exc))
+                        with self._outbox.lock:
+                            done = self._outbox.core.abandon(keys, pending, error_message(exc))
                         pending.done = True
-                        self._wake_soon(done)
-                        self._schedule_flush()
+                        self._outbox.wake_soon(done)
+                        self._outbox.schedule_flush()
                         raise
-            self._send_graph(pending, parts, keys, background)
-        return {key: Future(key, self, record) for key, record in zip(keys, records)}
+            self._outbox.send_graph(pending, parts, keys, background)
+        return {key: Future(key, self._owner, record) for key, record in zip(keys, records)}
 
-    def _known(self: Any, key: Any) -> bool:
+    def _known(self, key: Any) -> bool:
         """Whether ``key``, named by a graph but not in it, is on the cluster for us."""
-        return self._core.holds(key) or key in self._core.refcount
+        return self._outbox.core.holds(key) or key in self._outbox.core.refcount
 
     def get(
-        self: Any,
+        self,
         dsk: Any,
         keys: Any,
-        workers: Any = None,
-        allow_other_workers: bool | None = None,
-        resources: dict | None = None,
-        sync: bool = True,
-        asynchronous: bool | None = None,
-        direct: bool | None = None,
-        retries: int | None = None,
-        priority: int = 0,
-        fifo_timeout: Any = "60s",
-        actors: Any = None,
-        **kwargs: Any,
+        *,
+        sync: bool,
+        workers: Any,
+        allow_other_workers: bool | None,
+        resources: dict | None,
+        retries: int | None,
+        priority: int,
     ) -> Any:
-        """Compute the ``keys`` of a dask graph on the cluster (dask's scheduler ``get``).
-
-        ``keys`` may be nested lists; the results come back in the same shape.
-        With ``sync=False`` the futures come back instead.
-        """
+        """``Client.get``: the results (or futures) of ``keys``, shaped like ``keys``."""
         wanted = list(flatten([keys]))  # [keys]: a lone tuple key is one key, not a list
-        futures = self._graph_to_futures(
+        futures = self.graph_to_futures(
             dsk, wanted, priority, workers, allow_other_workers, resources, retries
         )
         packed = _pack(keys, futures)
-        return self.gather(packed) if sync else packed
+        return self._gather(packed) if sync else packed
 
     def compute(
-        self: Any,
+        self,
         collections: Any,
-        sync: bool = False,
-        optimize_graph: bool = True,
-        workers: Any = None,
-        allow_other_workers: bool = False,
-        resources: dict | None = None,
-        retries: int = 0,
-        priority: int = 0,
-        fifo_timeout: Any = "60s",
-        actors: Any = None,
-        traverse: bool = True,
-        **kwargs: Any,
+        *,
+        sync: bool,
+        optimize_graph: bool,
+        workers: Any,
+        allow_other_workers: Any,
+        resources: dict | None,
+        retries: int | None,
+        priority: int,
+        traverse: bool,
     ) -> Any:
-        """Start computing dask collections; return a future per collection.
-
-        A list gives a list; with ``sync=True`` the results instead of futures.
-        """
+        """``Client.compute``: a future (or result) per collection."""
         single = not isinstance(collections, list | tuple | set | frozenset)
         items = [collections] if single else list(collections)
         if traverse:  # dask objects inside lists, tuples, sets, dicts: compute those too
@@ -155,29 +156,27 @@ class CollectionsMixin:
                 for item, key in zip(dask_items, final_keys)
             }
             per_key = _restrictions(dask_items, outputs, workers, allow_other_workers)
-            by_key = self._graph_to_futures(
+            by_key = self.graph_to_futures(
                 expr, final_keys, priority, None, None, resources, retries, per_key
             )
             futures = {id(item): by_key[key] for item, key in zip(dask_items, final_keys)}
         results = [futures.get(id(item), item) for item in items]
         if sync:
-            results = self.gather(results)
+            results = self._gather(results)
         return results[0] if single else results
 
     def persist(
-        self: Any,
+        self,
         collections: Any,
-        optimize_graph: bool = True,
-        workers: Any = None,
-        allow_other_workers: bool | None = None,
-        resources: dict | None = None,
-        retries: int | None = None,
-        priority: int = 0,
-        fifo_timeout: Any = "60s",
-        actors: Any = None,
-        **kwargs: Any,
+        *,
+        optimize_graph: bool,
+        workers: Any,
+        allow_other_workers: Any,
+        resources: dict | None,
+        retries: int | None,
+        priority: int,
     ) -> Any:
-        """Start computing dask collections; return them backed by futures on the cluster."""
+        """``Client.persist``: the collections, backed by futures on the cluster."""
         single = not isinstance(collections, list | tuple)
         items = [collections] if single else list(collections)
         dask_items = [item for item in items if is_dask_collection(item)]
@@ -187,7 +186,7 @@ class CollectionsMixin:
             keys = [list(flatten(k)) for k in _keys_per_collection(expr, len(dask_items))]
             outputs = {id(item): item_keys for item, item_keys in zip(dask_items, keys)}
             per_key = _restrictions(dask_items, outputs, workers, allow_other_workers)
-            futures = self._graph_to_futures(
+            futures = self.graph_to_futures(
                 expr,
                 [key for ks in keys for key in ks],
                 priority,

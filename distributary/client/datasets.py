@@ -19,10 +19,9 @@ request only once that message has arrived, so the futures created just before (
 from __future__ import annotations
 
 import io
-import itertools
 import pickle
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -32,13 +31,14 @@ from distributary.protocol.serialize import OUT_OF_BAND_THRESHOLD, Serialized
 
 if TYPE_CHECKING:
     from distributary.client.client import Client
+    from distributary.client.interface import FutureOwner
+    from distributary.client.outbox import Outbox
 
-__all__ = ["Datasets", "DatasetsMixin"]
+__all__ = ["NO_DEFAULT", "DatasetRequests", "Datasets"]
 
-_no_default = "__no_default__"
+NO_DEFAULT = "__no_default__"  # get_dataset without a default raises KeyError
 _FUTURE_TAG = "distributary-future"
 _MAIN_MARKER = b"__main__"
-_counter = itertools.count()
 
 
 # ---------------------------------------------------------------------- pickling
@@ -102,7 +102,7 @@ def dumps_dataset(value: Any) -> tuple[Serialized, list]:
 class _DatasetUnpickler(pickle.Unpickler):
     """Unpickle a dataset, making its futures futures of ``client``."""
 
-    def __init__(self, frames: list, client: Client) -> None:
+    def __init__(self, frames: list, client: FutureOwner) -> None:
         super().__init__(io.BytesIO(frames[0]), buffers=frames[1:])
         self.client = client
         self.futures: dict[Any, Future] = {}
@@ -117,33 +117,30 @@ class _DatasetUnpickler(pickle.Unpickler):
         return future
 
 
-# ---------------------------------------------------------------------- Client methods
+# ---------------------------------------------------------------------- requests
 
 
-class DatasetsMixin:
-    """The dataset methods of :class:`~distributary.client.client.Client`."""
+class DatasetRequests:
+    """A client's requests about datasets to the scheduler (``Client.publish_dataset``...).
 
-    # provided by Client
-    id: str
-    asynchronous: bool
-    scheduler_address: str | None
-    pool: Any
+    ``call`` makes an rpc call to the client's scheduler; ``owner`` owns the futures
+    that ``get`` makes; ``outbox`` is its ordered stream.
+    """
 
-    def publish_dataset(
-        self, *args: Any, name: Any = None, override: bool = False, **kwargs: Any
-    ) -> Any:
-        """Publish named datasets on the scheduler, for any client to get.
+    def __init__(
+        self,
+        client_id: str,
+        owner: FutureOwner,
+        outbox: Outbox,
+        call: Callable[[dict], Awaitable[Any]],
+    ):
+        self._client_id = client_id
+        self._owner = owner
+        self._outbox = outbox
+        self._call = call
 
-        ``publish_dataset(x=futures, y=collection)`` or ``publish_dataset(value,
-        name="x")`` (several positional values are published as one tuple), or
-        ``publish_dataset({"x": value})``.  The futures inside (and so their results,
-        as long as the dataset exists) are kept by the cluster; values are not
-        computed: persist a dask collection before publishing it.  Publishing a name
-        that exists raises KeyError unless ``override=True``.
-        """
-        return self.sync(self._publish_dataset, args, name, override, kwargs)
-
-    async def _publish_dataset(self, args: tuple, name: Any, override: bool, kwargs: dict) -> None:
+    async def publish(self, args: tuple, name: Any, override: bool, kwargs: dict) -> None:
+        """Publish ``kwargs``' values by name, or ``args`` as ``name`` (see ``Client``)."""
         names = list(kwargs)
         values = list(kwargs.values())
         if name is not None:
@@ -171,34 +168,24 @@ class DatasetsMixin:
             frames, value_keys = dumps_dataset(value)
             data.append(frames)
             keys.append(value_keys)
-        uid = self._publish_flush()
-        await self.pool.call(
-            self.scheduler_address,
+        uid = self._flush_marker()
+        await self._call(
             {
                 "op": "publish-put",
                 "names": names,
                 "data": data,
                 "keys": keys,
                 "override": bool(override),
-                "client": self.id,
+                "client": self._client_id,
                 "uid": uid,
             },
         )
 
-    def get_dataset(self, name: Any, default: Any = _no_default, **kwargs: Any) -> Any:
-        """The dataset published as ``name`` (a list of names gives a list of datasets).
-
-        Its futures belong to this client.  A missing name raises KeyError, unless a
-        ``default`` is given, which is returned instead.
-        """
-        return self.sync(self._get_dataset, name, default)
-
-    async def _get_dataset(self, name: Any, default: Any = _no_default) -> Any:
+    async def get(self, name: Any, default: Any = NO_DEFAULT) -> Any:
+        """The dataset(s) published as ``name``, with futures of the owner."""
         names = list(name) if isinstance(name, list) else [name]
-        self._check_open()
-        replies = await self.pool.call(
-            self.scheduler_address, {"op": "publish-get", "names": names, "client": self.id}
-        )
+        self._outbox.check_open()
+        replies = await self._call({"op": "publish-get", "names": names, "client": self._client_id})
         # The scheduler made this client want every key of the datasets returned: from
         # here on this client's futures, or the releases below, account for that want.
         outs = []
@@ -207,14 +194,14 @@ class DatasetsMixin:
         error: BaseException | None = None
         for each, reply in zip(names, replies):
             if reply is None:
-                if default is _no_default and error is None:
+                if default is NO_DEFAULT and error is None:
                     error = KeyError(f"Dataset {each!r} not found")
                 outs.append(default)
                 continue
             wanted.update(dict.fromkeys(reply["keys"]))
             if error is not None:
                 continue
-            unpickler = _DatasetUnpickler(reply["data"].frames, self)
+            unpickler = _DatasetUnpickler(reply["data"].frames, self._owner)
             try:
                 outs.append(unpickler.load())
             except Exception as exc:
@@ -225,41 +212,29 @@ class DatasetsMixin:
             outs.clear()
             made.clear()  # the futures made so far go, and release their keys
         # No future made here holds these: release them, unless another future does.
-        with self._lock:
-            self._core.release_unheld(key for key in wanted if key not in made)
-        self._schedule_flush()
+        with self._outbox.lock:
+            self._outbox.core.release_unheld(key for key in wanted if key not in made)
+        self._outbox.schedule_flush()
         if error is not None:
             raise error
         return outs if isinstance(name, list) else outs[0]
 
-    def list_datasets(self, **kwargs: Any) -> Any:
-        """The names of the datasets published on the scheduler."""
-        return self.sync(self._list_datasets)
+    async def names(self) -> list:
+        """The names of the published datasets."""
+        self._outbox.check_open()
+        return list(await self._call({"op": "publish-list"}))
 
-    async def _list_datasets(self) -> list:
-        self._check_open()
-        return list(await self.pool.call(self.scheduler_address, {"op": "publish-list"}))
-
-    def unpublish_dataset(self, name: Any, **kwargs: Any) -> Any:
-        """Remove the dataset ``name``; its data is freed unless someone else holds it."""
-        return self.sync(self._unpublish_dataset, name)
-
-    async def _unpublish_dataset(self, name: Any) -> None:
-        uid = self._publish_flush()
-        await self.pool.call(
-            self.scheduler_address,
-            {"op": "publish-delete", "names": [name], "client": self.id, "uid": uid},
+    async def unpublish(self, name: Any) -> None:
+        """Remove the dataset ``name``."""
+        uid = self._flush_marker()
+        await self._call(
+            {"op": "publish-delete", "names": [name], "client": self._client_id, "uid": uid},
         )
 
-    @property
-    def datasets(self) -> Datasets:
-        """The published datasets as a mapping: ``client.datasets["x"] = value``, ..."""
-        return Datasets(self)
-
-    def _publish_flush(self) -> str:
+    def _flush_marker(self) -> str:
         """Send a flush marker on the stream; the scheduler waits for it before acting."""
         uid = uuid.uuid4().hex
-        self._send({"op": "publish-flush", "uid": uid})
+        self._outbox.send({"op": "publish-flush", "uid": uid})
         return uid
 
 
@@ -271,7 +246,7 @@ class Datasets(MutableMapping):
 
     __slots__ = ("_client",)
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Client):
         self._client = client
 
     def __getitem__(self, name: Any) -> Any:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dask._task_spec import TaskRef
 
+from distributary.client import registry
+from distributary.client.interface import FutureOwner
 from distributary.client.state import FutureState
 from distributary.exceptions import FutureCancelledError
 from distributary.protocol.errors import rebuild_exception
 
-if TYPE_CHECKING:
-    from distributary.client.client import Client
 
 class Future(TaskRef):
     """A remote computation's result, which may not exist yet.
@@ -26,12 +26,12 @@ class Future(TaskRef):
 
     # As a dask TaskRef, a Future inside a graph or a task's arguments is a dependency.
 
-    def __init__(self, key: Any, client: Client | None = None, _state: FutureState | None = None):
+    def __init__(
+        self, key: Any, client: FutureOwner | None = None, _state: FutureState | None = None
+    ):
         # ``_state``: the record the client claimed this Future's reference with
-        from distributary.client.client import default_client
-
         self.key = key
-        self.client = client if client is not None else default_client()
+        self.client: FutureOwner = client if client is not None else registry.default_client()
         self._released = False
         self._state = _state if _state is not None else self.client._acquire(key)
 
@@ -45,7 +45,7 @@ class Future(TaskRef):
         return self._state.status
 
     @property
-    def executor(self) -> Client:
+    def executor(self) -> FutureOwner:
         """The client that owns this future."""
         return self.client
 

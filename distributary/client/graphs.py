@@ -26,6 +26,19 @@ def part_size() -> int:
     return max(int(dask.config.get("distributed.client.graph-part-tasks")), 1)
 
 
+def task_options(workers: Any, resources: Any, retries: Any, allow_other_workers: bool) -> dict:
+    """The options every task of a submit, map or graph gets: restrictions and retries."""
+    options: dict = {}
+    if workers is not None:
+        options["workers"] = [workers] if isinstance(workers, str) else list(workers)
+        options["allow_other_workers"] = allow_other_workers
+    if resources:
+        options["resources"] = dict(resources)
+    if retries:
+        options["retries"] = int(retries)
+    return options
+
+
 class GraphError(ValueError):
     """The graph cannot be run: a missing dependency, a cycle or an unknown key."""
 

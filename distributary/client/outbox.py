@@ -11,76 +11,116 @@ tasks each, so that its first tasks can start while the rest is still being pick
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from distributary.client.state import FutureState, PendingGraph
+from distributary.client.state import ClientState, FutureState, PendingGraph
 from distributary.protocol.errors import error_message
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.loop import in_loop
 
+if TYPE_CHECKING:
+    from distributary.client.future import Future
+    from distributary.core import BatchedSend
 
-class OutboxMixin:
-    """The ordered outbox of a ``Client``, and waking the waiters of its futures."""
 
-    def _send(self: Any, msg: dict) -> None:
+class ConnectionStatus(Protocol):
+    """What the outbox needs to know of its client: whether it runs, and on which loop."""
+
+    status: str
+    loop: asyncio.AbstractEventLoop | None
+
+
+class Outbox:
+    """The ordered outbox of a client, and waking the waiters of its futures.
+
+    ``core`` is the client's state and ``lock`` the lock around every call into it;
+    ``stream`` is the scheduler stream, once connected.
+    """
+
+    def __init__(self, core: ClientState, client: ConnectionStatus):
+        self.core = core
+        self.lock = threading.RLock()
+        self.stream: BatchedSend | None = None
+        self._client = client
+        self._dropped: deque = deque()  # keys of Futures gone, not yet counted
+        self._flush_scheduled = False
+        self._graph_builder: ThreadPoolExecutor | None = None
+
+    def check_open(self) -> None:
+        """Raise RuntimeError if the client is closing or closed."""
+        if self._client.status in ("closing", "closed"):
+            raise RuntimeError(f"{self._client!r} is closed; start a new Client to submit work")
+
+    async def close(self) -> None:
+        """Flush and close the stream; stop building graphs."""
+        if self.stream is not None:
+            await self.stream.close(timeout=2)
+        if self._graph_builder is not None:
+            self._graph_builder.shutdown(wait=False, cancel_futures=True)
+
+    def send(self, msg: dict) -> None:
         """Send a message on the scheduler stream, from any thread, in order."""
-        self._check_open()
-        with self._lock:
-            self._core.outbox.append(msg)
-        self._schedule_flush()
+        self.check_open()
+        with self.lock:
+            self.core.outbox.append(msg)
+        self.schedule_flush()
 
-    def _drop(self: Any, key: Any) -> None:
+    def drop(self, key: Any) -> None:
         """A Future of ``key`` is gone (from any thread, the garbage collector's too).
 
         Noted without the lock, which the collector may interrupt: the next step
         under the lock counts it.
         """
         self._dropped.append(key)
-        if self.status == "running":
-            self._schedule_flush()
+        if self._client.status == "running":
+            self.schedule_flush()
 
-    def _count_dropped(self: Any) -> None:
-        # (under the lock)
+    def count_dropped(self) -> None:
+        """Release the keys of the Futures dropped since the last step (under the lock)."""
         dropped = self._dropped
         while dropped:
-            self._core.release(dropped.popleft())
+            self.core.release(dropped.popleft())
 
-    def _acquire(self: Any, key: Any) -> FutureState:
+    def acquire(self, key: Any) -> FutureState:
         """The record of ``key`` for a new Future, asking the scheduler for it if need be."""
-        with self._lock:
-            self._count_dropped()
-            record = self._core.acquire(key)
-        self._schedule_flush()
+        with self.lock:
+            self.count_dropped()
+            record = self.core.acquire(key)
+        self.schedule_flush()
         return record
 
-    def _schedule_flush(self: Any) -> None:
-        with self._lock:
+    def schedule_flush(self) -> None:
+        """Have the client's loop flush the outbox soon (once, however often asked)."""
+        with self.lock:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
-        if in_loop(self.loop):
-            self.loop.call_soon(self._flush_outbox)
+        if in_loop(self._client.loop):
+            self._client.loop.call_soon(self.flush)
             return
         try:
-            self.loop.call_soon_threadsafe(self._flush_outbox)
+            self._client.loop.call_soon_threadsafe(self.flush)
         except (RuntimeError, AttributeError):
             pass  # the loop is closed: the scheduler drops this client's keys anyway
 
-    def _flush_outbox(self: Any) -> None:
-        with self._lock:
+    def flush(self) -> None:
+        """Send what the state has queued, on the client's loop."""
+        with self.lock:
             self._flush_scheduled = False
-            self._count_dropped()
-            msgs, done = self._core.flush()
-        self._wake(done)
-        if msgs and self._batched is not None and not self._batched.closed():
-            self._batched.send(*msgs)
+            self.count_dropped()
+            msgs, done = self.core.flush()
+        self.wake(done)
+        if msgs and self.stream is not None and not self.stream.closed():
+            self.stream.send(*msgs)
 
     # ------------------------------------------------------------------ graphs
 
-    def _send_graph(
-        self: Any,
+    def send_graph(
+        self,
         pending: PendingGraph,
         parts: Iterable[tuple[list[dict], list]],
         claimed: list,
@@ -97,41 +137,41 @@ class OutboxMixin:
             try:
                 self._build_parts(pending, parts, background)
             except BaseException as exc:
-                with self._lock:
-                    done = self._core.abandon(claimed, pending, error_message(exc))
-                self._wake_soon(done)
-                self._schedule_flush()
+                with self.lock:
+                    done = self.core.abandon(claimed, pending, error_message(exc))
+                self.wake_soon(done)
+                self.schedule_flush()
                 raise
             return
         if self._graph_builder is None:
             self._graph_builder = ThreadPoolExecutor(1, thread_name_prefix="distributary-graph")
         self._graph_builder.submit(self._build_parts, pending, parts, background)
 
-    def _build_parts(self: Any, pending: PendingGraph, parts: Iterable, background: bool) -> None:
+    def _build_parts(self, pending: PendingGraph, parts: Iterable, background: bool) -> None:
         try:
             with gc_paused():  # (many objects made, no garbage)
                 for tasks, want in parts:
-                    with self._lock:
-                        self._core.add_part(pending, tasks, want)
-                    self._schedule_flush()
+                    with self.lock:
+                        self.core.add_part(pending, tasks, want)
+                    self.schedule_flush()
         except BaseException as exc:
             if not (background and isinstance(exc, Exception)):
                 raise
             pending.error = error_message(exc)
         finally:
             pending.done = True
-            self._schedule_flush()
+            self.schedule_flush()
 
     # ------------------------------------------------------------------ waiting
 
-    async def _wait_for(self: Any, record: FutureState) -> None:
+    async def wait_for(self, record: FutureState) -> None:
         """Until the record is done (on the client's loop)."""
         while not record.done():
             if record.waiter is None:
                 record.waiter = asyncio.Event()
             await record.waiter.wait()
 
-    def _wake(self: Any, records: Iterable[FutureState]) -> None:
+    def wake(self, records: Iterable[FutureState]) -> None:
         """Wake whoever waits on these records (on the client's loop)."""
         for record in records:
             waiter, record.waiter = record.waiter, None
@@ -141,10 +181,35 @@ class OutboxMixin:
             for callback in callbacks:
                 callback()
 
-    def _wake_soon(self: Any, records: list[FutureState]) -> None:
+    def wake_soon(self, records: list[FutureState]) -> None:
+        """Wake the waiters of these records, from any thread."""
         if not records:
             return
-        if in_loop(self.loop):
-            self._wake(records)
+        if in_loop(self._client.loop):
+            self.wake(records)
         else:
-            self.loop.call_soon_threadsafe(self._wake, records)
+            self._client.loop.call_soon_threadsafe(self.wake, records)
+
+    def cancel_everything(self, reason: str) -> None:
+        """Cancel every future of the client (on the client's loop)."""
+        with self.lock:
+            done = self.core.cancel_all(reason)
+        self.wake(done)
+
+    def add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` in a thread once the future is done."""
+        loop = self._client.loop
+
+        def run() -> None:
+            loop.run_in_executor(None, fn, future)
+
+        def register() -> None:
+            if future._state.done():
+                run()
+            else:
+                future._state.callbacks.append(run)
+
+        if in_loop(loop):
+            register()
+        else:
+            loop.call_soon_threadsafe(register)
