@@ -126,6 +126,8 @@ class ModelCluster:
 
     def _to_scheduler_state(self, event: sev.Event) -> None:
         for instruction in self.scheduler.handle(event):
+            if isinstance(instruction, sins.ForServer):
+                continue  # (the server's own business: no message)
             msg = instruction.to_message()
             if isinstance(instruction, sins.ToWorker):
                 if instruction.worker in self.to_worker:

@@ -20,9 +20,9 @@ it publishes (or unpublishes), the client sends ``{"op": "publish-flush", "uid":
 on its stream, and the request carries the same ``uid``: the scheduler waits until
 that flush message has been read before acting on the request, so everything the
 client sent before (the tasks of the futures it publishes) is known by then.  The
-flush translator runs while a batch read from the stream is being translated; the
+flush message is handled while a batch read from the stream is being handled; the
 waiting request resumes only after the event loop gets control back, that is after
-the whole batch (translated and handled synchronously) has reached the state machine.
+the whole batch (handled synchronously) has reached the state machine.
 After the flush the scheduler still checks that every key exists and refuses the
 publication with a ValueError naming the first missing key (a cancelled or released
 future), publishing nothing.
@@ -39,13 +39,12 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from distributary.protocol.serialize import Serialized
 from distributary.scheduler import events as ev
-
-if TYPE_CHECKING:
-    from distributary.scheduler.server import Scheduler
+from distributary.scheduler import instructions as ins
+from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -67,24 +66,23 @@ class Dataset:
     client: str  # the pseudo-client that wants ``keys``
 
 
-class DatasetExtension:
-    """The scheduler's store of published datasets.
+class DatasetExtension(SchedulerExtension):
+    """The scheduler's store of published datasets."""
 
-    ``handlers`` (request/reply operations) go into the scheduler server's handlers and
-    ``message_handlers`` (of messages on the clients' streams) into the scheduler's.
-    """
-
-    def __init__(self, scheduler: Scheduler):
-        self.scheduler = scheduler
+    def __init__(self, scheduler: SchedulerContext):
+        super().__init__(scheduler)
         self.datasets: dict[Any, Dataset] = {}
         self._flushes: OrderedDict[str, asyncio.Event] = OrderedDict()
-        self.handlers = {
-            "publish-put": self.put,
-            "publish-get": self.get,
-            "publish-list": self.list,
-            "publish-delete": self.delete,
-        }
-        self.message_handlers = {ev.PublishFlush: self.flush_received}
+        self.handlers.update(
+            {
+                "publish-put": self.put,
+                "publish-get": self.get,
+                "publish-list": self.list,
+                "publish-delete": self.delete,
+            }
+        )
+        self.message_handlers[ev.PublishFlush] = self.flush_received
+        self.instruction_handlers[ins.ClusterRestarted] = self.clear
 
     # ------------------------------------------------------------------ ordering
 
@@ -113,7 +111,7 @@ class DatasetExtension:
                     await asyncio.wait_for(event.wait(), _FLUSH_CHECK_INTERVAL)
                     return
                 except asyncio.TimeoutError:
-                    if client not in self.scheduler.client_streams:
+                    if not self.scheduler.is_connected(client):
                         raise RuntimeError(
                             f"Client {client!r} is not connected to the scheduler: "
                             "its earlier messages cannot be waited for"
@@ -163,7 +161,7 @@ class DatasetExtension:
             self.datasets[name] = Dataset(name, value, dataset_keys, pseudo)
             # Want the new keys before letting go of the old ones: a key in both stays.
             if dataset_keys:
-                self.scheduler._handle(
+                self.scheduler.handle(
                     ev.ClientDesiresKeys(stimulus_id, dataset_keys, client=pseudo)
                 )
             if old is not None:
@@ -176,7 +174,7 @@ class DatasetExtension:
         """
         names = _names(msg["names"])
         client = msg.get("client")
-        connected = client is not None and client in self.scheduler.client_streams
+        connected = client is not None and self.scheduler.is_connected(client)
         out: list = []
         wanted: dict = {}
         for name in names:
@@ -187,7 +185,7 @@ class DatasetExtension:
             out.append({"data": dataset.data, "keys": dataset.keys})
             wanted.update(dict.fromkeys(dataset.keys))
         if connected and wanted:
-            self.scheduler._handle(
+            self.scheduler.handle(
                 ev.ClientDesiresKeys(f"publish-get-{client}", tuple(wanted), client=client)
             )
         return out
@@ -206,8 +204,8 @@ class DatasetExtension:
             if dataset is not None:
                 self._release(dataset, stimulus_id)
 
-    def clear(self) -> None:
-        """Unpublish everything (the cluster restarts: the data is gone)."""
+    def clear(self, restarted: ins.ClusterRestarted) -> None:
+        """Unpublish everything: the cluster restarted, the data is gone."""
         datasets, self.datasets = self.datasets, {}
         for dataset in datasets.values():
             self._release(dataset, "restart")
@@ -228,11 +226,11 @@ class DatasetExtension:
     def _release(self, dataset: Dataset, stimulus_id: str, keep: set | None = None) -> None:
         if keep is None or dataset.client not in {d.client for d in self.datasets.values()}:
             # Nobody else goes by this pseudo-client: drop it with all its wants.
-            self.scheduler._handle(ev.RemoveClient(stimulus_id, dataset.client))
+            self.scheduler.handle(ev.RemoveClient(stimulus_id, dataset.client))
             return
         unwanted = tuple(k for k in dataset.keys if k not in keep)
         if unwanted:
-            self.scheduler._handle(
+            self.scheduler.handle(
                 ev.ClientReleasesKeys(stimulus_id, unwanted, client=dataset.client)
             )
 

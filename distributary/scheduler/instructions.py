@@ -21,6 +21,7 @@ from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, 
 
 __all__ = [
     "AcquireReplicas",
+    "ClusterRestarted",
     "ComputeTask",
     "ForServer",
     "FreeKeys",
@@ -59,6 +60,11 @@ class RetirementFailed(ForServer):
 
     addresses: tuple
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRestarted(ForServer):
+    """Every task and every client's wants were forgotten (``Restart``)."""
 
 
 @dataclass(frozen=True, slots=True)

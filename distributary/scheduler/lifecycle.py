@@ -36,16 +36,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dask.utils import parse_timedelta
 
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
 from distributary.scheduler.records import WorkerRecord
-
-if TYPE_CHECKING:
-    from distributary.scheduler.server import Scheduler
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -57,29 +55,33 @@ def _stimulus(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-class WorkerLifecycle:
+class WorkerLifecycle(SchedulerExtension):
     """The scheduler's handling of time, and of workers that go silent, retire or restart."""
 
-    def __init__(self, scheduler: Scheduler):
-        self.scheduler = scheduler
+    def __init__(self, scheduler: SchedulerContext):
+        super().__init__(scheduler)
         self.exit_reasons: dict[str, str] = {}
         self._retirements: dict[str, asyncio.Future] = {}  # address -> retired?
         self._workers_changed = asyncio.Event()
         self._tickers: set[asyncio.Task] = set()
         self._retirement_ticker: asyncio.Task | None = None
         self._closing = False
-        self.handlers: dict[str, Callable] = {
-            "worker-killed": self._handle_worker_killed,
-            "retire_workers": self._handle_retire_workers,
-            "workers_to_close": self._handle_workers_to_close,
-            "restart": self._handle_restart,
-        }
-        self._instructions: dict[type, Callable[[Any], None]] = {
-            ins.WorkerRetired: self._worker_retired,
-            ins.RetirementFailed: self._retirement_failed,
-            ins.WorkerSilent: self._worker_silent,
-            ins.SchedulerIdle: self._scheduler_idle,
-        }
+        self.handlers.update(
+            {
+                "worker-killed": self._handle_worker_killed,
+                "retire_workers": self._handle_retire_workers,
+                "workers_to_close": self._handle_workers_to_close,
+                "restart": self._handle_restart,
+            }
+        )
+        self.instruction_handlers.update(
+            {
+                ins.WorkerRetired: self._worker_retired,
+                ins.RetirementFailed: self._retirement_failed,
+                ins.WorkerSilent: self._worker_silent,
+                ins.SchedulerIdle: self._scheduler_idle,
+            }
+        )
 
     # ------------------------------------------------------------------ time
 
@@ -118,11 +120,7 @@ class WorkerLifecycle:
 
     def tick(self) -> None:
         """Tell the state that time passed."""
-        self.scheduler._handle(ev.Tick(_stimulus("tick"), time.time()))
-
-    def on_instruction(self, instruction: ins.ForServer) -> None:
-        """Carry out an instruction of the state addressed to the server itself."""
-        self._instructions[type(instruction)](instruction)
+        self.scheduler.handle(ev.Tick(_stimulus("tick"), time.time()))
 
     def workers_changed(self) -> None:
         """A worker came or went (the server tells): wake whoever waits for workers."""
@@ -142,12 +140,10 @@ class WorkerLifecycle:
         self.exit_reasons[address] = (
             f"sent no heartbeat for {silence:.0f} s (worker-ttl is {ttl:g} s)"
         )
-        stream = self.scheduler.worker_streams.get(address)
-        if stream is not None:
-            stream.abort()  # its reader removes the worker
-        else:  # (after the instructions of this step are carried out)
+        if not self.scheduler.disconnect(address):  # (its stream's reader removes it)
+            # No stream: removed once the instructions of this step are carried out.
             asyncio.get_running_loop().call_soon(
-                self.scheduler._handle, ev.RemoveWorker(_stimulus("worker-ttl"), address)
+                self.scheduler.handle, ev.RemoveWorker(_stimulus("worker-ttl"), address)
             )
 
     def _scheduler_idle(self, instruction: ins.SchedulerIdle) -> None:
@@ -237,7 +233,7 @@ class WorkerLifecycle:
         self._retirements.update(outcomes)
         now = time.time()
         deadline = None if timeout is None else now + timeout
-        scheduler._handle(
+        scheduler.handle(
             ev.RetireWorkers(stimulus_id, tuple(addresses), time=now, deadline=deadline),
             ev.Tick(stimulus_id, now),
         )
@@ -247,7 +243,7 @@ class WorkerLifecycle:
         retired = {a: info[a] for a, outcome in outcomes.items() if outcome.result()}
         for address in retired:
             if remove:
-                scheduler._handle(ev.RemoveWorker(stimulus_id, address, safe=True))
+                scheduler.handle(ev.RemoveWorker(stimulus_id, address, safe=True))
         if close_workers:
             await asyncio.gather(*(self.close_worker(a) for a in retired))
         return retired
@@ -286,8 +282,7 @@ class WorkerLifecycle:
         nannies = [ws.nanny for ws in old.values() if ws.nanny]
         logger.info("Restarting: %d workers, %d with a nanny", len(old), len(nannies))
         deadline = time.monotonic() + timeout
-        scheduler.datasets.clear()
-        scheduler._handle(ev.Restart(_stimulus("restart")))
+        scheduler.handle(ev.Restart(_stimulus("restart")))
         calls = [
             scheduler.pool.call(nanny, {"op": "restart", "timeout": timeout}, timeout=timeout)
             for nanny in nannies

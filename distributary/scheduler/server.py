@@ -30,6 +30,7 @@ from distributary.protocol.worker_messages import FROM_WORKER, Unregister
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.datasets import DatasetExtension
+from distributary.scheduler.extension import SchedulerExtension
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.records import WorkerRecord
 from distributary.scheduler.state import SchedulerState
@@ -92,13 +93,17 @@ class Scheduler(ServerNode):
         self.message_handlers: dict[type, Callable[[Any], bool | None]] = {
             Unregister: lambda msg: False,
         }
+        # The state's instructions for the server itself, by class.
+        self.instruction_handlers: dict[type, Callable[[Any], None]] = {}
         self.pool = ConnectionPool(role="scheduler")
         self.inproc_address: str | None = None  # the same server, in memory
         self.datasets = DatasetExtension(self)
-        self.server.handlers.update(self.datasets.handlers)
-        self.message_handlers.update(self.datasets.message_handlers)
         self.lifecycle = WorkerLifecycle(self)
-        self.server.handlers.update(self.lifecycle.handlers)
+        self.extensions: list[SchedulerExtension] = [self.datasets, self.lifecycle]
+        for extension in self.extensions:
+            self.server.handlers.update(extension.handlers)
+            self.message_handlers.update(extension.message_handlers)
+            self.instruction_handlers.update(extension.instruction_handlers)
 
     @property
     def address(self) -> str:
@@ -187,11 +192,13 @@ class Scheduler(ServerNode):
         if self.scheduler_file:
             with open(self.scheduler_file, "w") as f:
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
-        self.lifecycle.start()
+        for extension in self.extensions:
+            extension.start()
         logger.info("Scheduler at: %s", self.address)
 
     async def _close(self) -> None:
-        self.lifecycle.stop()
+        for extension in self.extensions:
+            extension.stop()
         for stream in [*self.worker_streams.values(), *self.client_streams.values()]:
             stream.abort()
         await self.server.close()
@@ -201,14 +208,16 @@ class Scheduler(ServerNode):
 
     # ------------------------------------------------------------------ state machine
 
-    def _handle(self, *events: ev.Event) -> None:
+    def handle(self, *events: ev.Event) -> None:
+        """Hand events to the state machine and carry out what it answers: messages
+        go out on their peers' streams, the rest to the extension that takes them."""
         if not events:
             return
         for instruction in self.state.handle(*events):
             if isinstance(instruction, ins.ToWorker):
                 stream = self.worker_streams.get(instruction.worker)
             elif isinstance(instruction, ins.ForServer):
-                self.lifecycle.on_instruction(instruction)
+                self.instruction_handlers[type(instruction)](instruction)
                 continue
             else:
                 stream = self.client_streams.get(instruction.client)
@@ -219,6 +228,20 @@ class Scheduler(ServerNode):
                 msg["exception"] = _serializable(msg["exception"])
                 msg["traceback"] = _serializable(msg["traceback"])
             stream.send(msg)
+
+    def is_connected(self, peer: str) -> bool:
+        """Whether the stream of this worker or client is open."""
+        stream = self.worker_streams.get(peer) or self.client_streams.get(peer)
+        return stream is not None and not stream.closed()
+
+    def disconnect(self, peer: str) -> bool:
+        """Close the stream of this worker or client (its reader then removes it);
+        False if there is none."""
+        stream = self.worker_streams.get(peer) or self.client_streams.get(peer)
+        if stream is None:
+            return False
+        stream.abort()
+        return True
 
     async def _handle_messages(self, messages: list) -> bool:
         """Handle one batch of a stream's messages, in order; False if its peer
@@ -233,17 +256,17 @@ class Scheduler(ServerNode):
             if handler is None and type(msg) is not ev.UpdateGraph:
                 events.append(msg)
                 continue
-            self._handle(*events)
+            self.handle(*events)
             events = []
             if handler is not None:
                 if handler(msg) is False:
                     return False
                 continue
             with gc_paused():
-                self._handle(msg)
+                self.handle(msg)
             # (a read of a message already received does not yield to the loop)
             await asyncio.sleep(0)
-        self._handle(*events)
+        self.handle(*events)
         return True
 
     # ------------------------------------------------------------------ handlers
@@ -258,7 +281,7 @@ class Scheduler(ServerNode):
             return
         stream = BatchedSend(comm)
         self.worker_streams[address] = stream
-        self._handle(
+        self.handle(
             ev.AddWorker(
                 f"register-worker-{address}",
                 address,
@@ -283,7 +306,7 @@ class Scheduler(ServerNode):
             stream.abort()
             if self.status == "running":
                 reason = self.lifecycle.exit_reasons.pop(address, "")
-                self._handle(
+                self.handle(
                     ev.RemoveWorker(f"remove-worker-{address}", address, safe=safe, reason=reason)
                 )
                 logger.info("Worker %s removed", address)
@@ -293,7 +316,7 @@ class Scheduler(ServerNode):
         client = msg["client"]
         stream = BatchedSend(comm)
         self.client_streams[client] = stream
-        self._handle(ev.AddClient(f"add-client-{client}", client))
+        self.handle(ev.AddClient(f"add-client-{client}", client))
         await comm.write({"status": "OK", "id": self.id})
         try:
             await read_messages(comm, FROM_CLIENT, client, self._handle_messages)
@@ -301,7 +324,7 @@ class Scheduler(ServerNode):
             self.client_streams.pop(client, None)
             stream.abort()
             if self.status == "running":
-                self._handle(ev.RemoveClient(f"remove-client-{client}", client))
+                self.handle(ev.RemoveClient(f"remove-client-{client}", client))
 
     def _handle_identity(self, comm: Any, msg: dict) -> dict:
         return {

@@ -504,6 +504,7 @@ class SchedulerState(TransitionEngine):
         self.unrunnable.clear()
         self._queue.clear()
         self.idle.clear()
+        self._out.append(ins.ClusterRestarted(event.stimulus_id))
         for address in self.retiring:  # (nothing is left to move)
             self._out.append(ins.WorkerRetired(event.stimulus_id, address))
         self.retiring.clear()

@@ -1,0 +1,68 @@
+"""How an extension plugs into the scheduler: what it declares, and what it may use.
+
+An extension (published datasets, workers leaving; the coordination objects, plugins
+and diagnostics to come) is made with the scheduler, seen through the narrow
+:class:`SchedulerContext`, and declares what it takes:
+
+* ``handlers``: request/reply operations by name, ``(comm, msg) -> reply``;
+* ``message_handlers``: messages of the clients' and workers' streams by class, taken
+  here instead of by the state machine (``False`` ends the stream);
+* ``instruction_handlers``: the state machine's :class:`~distributary.scheduler.
+  instructions.ForServer` instructions by class.
+
+It changes the state only by handing it events (:meth:`SchedulerContext.handle`), and
+is started and stopped with the scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from distributary.core import ConnectionPool
+    from distributary.scheduler.events import Event
+    from distributary.scheduler.records import WorkerRecord
+    from distributary.scheduler.state import SchedulerState
+
+
+class SchedulerContext(Protocol):
+    """What an extension may use of the scheduler."""
+
+    state: SchedulerState  # to read; changed only through handle()
+    pool: ConnectionPool  # to call workers and nannies
+
+    def handle(self, *events: Event) -> None:
+        """Hand events to the state machine and carry out what it answers."""
+
+    def is_connected(self, peer: str) -> bool:
+        """Whether the stream of this worker or client is open."""
+
+    def disconnect(self, peer: str) -> bool:
+        """Close the stream of this worker or client (its reader then removes it);
+        False if there is none."""
+
+    def coerce_address(self, address: str) -> str:
+        """A worker's address from its address, name or host:port."""
+
+    def worker_info(self, ws: WorkerRecord) -> dict:
+        """What the scheduler knows of a worker, as plain values."""
+
+    async def close(self) -> None:
+        """Close the scheduler."""
+
+
+class SchedulerExtension:
+    """Base of the scheduler's extensions: fill in the handlers in ``__init__``."""
+
+    def __init__(self, scheduler: SchedulerContext):
+        self.scheduler = scheduler
+        self.handlers: dict[str, Callable[[Any, dict], Any]] = {}
+        self.message_handlers: dict[type, Callable[[Any], bool | None]] = {}
+        self.instruction_handlers: dict[type, Callable[[Any], None]] = {}
+
+    def start(self) -> None:
+        """The scheduler started (its event loop runs)."""
+
+    def stop(self) -> None:
+        """The scheduler is closing."""
