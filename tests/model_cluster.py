@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributary.client.state import ClientState, FutureState, PendingGraph
-from distributary.protocol.client_messages import FROM_CLIENT
+from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT
 from distributary.protocol.worker_messages import FROM_WORKER, TO_WORKER
 from distributary.scheduler import events as sev
 from distributary.scheduler import instructions as sins
@@ -319,7 +319,7 @@ class ModelCluster:
         msg = queue.popleft()
         self.log.append(f"deliver to {where} from/for {who}: {_brief(msg)}")
         if where == "client":
-            self.clients[who].core.handle(msg)
+            self.clients[who].core.handle(TO_CLIENT.decode(msg, who))
         elif where == "worker":
             self._to_worker_state(who, TO_WORKER.decode(msg, who))
         elif msg["op"] == _REMOVED:
@@ -488,7 +488,7 @@ class ModelCluster:
             assert fair, f"{handle} was cancelled, and nobody cancelled it"
             return
         if status == "error":
-            exc = record.error["exception"]
+            exc = record.error.exception
             assert fair or isinstance(want, BaseException), f"{handle} erred: {exc!r}, not {want}"
             assert fair or isinstance(exc, ZeroDivisionError), (handle, exc)
             return

@@ -11,6 +11,9 @@ import gc
 import pytest
 
 from distributary.client.state import ClientState, PendingGraph
+from distributary.protocol.client_messages import TO_CLIENT, ToClient
+from distributary.protocol.errors import RemoteError
+from distributary.protocol.wire import ProtocolError
 
 
 def submit(core: ClientState, *keys, tasks=None) -> tuple[list, PendingGraph]:
@@ -32,8 +35,11 @@ def flush(core: ClientState) -> list[dict]:
     return msgs
 
 
-def report(op: str, key, ack: int, **fields) -> dict:
-    return {"op": op, "key": key, "ack": ack, **fields}
+def report(op: str, key, ack: int, **fields) -> ToClient:
+    """A report from the scheduler, as the client's stream decodes it."""
+    defaults = {"type": "", "workers": (), "exception": None, "traceback": None}
+    defaults |= {"exception_text": "", "reason": "", "stimulus_id": "test"}
+    return TO_CLIENT.decode({"op": op, "key": key, "ack": ack, **defaults, **fields}, "me")
 
 
 # ---------------------------------------------------------------------- claiming and releasing
@@ -171,18 +177,16 @@ def test_a_restart_cancels_only_what_was_asked_for_before_it():
     flush(core)  # seq 1
     [after], _ = submit(core, "b")
     flush(core)  # seq 2, after the restart
-    done = core.handle({"op": "restart", "ack": 1})
+    done = core.handle(report("restart", None, ack=1))
     assert done == [before] and before.status == "cancelled"
     assert after.status == "pending" and core.holds("b") and not core.holds("a")
     assert core.restarts == 1
 
 
-def test_malformed_reports_are_ignored():
-    core = ClientState()
-    submit(core, "x")
-    flush(core)
-    assert core.handle({"op": "key-in-memory", "key": ["unhashable"], "ack": 1}) == []
-    assert core.handle({"op": "no-such-op", "key": "x", "ack": 1}) == []
+def test_malformed_reports_never_reach_the_state():
+    for op, key in [("key-in-memory", ["unhashable"]), ("no-such-op", "x")]:
+        with pytest.raises(ProtocolError):
+            report(op, key, ack=1)
 
 
 # ---------------------------------------------------------------------- graphs in parts
@@ -238,7 +242,7 @@ def test_a_key_kept_for_a_later_part_becomes_the_holders():
     msgs = flush(core)
     assert ops(msgs) == [("update-graph", ("x",)), ("update-graph", ("top",))]
     assert held.since == msgs[0]["seq"]
-    assert core.handle({"op": "restart", "ack": 1}) == []  # before the graph: not for it
+    assert core.handle(report("restart", None, ack=1)) == []  # before the graph: not for it
     assert core.holds("x") and held.status == "pending"
 
 
@@ -256,7 +260,7 @@ def test_a_graph_that_fails_to_build_in_the_background_errs_its_unsent_keys():
     core = ClientState()
     records, graph = core.submit(["a", "b"])
     core.add_part(graph, [{"key": "a"}], ["a"])
-    graph.error = {"exception": ValueError("unpicklable"), "exception_text": "ValueError()"}
+    graph.error = RemoteError(ValueError("unpicklable"), exception_text="ValueError()")
     graph.done = True
     msgs, done = core.flush()
     assert ops(msgs) == [("update-graph", ("a",))]
@@ -273,7 +277,7 @@ def test_abandoning_a_graph_releases_what_was_sent_and_forgets_the_rest():
     claimed = ["held", "a", "b"]
     records, graph = core.submit(claimed)
     core.add_part(graph, [{"key": "a"}], ["a"])
-    core.abandon(claimed, graph, {"exception": None})
+    core.abandon(claimed, graph, RemoteError(None))
     graph.done = True
     assert ops(flush(core)) == [("update-graph", ("a",)), ("client-releases-keys", ("a",))]
     assert set(core.futures) == {"held"} and core.refcount == {"held": 1}

@@ -13,6 +13,7 @@ import pytest
 
 from distributary.protocol import (
     ProtocolError,
+    RemoteError,
     RemoteException,
     Serialize,
     Serialized,
@@ -356,3 +357,21 @@ def test_graph_nodes_pickle_each_distinct_function_once(monkeypatch):
         node = loads_node(payloads[i])
         assert node.key == ("shift", i)
         assert node({("x", i): i}) == i + offset
+
+
+def test_a_remote_error_is_a_value_that_rebuilds_its_exception():
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        error = RemoteError.of(exc)
+    assert error.exception_text == "KeyError('missing')"
+    assert "raise KeyError" in error.traceback_text
+    travelled = loads_message(dumps_message(error.reply()))
+    assert travelled["status"] == "error"
+    again = RemoteError.from_reply(travelled)
+    for rebuilt in (error.rebuild(), again.rebuild()):
+        assert type(rebuilt) is KeyError and rebuilt.args == ("missing",)
+        assert rebuilt.__traceback__ is not None
+    assert error.rebuild() is not error.rebuild()  # (a new one each time)
+    unknown = RemoteError(None, exception_text="ValueError('gone')").rebuild()
+    assert isinstance(unknown, RemoteException) and str(unknown) == "ValueError('gone')"

@@ -16,6 +16,7 @@ import random
 import pytest
 
 from distributary import transitions
+from distributary.protocol.errors import RemoteError
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 from distributary.worker.state import WorkerState
@@ -425,17 +426,13 @@ def test_gather_error_fails_the_dependents():
     s = ws()
     out = step(s, compute("x", run_id=3, who_has={"a": [P1]}))
     gd = one(out, ins.GatherDep)
-    error = {
-        "exception": TypeError("cannot unpickle"),
-        "traceback": "tb",
-        "exception_text": "TypeError('cannot unpickle')",
-        "traceback_text": "tb-text",
-    }
+    exc = TypeError("cannot unpickle")
+    error = RemoteError(exc, "tb", "TypeError('cannot unpickle')", "tb-text")
     e = ev.GatherDepError(sid(), P1, gd.keys, error)
     out = step(s, e)
     assert out == [
         ins.TaskErred(
-            e.stimulus_id, "x", 3, error["exception"], "tb", error["exception_text"], "tb-text"
+            e.stimulus_id, "x", 3, error.exception, "tb", error.exception_text, "tb-text"
         )
     ]
     assert_empty(s)
@@ -883,12 +880,7 @@ def test_acquire_replica_from_another_holder_then_give_up():
 def test_acquire_replica_that_cannot_be_deserialized():
     s = ws()
     gd = one(step(s, acquire({"a": [P1]})), ins.GatherDep)
-    error = {
-        "exception": TypeError("x"),
-        "traceback": None,
-        "exception_text": "",
-        "traceback_text": "",
-    }
+    error = RemoteError(TypeError("x"))
     assert step(s, ev.GatherDepError(sid(), P1, gd.keys, error)) == []  # nobody to fail
     assert_empty(s)
 
@@ -1195,12 +1187,7 @@ class _Sim:
         if roll < 0.1:
             self.handle(gather_failed(gd))
         elif roll < 0.14:
-            error = {
-                "exception": TypeError("x"),
-                "traceback": None,
-                "exception_text": "TypeError('x')",
-                "traceback_text": "",
-            }
+            error = RemoteError(TypeError("x"), None, "TypeError('x')")
             self.handle(ev.GatherDepError(sid(), peer, gd.keys, error))
         else:
             has = self.peer_data[peer]

@@ -28,9 +28,10 @@ from distributary.client.registry import default_client
 from distributary.client.state import ClientState, FutureState
 from distributary.client.structures import collect_futures
 from distributary.client.transfer import DataTransfer
-from distributary.comm import CommClosedError, connect
+from distributary.comm import connect
 from distributary.comm.addressing import normalize_address
-from distributary.core import BatchedSend, ConnectionPool
+from distributary.core import BatchedSend, ConnectionPool, read_messages
+from distributary.protocol.client_messages import TO_CLIENT
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, in_loop, sync
 
@@ -241,27 +242,23 @@ class Client:
     # ------------------------------------------------------------------ the scheduler stream
 
     async def _read_stream(self, comm: Any) -> None:
-        try:
-            while True:
-                msgs = await comm.read()
-                if isinstance(msgs, dict):
-                    msgs = (msgs,)
-                done: list[FutureState] = []
-                with self._outbox.lock:
-                    restarts = self._core.restarts
-                    for msg in msgs:
-                        if isinstance(msg, dict):
-                            done.extend(self._core.handle(msg))
-                    restarted = self._core.restarts != restarts
-                self._outbox.wake(done)
-                if restarted:
-                    for event in self._restart_waiters:
-                        event.set()
-        except CommClosedError:
-            if self.status == "running":
-                logger.warning("Lost the connection to the scheduler at %s", self.scheduler_address)
-                self.status = "closed"
-                self._outbox.cancel_everything("lost the connection to the scheduler")
+        await read_messages(comm, TO_CLIENT, self.id, self._handle_reports)
+        if self.status == "running":
+            logger.warning("Lost the connection to the scheduler at %s", self.scheduler_address)
+            self.status = "closed"
+            self._outbox.cancel_everything("lost the connection to the scheduler")
+
+    def _handle_reports(self, reports: list) -> None:
+        done: list[FutureState] = []
+        with self._outbox.lock:
+            restarts = self._core.restarts
+            for report in reports:
+                done.extend(self._core.handle(report))
+            restarted = self._core.restarts != restarts
+        self._outbox.wake(done)
+        if restarted:
+            for event in self._restart_waiters:
+                event.set()
 
     # ------------------------------------------------------------------ submit and map
 

@@ -24,7 +24,7 @@ from distributary.client.graphs import (
     task_options,
 )
 from distributary.client.state import PendingGraph
-from distributary.protocol.errors import error_message
+from distributary.protocol.errors import RemoteError
 from distributary.utils.gc_pause import gc_paused
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class GraphRunner:
             lost = [key for key in new if key not in nodes]  # (released since the check)
             if lost:
                 error = GraphError(f"Key {lost[0]!r} is not in the graph")
-                self._outbox.core.abandon(keys, pending, error_message(error))
+                self._outbox.core.abandon(keys, pending, RemoteError.of(error))
                 raise error
             # the rest of the graph: sent unless this client holds it
             send = [key for key in nodes if key in to_want or not self._outbox.core.holds(key)]
@@ -92,7 +92,7 @@ class GraphRunner:
                         parts = list(parts)
                     except BaseException as exc:
                         with self._outbox.lock:
-                            done = self._outbox.core.abandon(keys, pending, error_message(exc))
+                            done = self._outbox.core.abandon(keys, pending, RemoteError.of(exc))
                         pending.done = True
                         self._outbox.wake_soon(done)
                         self._outbox.schedule_flush()

@@ -11,7 +11,7 @@ from distributary.client import registry
 from distributary.client.interface import FutureOwner
 from distributary.client.state import FutureState
 from distributary.exceptions import FutureCancelledError
-from distributary.protocol.errors import rebuild_exception
+from distributary.protocol.errors import RemoteError
 
 
 class Future(TaskRef):
@@ -65,7 +65,7 @@ class Future(TaskRef):
         await self._wait()
         status = self._state.status
         if status == "error":
-            exc = rebuild_exception(self._state.error or {})
+            exc = _error(self._state).rebuild()
             if not raiseit:
                 return exc
             try:
@@ -86,7 +86,7 @@ class Future(TaskRef):
     async def _exception(self) -> BaseException | None:
         await self._wait()
         if self._state.status == "error":
-            return rebuild_exception(self._state.error or {})
+            return _error(self._state).rebuild()
         if self._state.status == "cancelled":
             raise FutureCancelledError(self.key, self._state.cancel_reason)
         return None
@@ -143,3 +143,7 @@ class Future(TaskRef):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Future) and other.key == self.key and other.client is self.client
+
+
+def _error(record: FutureState) -> RemoteError:
+    return record.error or RemoteError(None, exception_text="unknown remote error")

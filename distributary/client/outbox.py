@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from distributary.client.state import ClientState, FutureState, PendingGraph
-from distributary.protocol.errors import error_message
+from distributary.protocol.errors import RemoteError
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.loop import in_loop
 
@@ -138,7 +138,7 @@ class Outbox:
                 self._build_parts(pending, parts, background)
             except BaseException as exc:
                 with self.lock:
-                    done = self.core.abandon(claimed, pending, error_message(exc))
+                    done = self.core.abandon(claimed, pending, RemoteError.of(exc))
                 self.wake_soon(done)
                 self.schedule_flush()
                 raise
@@ -157,7 +157,7 @@ class Outbox:
         except BaseException as exc:
             if not (background and isinstance(exc, Exception)):
                 raise
-            pending.error = error_message(exc)
+            pending.error = RemoteError.of(exc)
         finally:
             pending.done = True
             self.schedule_flush()

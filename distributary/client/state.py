@@ -36,6 +36,16 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from distributary.protocol.client_messages import (
+    KeyCancelled,
+    KeyErred,
+    KeyInMemory,
+    KeyLost,
+    Restarted,
+    ToClient,
+)
+from distributary.protocol.errors import RemoteError
+
 Key = Any
 
 _FINAL = frozenset({"finished", "error", "cancelled"})
@@ -43,7 +53,6 @@ _FINAL = frozenset({"finished", "error", "cancelled"})
 RELEASE = "client-releases-keys"
 DESIRE = "client-desires-keys"
 
-_REPORTS = frozenset({"key-in-memory", "task-erred", "cancelled-key", "lost-data"})
 
 
 class FutureState:
@@ -69,7 +78,7 @@ class FutureState:
     def __init__(self, key: Key = None, since: int | None = None) -> None:
         self.key = key
         self.status = "pending"
-        self.error: dict | None = None
+        self.error: RemoteError | None = None
         self.type = ""
         self.workers: tuple = ()
         self.cancel_reason = ""
@@ -86,7 +95,7 @@ class FutureState:
         self.workers = workers
         self.status = "finished"
 
-    def set_error(self, error: dict) -> None:
+    def set_error(self, error: RemoteError) -> None:
         self.error = error
         self.status = "error"
 
@@ -117,7 +126,7 @@ class PendingGraph:
         self.kept_for_later: dict[Key, int] = {}  # other keys asked for: the seq that did
         self.parts = 0  # built so far
         self.done = False
-        self.error: dict | None = None  # errs the wanted keys of the parts never built
+        self.error: RemoteError | None = None  # errs the wanted keys of the parts never built
 
 
 class _Release:
@@ -160,6 +169,12 @@ class ClientState:
         self.outbox: deque = deque()  # dicts, _Asking, PendingGraphs, _Releases, _Desires
         self.seq = 0  # of the last message flushed
         self.restarts = 0  # of the scheduler, as reported on the stream
+        self._reports: dict[type, Callable[[FutureState, Any], list[FutureState]]] = {
+            KeyInMemory: self._key_in_memory,
+            KeyErred: self._key_erred,
+            KeyCancelled: self._key_cancelled,
+            KeyLost: self._key_lost,
+        }
 
     # ------------------------------------------------------------------ references
 
@@ -239,7 +254,9 @@ class ClientState:
             if key not in self.futures and key not in self.releasing:
                 self.outbox.append(_Release(key, None))
 
-    def abandon(self, claimed: list, graph: PendingGraph, error: dict) -> list[FutureState]:
+    def abandon(
+        self, claimed: list, graph: PendingGraph, error: RemoteError
+    ) -> list[FutureState]:
         """Drop the claims of a call whose graph failed to build (it returned no
         futures): what was sent is released, what was not is forgotten.  A key never
         sent that another caller claimed meanwhile errs.  Returns the records now done."""
@@ -413,37 +430,31 @@ class ClientState:
 
     # ------------------------------------------------------------------ from the scheduler
 
-    def handle(self, msg: dict) -> list[FutureState]:
+    def handle(self, msg: ToClient) -> list[FutureState]:
         """Apply one message from the scheduler; return the records it made done."""
-        op = msg.get("op")
-        if op == "restart":
+        if type(msg) is Restarted:
             self.restarts += 1
-            return self.cancel_all("scheduler-restart", msg.get("ack", 0))
-        if op not in _REPORTS:
-            return []
-        record = self._current(msg)
-        if record is None:
-            return []
-        if op == "key-in-memory":
-            record.finish(msg.get("type", ""), tuple(msg.get("workers") or ()))
-        elif op == "task-erred":
-            record.set_error(msg)
-        elif op == "cancelled-key":
-            # the scheduler no longer keeps it for us: a new submit must send it again
-            self.futures.pop(record.key, None)
-            self.releasing.pop(record.key, None)
-            record.cancel(msg.get("reason", ""))
-        else:  # lost-data
-            record.reset()
-            return []
+            return self.cancel_all("scheduler-restart", msg.ack)
+        record = self._record_of(msg.key)
+        if record is None or record.since is None or msg.ack < record.since:
+            return []  # (about no record, or written about an earlier life of the key)
+        return self._reports[type(msg)](record, msg)
+
+    def _key_in_memory(self, record: FutureState, msg: KeyInMemory) -> list[FutureState]:
+        record.finish(msg.type, msg.workers)
         return [record]
 
-    def _current(self, msg: dict) -> FutureState | None:
-        """The record a report is about, unless it was written about an earlier life."""
-        try:
-            record = self._record_of(msg.get("key"))
-        except TypeError:  # an unhashable key
-            return None
-        if record is None or record.since is None or msg.get("ack", 0) < record.since:
-            return None
-        return record
+    def _key_erred(self, record: FutureState, msg: KeyErred) -> list[FutureState]:
+        record.set_error(RemoteError(msg.exception, msg.traceback, msg.exception_text))
+        return [record]
+
+    def _key_cancelled(self, record: FutureState, msg: KeyCancelled) -> list[FutureState]:
+        # the scheduler no longer keeps it for us: a new submit must send it again
+        self.futures.pop(record.key, None)
+        self.releasing.pop(record.key, None)
+        record.cancel(msg.reason)
+        return [record]
+
+    def _key_lost(self, record: FutureState, msg: KeyLost) -> list[FutureState]:
+        record.reset()
+        return []

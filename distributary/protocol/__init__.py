@@ -1,6 +1,7 @@
 """Serialization: msgpack messages with pickle protocol 5 frames, and error messages."""
 
 from distributary.protocol.errors import (
+    RemoteError,
     RemoteException,
     error_message,
     rebuild_exception,
@@ -18,6 +19,7 @@ from distributary.protocol.wire import ProtocolError, dumps_message, loads_messa
 
 __all__ = [
     "ProtocolError",
+    "RemoteError",
     "RemoteException",
     "Serialize",
     "Serialized",

@@ -1,9 +1,11 @@
-"""Exceptions as messages, so that a remote error is raised again where it is wanted.
+"""Exceptions as values, so that a remote error is raised again where it is wanted.
 
-The exception and its traceback (as a tblib ``Traceback``) are pickled; the
-receiver gets the original exception type with the remote frames in its
-``__traceback__``. An exception that cannot be pickled (or unpickled) is replaced
-by a :class:`RemoteException` subclass carrying the original type name and message.
+A :class:`RemoteError` holds the exception and its traceback (as a tblib
+``Traceback``), pickled, and their texts; the receiver gets the original exception
+type with the remote frames in its ``__traceback__``. An exception that cannot be
+pickled (or unpickled) is replaced by a :class:`RemoteException` subclass carrying the
+original type name and message.  A request that fails is answered with the error as a
+reply (:meth:`RemoteError.reply`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import traceback
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +21,13 @@ from tblib import Traceback
 
 from distributary.protocol.serialize import Serialize, deserialize, serialize
 
-__all__ = ["RemoteException", "error_message", "rebuild_exception", "remote_exception"]
+__all__ = [
+    "RemoteError",
+    "RemoteException",
+    "error_message",
+    "rebuild_exception",
+    "remote_exception",
+]
 
 
 class RemoteException(Exception):
@@ -73,19 +82,81 @@ def _traceback_of(exc: BaseException) -> Traceback | None:
     return wrapped
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteError:
+    """An exception raised elsewhere, as it travels: the exception and its traceback
+    (pickled, or the objects themselves within one process) and their texts."""
+
+    exception: Any
+    traceback: Any = None
+    exception_text: str = ""
+    traceback_text: str = ""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> RemoteError:
+        """``exc`` as a remote error that can always be serialized."""
+        try:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:
+            text = _safe_str(exc, repr)
+        return cls(
+            Serialize(_transferable(exc)),
+            Serialize(_traceback_of(exc)),
+            _safe_str(exc, repr),
+            text,
+        )
+
+    @classmethod
+    def from_reply(cls, reply: dict) -> RemoteError:
+        """The error of an error reply (:meth:`reply`)."""
+        return cls(
+            reply.get("exception"),
+            reply.get("traceback"),
+            str(reply.get("exception_text") or ""),
+            str(reply.get("traceback_text") or ""),
+        )
+
+    def reply(self) -> dict:
+        """The error as the reply to a request: ``{"status": "error", ...}``."""
+        return {
+            "status": "error",
+            "exception": self.exception,
+            "traceback": self.traceback,
+            "exception_text": self.exception_text,
+            "traceback_text": self.traceback_text,
+        }
+
+    def rebuild(self) -> BaseException:
+        """The exception, with the remote traceback attached.
+
+        A new exception each time: raising one appends the raising frames to its
+        traceback, and an error kept (a future's) must not keep those frames alive.
+        """
+        tb = _remote_traceback(self.traceback)
+        try:
+            exc = deserialize(self.exception)
+            if isinstance(self.exception, Serialize):  # (in memory: shared, so copied)
+                exc = _copy(exc)
+        except Exception:
+            exc = None
+        if not isinstance(exc, BaseException):
+            exc = remote_exception("RemoteException", self.exception_text or "unknown remote error")
+        try:
+            return exc.with_traceback(tb)
+        finally:
+            # tblib's frames keep this frame (their ``f_back``) alive as long as the
+            # exception lives: holding the exception here would make a cycle.
+            del exc, tb
+
+
 def error_message(exc: BaseException) -> dict:
     """Describe ``exc`` as an error reply that can always be serialized."""
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        text = _safe_str(exc, repr)
-    return {
-        "status": "error",
-        "exception": Serialize(_transferable(exc)),
-        "traceback": Serialize(_traceback_of(exc)),
-        "exception_text": _safe_str(exc, repr),
-        "traceback_text": text,
-    }
+    return RemoteError.of(exc).reply()
+
+
+def rebuild_exception(reply: dict) -> BaseException:
+    """The exception of an error reply, with the remote traceback attached."""
+    return RemoteError.from_reply(reply).rebuild()
 
 
 def _copy(exc: Any) -> Any:
@@ -103,32 +174,8 @@ def _as_traceback(tb: Any) -> TracebackType | None:
     return None
 
 
-def rebuild_exception(msg: dict) -> BaseException:
-    """Return the exception of an error message, with the remote traceback attached.
-
-    A new exception each time: raising one appends the raising frames to its
-    traceback, and a message kept (a future's error) must not keep those frames alive.
-    """
-    tb = _remote_traceback(msg)
+def _remote_traceback(tb: Any) -> TracebackType | None:
     try:
-        exc = deserialize(msg["exception"])
-        if isinstance(msg["exception"], Serialize):  # (in memory: shared, so copied)
-            exc = _copy(exc)
-    except Exception:
-        exc = None
-    if not isinstance(exc, BaseException):
-        text = msg.get("exception_text") or "unknown remote error"
-        exc = remote_exception("RemoteException", str(text))
-    try:
-        return exc.with_traceback(tb)
-    finally:
-        # tblib's frames keep this frame (their ``f_back``) alive as long as the
-        # exception lives: holding the exception here would make a cycle.
-        del exc, tb
-
-
-def _remote_traceback(msg: dict) -> TracebackType | None:
-    try:
-        return _as_traceback(deserialize(msg.get("traceback")))
+        return _as_traceback(deserialize(tb))
     except Exception:
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from distributary.protocol.errors import RemoteError
 from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, FreeKeys, ToWorker
 
 __all__ = [
@@ -92,11 +93,11 @@ class GatherDepFailure(WorkerEvent):
 class GatherDepError(WorkerEvent):
     """A peer answered, but its data for these keys cannot be had: it could not be
     serialized there, or deserialized here.  The tasks waiting for them fail with
-    ``error`` (an error message: exception, traceback and their texts)."""
+    ``error``."""
 
     worker: str
     keys: tuple
-    error: dict
+    error: RemoteError
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from typing import Any
 from dask.sizeof import sizeof
 
 from distributary.exceptions import Reschedule
-from distributary.protocol.errors import error_message
+from distributary.protocol.errors import RemoteError
 from distributary.protocol.tasks import loads_node, loads_task
 
 
@@ -23,7 +23,7 @@ class TaskOutcome:
         self.nbytes = 0
         self.type = ""
         self.duration = 0.0
-        self.error: dict | None = None
+        self.error: RemoteError | None = None
         self.reschedule = False
 
 
@@ -41,7 +41,7 @@ def run_task(payload: Mapping, dependencies: Mapping) -> TaskOutcome:
         outcome.reschedule = True
         return outcome
     except BaseException as exc:
-        outcome.error = error_message(exc)
+        outcome.error = RemoteError.of(exc)
         return outcome
     finally:
         outcome.duration = time.perf_counter() - start

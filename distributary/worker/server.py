@@ -29,7 +29,7 @@ from dask.sizeof import sizeof
 from distributary.comm import CommClosedError, connect
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
-from distributary.protocol.errors import error_message
+from distributary.protocol.errors import RemoteError
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
 from distributary.utils.process import cpu_count
@@ -395,10 +395,10 @@ class Worker(ServerNode):
                 stimulus_id,
                 key,
                 run_id,
-                err["exception"],
-                err["traceback"],
-                err["exception_text"],
-                err["traceback_text"],
+                err.exception,
+                err.traceback,
+                err.exception_text,
+                err.traceback_text,
             )
         else:
             event = ev.ExecuteSuccess(
@@ -440,7 +440,7 @@ class Worker(ServerNode):
                 "Could not get %d keys from %s: %r", len(instruction.keys), instruction.worker, exc
             )
             event = ev.GatherDepError(
-                stimulus_id, instruction.worker, instruction.keys, error_message(exc)
+                stimulus_id, instruction.worker, instruction.keys, RemoteError.of(exc)
             )
         else:
             nbytes = {key: sizeof(value) for key, value in data.items()}

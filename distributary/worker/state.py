@@ -368,10 +368,10 @@ class WorkerState(TransitionEngine):
                         event.stimulus_id,
                         dependent.key,
                         dependent.run_id,
-                        error["exception"],
-                        error["traceback"],
-                        error["exception_text"],
-                        error["traceback_text"],
+                        error.exception,
+                        error.traceback,
+                        error.exception_text,
+                        error.traceback_text,
                     )
                 )
                 dependent.run_id = 0
