@@ -12,7 +12,7 @@ import pytest
 from conftest import poll
 from dask import delayed
 
-from distributary import Client, LocalCluster
+from distributary import Client, LocalCluster, fire_and_forget
 from distributary.exceptions import FutureCancelledError
 
 
@@ -42,7 +42,12 @@ def cluster_and_client(request):
 
 
 def nothing_held(cluster) -> bool:
-    return not cluster.scheduler.tasks
+    """No task, and no client record but those of the clients connected, wanting nothing."""
+    clients = cluster.scheduler.state.clients
+    return not cluster.scheduler.tasks and all(
+        not record.wants_what and cluster.scheduler.is_connected(name)
+        for name, record in clients.items()
+    )
 
 
 @pytest.mark.timeout(60)
@@ -170,3 +175,11 @@ def test_a_task_on_a_cancelled_future_is_cancelled(c):
     with pytest.raises(FutureCancelledError, match="lost dependencies"):
         y.result(timeout=10)
     assert c.submit(inc, c.submit(inc, 1)).result() == 3
+
+
+def test_fire_and_forget_leaves_nothing_behind(cluster_and_client):
+    cluster, c = cluster_and_client
+    for _ in range(20):
+        fire_and_forget(c.map(inc, range(5)))
+    assert c.gather(c.map(inc, range(5))) == list(range(1, 6))
+    poll(lambda: nothing_held(cluster), timeout=20)

@@ -1473,6 +1473,17 @@ def test_cancelled_retirement_runs_tasks_again():
     assert s.workers[A].status == "running" and s.retiring == {}
 
 
+def test_fire_and_forget_leaves_no_record_once_its_tasks_finished():
+    s = state()
+    s.handle(add_worker(A))
+    ct = one_compute(s.handle(graph("c", spec("x"))))
+    s.handle(ev.FireAndForget(sid(), ("x",), client="c"))
+    s.handle(release("c", "x"))
+    assert "fire-and-forget" in s.clients and states(s, "x") == ["processing"]
+    s.handle(finished(ct))
+    assert set(s.clients) == {"c"} and s.tasks == {}
+
+
 def test_ticks_tell_when_a_retirement_is_done():
     s = _retire_setup()
     s.handle(ev.RetireWorkers(sid(), (A,), time=100.0))

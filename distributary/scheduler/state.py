@@ -805,7 +805,10 @@ class SchedulerState(TransitionEngine):
         if FIRE_AND_FORGET not in ts.who_wants:
             return False
         ts.who_wants.discard(FIRE_AND_FORGET)
-        self.clients[FIRE_AND_FORGET].wants_what.discard(ts)
+        wants = self.clients[FIRE_AND_FORGET].wants_what
+        wants.discard(ts)
+        if not wants:  # (no record of a pseudo-client that wants nothing)
+            del self.clients[FIRE_AND_FORGET]
         return True
 
     def _unassign(self, ts: TaskRecord) -> Recs:
