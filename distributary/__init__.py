@@ -7,8 +7,9 @@ import importlib
 
 from distributary import config  # noqa: F401  (registers the configuration defaults)
 
-# Public names and the modules that define them, imported on first use: a worker
-# process imports the worker, not the client and the deployment code.
+# The public API, in one list: each public name and the module that defines it,
+# imported on first use (a worker process imports the worker, not the client and the
+# deployment code).  Every other module is internal.
 _EXPORTS = {
     "ALL_COMPLETED": "distributary.client.waiting",
     "FIRST_COMPLETED": "distributary.client.waiting",
@@ -16,18 +17,18 @@ _EXPORTS = {
     "Client": "distributary.client.client",
     "Future": "distributary.client.future",
     "as_completed": "distributary.client.waiting",
-    "default_client": "distributary.client.client",
+    "default_client": "distributary.client.registry",
     "fire_and_forget": "distributary.client.waiting",
     "futures_of": "distributary.client.structures",
     "wait": "distributary.client.waiting",
     "get_client": "distributary.client.client",
-    "LocalCluster": "distributary.deploy",
+    "LocalCluster": "distributary.deploy.local",
     "CancelledError": "distributary.exceptions",
     "FutureCancelledError": "distributary.exceptions",
     "KilledWorker": "distributary.exceptions",
     "Reschedule": "distributary.exceptions",
     "TimeoutError": "distributary.exceptions",
-    "Nanny": "distributary.nanny",
+    "Nanny": "distributary.nanny.server",
     "Scheduler": "distributary.scheduler.server",
     "get_worker": "distributary.worker.context",
     "secede": "distributary.worker.context",
@@ -50,27 +51,4 @@ def __dir__() -> list[str]:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ALL_COMPLETED",
-    "FIRST_COMPLETED",
-    "FIRST_EXCEPTION",
-    "CancelledError",
-    "Client",
-    "Future",
-    "FutureCancelledError",
-    "KilledWorker",
-    "LocalCluster",
-    "Nanny",
-    "Reschedule",
-    "Scheduler",
-    "TimeoutError",
-    "Worker",
-    "as_completed",
-    "default_client",
-    "fire_and_forget",
-    "futures_of",
-    "get_client",
-    "get_worker",
-    "secede",
-    "wait",
-]
+__all__ = list(_EXPORTS)

@@ -19,7 +19,7 @@ from conftest import apoll, children, gone, poll, run
 
 from distributary import Client, KilledWorker, Worker
 from distributary.core import ConnectionPool
-from distributary.nanny import Nanny
+from distributary.nanny.server import Nanny
 from distributary.scheduler.server import Scheduler
 
 
@@ -163,7 +163,7 @@ def test_worker_exits_when_the_nanny_process_dies():
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from distributary.nanny import Nanny
+        from distributary.nanny.server import Nanny
         from distributary.scheduler.server import Scheduler
 
         async def main():

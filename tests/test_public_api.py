@@ -11,6 +11,7 @@ import ast
 import asyncio
 import builtins
 import concurrent.futures
+import importlib
 import inspect
 import pathlib
 import subprocess
@@ -563,3 +564,80 @@ def _exercise(client: distributary.Client) -> None:
     never.cancel()
     with pytest.raises(distributary.CancelledError):
         never.result(timeout=10)
+
+
+# The public API of distributary, pinned: a change here is a deliberate change of it.
+PUBLIC_API = [
+    "ALL_COMPLETED",
+    "CancelledError",
+    "Client",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "Future",
+    "FutureCancelledError",
+    "KilledWorker",
+    "LocalCluster",
+    "Nanny",
+    "Reschedule",
+    "Scheduler",
+    "TimeoutError",
+    "Worker",
+    "as_completed",
+    "default_client",
+    "fire_and_forget",
+    "futures_of",
+    "get_client",
+    "get_worker",
+    "secede",
+    "wait",
+]
+
+
+def test_the_public_api_is_one_list_exported_once():
+    from distributary import _EXPORTS
+
+    assert sorted(distributary.__all__) == sorted(PUBLIC_API)
+    assert distributary.__all__ == list(_EXPORTS)  # the one list
+    for name, module_name in _EXPORTS.items():
+        module = importlib.import_module(module_name)
+        assert getattr(distributary, name) is getattr(module, name)
+        tree = ast.parse(pathlib.Path(module.__file__).read_text())
+        bound = {
+            target.id
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Assign)
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        bound |= {
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        }
+        bound |= {
+            alias.asname or alias.name
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom)
+            and not (node.module or "").startswith("distributary")
+            for alias in node.names
+        }
+        assert name in bound, f"{name} is not defined in {module_name}, which exports it"
+    # no module but the one that defines a public name offers it as its export
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "__init__.py":
+            continue
+        module_name = ".".join(("distributary", *path.relative_to(PACKAGE).with_suffix("").parts))
+        module_name = module_name.removesuffix(".__init__")
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                exported = set(ast.literal_eval(node.value)) & set(PUBLIC_API)
+                again = sorted(n for n in exported if _EXPORTS[n] != module_name)
+                assert not again, f"{module_name} exports {again} too"
+
+
+def test_every_package_inside_is_marked_internal():
+    for init in sorted(PACKAGE.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert doc.startswith("Internal:"), f"{init.relative_to(PACKAGE)} is not marked internal"

@@ -1,4 +1,5 @@
-"""The ``distributary`` command: ``distributary scheduler`` and ``distributary worker``.
+"""Internal: the ``distributary`` command, ``distributary scheduler`` and
+``distributary worker``.
 
 Run ``distributary scheduler`` on one machine and ``distributary worker ADDRESS`` on
 as many as you like; ``python -m distributary.cli`` works where the script is not on

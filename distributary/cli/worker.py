@@ -28,7 +28,7 @@ from distributary.cli.common import (
 from distributary.comm import connect
 from distributary.comm.addressing import normalize_address, parse_address
 from distributary.deploy.local import _workers_and_threads
-from distributary.nanny import Nanny
+from distributary.nanny.server import Nanny
 from distributary.node import ServerNode
 from distributary.utils.process import cpu_count, exit_process
 from distributary.worker.server import Worker

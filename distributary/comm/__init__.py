@@ -1,4 +1,5 @@
-"""Connections between processes: addresses, comms, listeners (TCP and in-process)."""
+"""Internal: connections between processes: addresses, comms, listeners (TCP and
+in-process)."""
 
 from distributary.comm import inproc, tcp  # noqa: F401  (register the transports)
 from distributary.comm.addressing import (

@@ -1,4 +1,5 @@
-"""Servers with operation handlers, a connection pool for calls, and batched streams."""
+"""Internal: servers with operation handlers, a connection pool for calls, and
+batched streams."""
 
 from distributary.core.batched import BatchedSend, read_messages
 from distributary.core.rpc import ConnectionPool, RPCProxy

@@ -1,5 +1,2 @@
-"""Deploying clusters: LocalCluster."""
-
-from distributary.deploy.local import LocalCluster
-
-__all__ = ["LocalCluster"]
+"""Internal: deploying clusters (LocalCluster, in ``local``); the public names are
+those of the ``distributary`` package."""

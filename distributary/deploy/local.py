@@ -22,7 +22,7 @@ from typing import Any
 
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
-from distributary.nanny import Nanny
+from distributary.nanny.server import Nanny
 from distributary.node import parse_memory_limit
 from distributary.scheduler.server import Scheduler
 from distributary.utils.loop import LoopRunner

@@ -1,9 +1,6 @@
-"""The Nanny: runs a worker in its own (spawned) process, restarts it when it dies.
+"""Internal: the Nanny runs a worker in its own (spawned) process, restarts it when it
+dies; the public names are those of the ``distributary`` package.
 
 ``server`` is the Nanny, ``process`` its handle of the worker process, ``child`` what
 runs in that process.
 """
-
-from distributary.nanny.server import Nanny
-
-__all__ = ["Nanny"]

@@ -1,4 +1,5 @@
-"""Serialization: msgpack messages with pickle protocol 5 frames, and error messages."""
+"""Internal: the messages, declared once, and their serialization: msgpack with
+pickle protocol 5 frames, and remote errors."""
 
 from distributary.protocol.errors import (
     RemoteError,

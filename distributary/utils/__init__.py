@@ -1,0 +1,1 @@
+"""Internal: small helpers (event loops, processes, garbage-collector pauses)."""

@@ -1,0 +1,2 @@
+"""Internal: the worker (its pure state machine, ``state``, and its server); the
+public names are those of the ``distributary`` package."""
