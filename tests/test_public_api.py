@@ -206,6 +206,9 @@ STATE_MACHINE_FILES = [
     "scheduler/instructions.py",
     "scheduler/records.py",
     "scheduler/placement.py",
+    "scheduler/membership.py",
+    "scheduler/retirement.py",
+    "scheduler/graph.py",
     "worker/state.py",
     "worker/events.py",
     "worker/instructions.py",
@@ -269,6 +272,7 @@ def test_worker_state_machine_loads_no_io_module(module):
         "distributary.scheduler.events",
         "distributary.scheduler.instructions",
         "distributary.scheduler.records",
+        "distributary.scheduler.membership",
     ],
 )
 def test_scheduler_state_machine_parts_load_no_io_module(module):

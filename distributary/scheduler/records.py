@@ -218,6 +218,9 @@ class Retirement:
         self.deadline = deadline
 
 
+FIRE_AND_FORGET = "fire-and-forget"  # the pseudo-client that wants keys until they finish
+
+
 class ClientRecord:
     """A client as the scheduler tracks it: the keys it holds futures for."""
 

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 ``SchedulerState.handle(*events)`` is the only way in.  Each event type has one
-handler that updates the records it concerns and returns *recommendations*: a
+handler (those of workers joining, leaving and retiring, and of time passing, are in
+:mod:`~distributary.scheduler.membership`) that updates the records it concerns and
+returns *recommendations*: a
 mapping ``key -> state`` for tasks that should move.  Recommendations run through
 the transitions table ``(start, finish) -> method`` until none are left (a fixed
 point); a pair missing from the table goes through ``released``.  Transitions emit
@@ -25,32 +27,32 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from dask.utils import key_split
 
-from distributary.exceptions import FutureLostError, KilledWorker
+from distributary.exceptions import FutureLostError
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler import membership
 from distributary.scheduler.graph import forget_lost, read_graph
 from distributary.scheduler.placement import decide_worker, urgent_last
 from distributary.scheduler.records import (
+    FIRE_AND_FORGET,
     ClientRecord,
-    MemoryState,
     Retirement,
     TaskRecord,
     TaskState,
     WorkerRecord,
     linked,
 )
-from distributary.scheduler.retirement import plan_replicas, retirement_progress
 from distributary.scheduler.validation import validate_state
 from distributary.transitions import TransitionEngine
 
 Recs = dict  # key -> recommended state
 
 NO_KEYS: frozenset = frozenset()
-FIRE_AND_FORGET = "fire-and-forget"  # the pseudo-client that wants keys until they finish
 _UNKNOWN_DURATION = 0.5
 
 
@@ -99,13 +101,13 @@ class SchedulerState(TransitionEngine):
             ev.CancelKeys: self._handle_cancel_keys,
             ev.RetryKeys: self._handle_retry_keys,
             ev.ScatterData: self._handle_scatter_data,
-            ev.AddWorker: self._handle_add_worker,
-            ev.RemoveWorker: self._handle_remove_worker,
-            ev.WorkerStatusChange: self._handle_worker_status_change,
-            ev.WorkerHeartbeat: self._handle_worker_heartbeat,
-            ev.RetireWorkers: self._handle_retire_workers,
-            ev.CancelRetirement: self._handle_cancel_retirement,
-            ev.Tick: self._handle_tick,
+            ev.AddWorker: partial(membership.add_worker, self),
+            ev.RemoveWorker: partial(membership.remove_worker, self),
+            ev.WorkerStatusChange: partial(membership.worker_status_change, self),
+            ev.WorkerHeartbeat: partial(membership.worker_heartbeat, self),
+            ev.RetireWorkers: partial(membership.retire_workers, self),
+            ev.CancelRetirement: partial(membership.cancel_retirement, self),
+            ev.Tick: partial(membership.tick, self),
             ev.Restart: self._handle_restart,
             ev.TaskFinished: self._handle_task_finished,
             ev.TaskErred: self._handle_task_erred,
@@ -150,6 +152,10 @@ class SchedulerState(TransitionEngine):
         out, self._out = self._out, []
         return out
 
+    def emit(self, instruction: ins.SchedulerInstruction) -> None:
+        """Add an instruction to those the event being handled produces."""
+        self._out.append(instruction)
+
     def _run(self, recs: Recs, stimulus_id: str) -> None:
         while True:
             super()._run(recs, stimulus_id)
@@ -159,7 +165,7 @@ class SchedulerState(TransitionEngine):
             if not (self._queue and self.idle):
                 return
             for ws in list(self.idle.values()):
-                recs.update(self._fill_slots(ws))
+                recs.update(self.fill_slots(ws))
             if not recs:
                 return
 
@@ -211,7 +217,7 @@ class SchedulerState(TransitionEngine):
             ts = self.tasks.get(key)
             if ts is None:
                 reason = "lost dependencies" if key in lost else unknown
-                self._out.append(
+                self.emit(
                     ins.KeyCancelled(stimulus_id, key, reason, client=cs.client_id, ack=cs.last_seq)
                 )
                 continue
@@ -234,13 +240,13 @@ class SchedulerState(TransitionEngine):
     def _report_existing(self, ts: TaskRecord, client: str, stimulus_id: str) -> None:
         if ts.state == "memory":
             workers = tuple(ws.address for ws in ts.who_has)
-            self._out.append(
+            self.emit(
                 ins.KeyInMemory(
-                    stimulus_id, ts.key, ts.type, workers, client=client, ack=self._ack(client)
+                    stimulus_id, ts.key, ts.type, workers, client=client, ack=self.ack(client)
                 )
             )
         elif ts.state == "erred":
-            self._out.append(self._erred_instruction(ts, client, stimulus_id))
+            self.emit(self._erred_instruction(ts, client, stimulus_id))
 
     def _handle_client_desires_keys(self, event: ev.ClientDesiresKeys) -> Recs:
         return self._desire(self._client(event.client), event.keys, event.stimulus_id)
@@ -286,7 +292,7 @@ class SchedulerState(TransitionEngine):
             for client in clients:
                 cs = self.clients.get(client)
                 if cs is not None and client in ts.who_wants:
-                    self._out.append(
+                    self.emit(
                         ins.KeyCancelled(
                             event.stimulus_id, key, "cancel", client=client, ack=cs.last_seq
                         )
@@ -343,160 +349,9 @@ class SchedulerState(TransitionEngine):
 
     # ------------------------------------------------------------------ workers
 
-    def _handle_add_worker(self, event: ev.AddWorker) -> Recs:
-        if event.address in self.workers:
-            return {}
-        ws = WorkerRecord(
-            event.address,
-            event.nthreads,
-            event.name,
-            event.host,
-            event.memory_limit,
-            event.resources,
-            event.nanny,
-            self.worker_saturation,
-        )
-        ws.last_seen = event.time
-        self.workers[ws.address] = ws
-        if ws.name is not None:
-            self.workers_by_name[ws.name] = ws.address
-        self.workers_by_host.setdefault(ws.host, set()).add(ws.address)
-        self._update_idle(ws)
-        recs = self._recommend_unrunnable()
-        recs.update(self._fill_slots(ws))
-        return recs
-
-    def _handle_remove_worker(self, event: ev.RemoveWorker) -> Recs:
-        ws = self.workers.pop(event.address, None)
-        if ws is None:
-            return {}
-        self.idle.pop(ws.address, None)
-        if self.retiring.pop(ws.address, None) is not None:  # (gone: nothing left to move)
-            self._out.append(ins.WorkerRetired(event.stimulus_id, ws.address))
-        if self.workers_by_name.get(ws.name) == ws.address:
-            del self.workers_by_name[ws.name]
-        host_set = self.workers_by_host.get(ws.host)
-        if host_set is not None:
-            host_set.discard(ws.address)
-            if not host_set:
-                del self.workers_by_host[ws.host]
-        recs: Recs = {}
-        for ts in urgent_last(ws.processing):
-            if not event.safe:
-                ts.suspicious += 1
-                if ts.suspicious > self.allowed_failures:
-                    exc = KilledWorker(ts.key, ws.address, self.allowed_failures, event.reason)
-                    self._set_exception(ts, exc, None, repr(exc))
-                    recs[ts.key] = "erred"
-                    continue
-            recs[ts.key] = "released"
-        for ts in list(ws.has_what):
-            self._remove_replica(ts, ws)
-            if not ts.who_has:
-                recs[ts.key] = "released"
-        return recs
-
-    def _handle_worker_status_change(self, event: ev.WorkerStatusChange) -> Recs:
-        ws = self.workers.get(event.worker)
-        # A worker pauses and resumes itself; leaving is decided here, and sticks.
-        if ws is None or ws.status not in ("running", "paused"):
-            return {}
-        if event.status not in ("running", "paused"):
-            return {}
-        ws.status = event.status
-        if ws.status == "running":
-            return self._resume(ws)
-        self._update_idle(ws)
-        return {}
-
-    def _resume(self, ws: WorkerRecord) -> Recs:
-        self._update_idle(ws)
-        recs = self._recommend_unrunnable()
-        recs.update(self._fill_slots(ws))
-        return recs
-
-    def _handle_worker_heartbeat(self, event: ev.WorkerHeartbeat) -> Recs:
-        ws = self.workers.get(event.worker)
-        if ws is not None:
-            ws.last_seen = event.time
-            memory = event.memory
-            ws.memory = MemoryState(
-                memory.get("process", 0), memory.get("managed", 0), memory.get("spilled", 0)
-            )
-        return {}
-
-    def _handle_retire_workers(self, event: ev.RetireWorkers) -> Recs:
-        retiring = [self.workers[a] for a in event.addresses if a in self.workers]
-        for ws in retiring:
-            if ws.status in ("running", "paused"):
-                ws.status = "closing_gracefully"
-                self._update_idle(ws)
-            retirement = self.retiring.get(ws.address)
-            if retirement is None:
-                retirement = self.retiring[ws.address] = Retirement(event.time, event.deadline)
-            elif event.replan:
-                retirement.asked.clear()
-                retirement.planned_at = event.time
-        self._plan_replicas(retiring, event.stimulus_id)
-        return {}
-
-    def _plan_replicas(self, retiring: list[WorkerRecord], stimulus_id: str) -> None:
-        for recipient, who_has, nbytes in plan_replicas(self, retiring):
-            self._out.append(ins.AcquireReplicas(stimulus_id, who_has, nbytes, worker=recipient))
-
-    def _handle_cancel_retirement(self, event: ev.CancelRetirement) -> Recs:
-        return self._cancel_retirement(event.addresses)
-
-    def _cancel_retirement(self, addresses: Iterable[str]) -> Recs:
-        recs: Recs = {}
-        for address in addresses:
-            ws = self.workers.get(address)
-            self.retiring.pop(address, None)
-            if ws is not None and ws.status == "closing_gracefully":
-                ws.status = "running"
-                recs.update(self._resume(ws))
-        return recs
-
-    def _handle_tick(self, event: ev.Tick) -> Recs:
-        now = event.now
-        if self.worker_ttl is not None:
-            for ws in self.workers.values():
-                if now - ws.last_seen > self.worker_ttl:
-                    self._out.append(
-                        ins.WorkerSilent(event.stimulus_id, ws.address, now - ws.last_seen)
-                    )
-        if self.idle_timeout is not None:
-            self._check_idle(now, event.stimulus_id)
-        if not self.retiring:
-            return {}
-        done, failed, reason, replan = retirement_progress(self, event.now)
-        for address in done:
-            del self.retiring[address]
-            self._out.append(ins.WorkerRetired(event.stimulus_id, address))
-        for address in replan:
-            retirement = self.retiring[address]
-            retirement.asked.clear()
-            retirement.planned_at = event.now
-        self._plan_replicas([self.workers[a] for a in replan], event.stimulus_id)
-        if not failed:
-            return {}
-        self._out.append(ins.RetirementFailed(event.stimulus_id, tuple(failed), reason))
-        return self._cancel_retirement(failed)
-
-    def _check_idle(self, now: float, stimulus_id: str) -> None:
-        busy = (
-            any(client != FIRE_AND_FORGET for client in self.clients)
-            or self.unrunnable
-            or any(ws.processing for ws in self.workers.values())
-        )
-        if busy or self.idle_since is None:
-            self.idle_since = now
-        elif now - self.idle_since > self.idle_timeout:
-            self._out.append(ins.SchedulerIdle(stimulus_id, now - self.idle_since))
-
     def _handle_restart(self, event: ev.Restart) -> Recs:
         for client in self.clients:
-            self._out.append(ins.Restarted(event.stimulus_id, client=client, ack=self._ack(client)))
+            self.emit(ins.Restarted(event.stimulus_id, client=client, ack=self.ack(client)))
             self.clients[client].wants_what.clear()
         for ts in self.tasks.values():
             ts.state = "forgotten"  # (a record still referenced elsewhere must not look alive)
@@ -504,9 +359,9 @@ class SchedulerState(TransitionEngine):
         self.unrunnable.clear()
         self._queue.clear()
         self.idle.clear()
-        self._out.append(ins.ClusterRestarted(event.stimulus_id))
+        self.emit(ins.ClusterRestarted(event.stimulus_id))
         for address in self.retiring:  # (nothing is left to move)
-            self._out.append(ins.WorkerRetired(event.stimulus_id, address))
+            self.emit(ins.WorkerRetired(event.stimulus_id, address))
         self.retiring.clear()
         for ws in self.workers.values():
             ws.status = "closing"
@@ -516,7 +371,7 @@ class SchedulerState(TransitionEngine):
             ws.nbytes = 0
         return {}
 
-    def _recommend_unrunnable(self) -> Recs:
+    def recommend_unrunnable(self) -> Recs:
         return {ts.key: "processing" for ts in urgent_last(self.unrunnable)}
 
     def _current_task(self, worker: str, key: Any, run_id: int) -> tuple:
@@ -542,7 +397,7 @@ class SchedulerState(TransitionEngine):
             # (or is told now), so it is no replica, even if the key is in memory elsewhere.
             stale = self.tasks.get(event.key)
             if stale is None or (stale.processing_on is not ws and ws not in stale.who_has):
-                self._out.append(ins.FreeKeys(event.stimulus_id, (event.key,), worker=ws.address))
+                self.emit(ins.FreeKeys(event.stimulus_id, (event.key,), worker=ws.address))
             return {}
         ts.nbytes = event.nbytes
         ts.type = event.type
@@ -561,7 +416,7 @@ class SchedulerState(TransitionEngine):
         if ts.retries > 0:
             ts.retries -= 1
             return {ts.key: "waiting"}
-        self._set_exception(ts, event.exception, event.traceback, event.exception_text)
+        self.set_exception(ts, event.exception, event.traceback, event.exception_text)
         return {ts.key: "erred"}
 
     def _handle_task_rescheduled(self, event: ev.TaskRescheduled) -> Recs:
@@ -575,8 +430,8 @@ class SchedulerState(TransitionEngine):
         if ts is None:
             return {}
         ws.long_running.add(ts)
-        self._update_idle(ws)
-        return self._fill_slots(ws)
+        self.update_idle(ws)
+        return self.fill_slots(ws)
 
     def _handle_add_keys(self, event: ev.AddKeys) -> Recs:
         ws = self.workers.get(event.worker)
@@ -590,7 +445,7 @@ class SchedulerState(TransitionEngine):
             elif ts is None or ts.processing_on is not ws:  # (a stale copy of its own task)
                 unwanted.append(key)
         if unwanted:
-            self._out.append(ins.FreeKeys(event.stimulus_id, tuple(unwanted), worker=ws.address))
+            self.emit(ins.FreeKeys(event.stimulus_id, tuple(unwanted), worker=ws.address))
         return {}
 
     def _handle_missing_data(self, event: ev.MissingData) -> Recs:
@@ -598,7 +453,7 @@ class SchedulerState(TransitionEngine):
         ws = self.workers.get(event.errant_worker)
         if ts is None or ws is None or ws not in ts.who_has:
             return {}
-        self._remove_replica(ts, ws)
+        self.remove_replica(ts, ws)
         return {} if ts.who_has or ts.state != "memory" else {ts.key: "released"}
 
     # ------------------------------------------------------------------ bookkeeping
@@ -609,12 +464,12 @@ class SchedulerState(TransitionEngine):
             ws.has_what[ts] = None
             ws.nbytes += max(ts.nbytes, 0)
 
-    def _remove_replica(self, ts: TaskRecord, ws: WorkerRecord) -> None:
+    def remove_replica(self, ts: TaskRecord, ws: WorkerRecord) -> None:
         ts.who_has.discard(ws)
         if ws.has_what.pop(ts, False) is None:
             ws.nbytes -= max(ts.nbytes, 0)
 
-    def _set_exception(self, ts: TaskRecord, exc: Any, tb: Any, text: str) -> None:
+    def set_exception(self, ts: TaskRecord, exc: Any, tb: Any, text: str) -> None:
         ts.exception = exc
         ts.traceback = tb
         ts.exception_text = text
@@ -629,20 +484,20 @@ class SchedulerState(TransitionEngine):
             blame.traceback,
             blame.exception_text,
             client=client,
-            ack=self._ack(client),
+            ack=self.ack(client),
         )
 
-    def _ack(self, client: str) -> int:
+    def ack(self, client: str) -> int:
         cs = self.clients.get(client)
         return 0 if cs is None else cs.last_seq
 
-    def _update_idle(self, ws: WorkerRecord) -> None:
+    def update_idle(self, ws: WorkerRecord) -> None:
         # Re-inserting moves the worker to the end: the idle workers take turns.
         self.idle.pop(ws.address, None)
         if ws.has_room() and ws.address in self.workers:
             self.idle[ws.address] = ws
 
-    def _fill_slots(self, ws: WorkerRecord) -> Recs:
+    def fill_slots(self, ws: WorkerRecord) -> Recs:
         """Recommend queued tasks for the room this worker has."""
         recs: Recs = {}
         if not ws.has_room():
@@ -722,13 +577,13 @@ class SchedulerState(TransitionEngine):
         ts.processing_on = ws
         ts.run_id = next(self._run_ids)
         ws.processing.add(ts)
-        self._update_idle(ws)
+        self.update_idle(ws)
         who_has = {}
         nbytes = {}
         for dep in ts.dependencies:
             who_has[dep.key] = tuple(w.address for w in dep.who_has)
             nbytes[dep.key] = dep.nbytes
-        self._out.append(
+        self.emit(
             ins.ComputeTask(
                 stimulus_id,
                 ts.key,
@@ -794,7 +649,7 @@ class SchedulerState(TransitionEngine):
                 dependent.exception_blame = blame
                 recs[dependent.key] = "erred"
         for client in ts.who_wants:
-            self._out.append(self._erred_instruction(ts, client, stimulus_id))
+            self.emit(self._erred_instruction(ts, client, stimulus_id))
         self._drop_fire_and_forget(ts)
         if not self._is_needed(ts) and not ts.dependents:  # nobody will ask for the error
             recs[ts.key] = "forgotten"
@@ -820,8 +675,8 @@ class SchedulerState(TransitionEngine):
         ws.long_running.discard(ts)
         if ws.address not in self.workers:
             return {}
-        self._update_idle(ws)
-        return self._fill_slots(ws)
+        self.update_idle(ws)
+        return self.fill_slots(ws)
 
     def _processing_to_memory(self, ts: TaskRecord, stimulus_id: str) -> Recs:
         recs = self._unassign(ts)
@@ -838,9 +693,9 @@ class SchedulerState(TransitionEngine):
         if ts.who_wants:
             workers = tuple(ws.address for ws in ts.who_has)
             for client in ts.who_wants:
-                self._out.append(
+                self.emit(
                     ins.KeyInMemory(
-                        stimulus_id, ts.key, ts.type, workers, client=client, ack=self._ack(client)
+                        stimulus_id, ts.key, ts.type, workers, client=client, ack=self.ack(client)
                     )
                 )
         elif not ts.waiters:
@@ -851,7 +706,7 @@ class SchedulerState(TransitionEngine):
         ws = ts.processing_on
         recs = self._unassign(ts)
         if ws is not None and ws.address in self.workers:
-            self._out.append(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
+            self.emit(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
         ts.state = "released"
         self._release_dependencies(ts, recs)
         self._after_release(ts, recs)
@@ -864,11 +719,11 @@ class SchedulerState(TransitionEngine):
             # (a retry, a reschedule, a lost worker): keep it.
             return recs
         for ws in list(ts.who_has):
-            self._remove_replica(ts, ws)
-            self._out.append(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
+            self.remove_replica(ts, ws)
+            self.emit(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
         ts.state = "released"
         for client in ts.who_wants:
-            self._out.append(ins.KeyLost(stimulus_id, ts.key, client=client, ack=self._ack(client)))
+            self.emit(ins.KeyLost(stimulus_id, ts.key, client=client, ack=self.ack(client)))
         for dependent in ts.dependents:
             if dependent.state == "waiting":
                 linked(dependent, "waiting_on").add(ts)
