@@ -8,6 +8,7 @@ with the test through the module-level ``EVENTS`` and ``ATTEMPTS``.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import gc
 import re
@@ -26,6 +27,7 @@ from distributary import (
     Client,
     Future,
     TimeoutError,
+    Worker,
     as_completed,
     fire_and_forget,
     futures_of,
@@ -630,3 +632,16 @@ def test_client_context_manager(cluster):
         assert c.status == "running"
         assert c.submit(inc, 1).result() == 2
     assert c.status == "closed"
+
+
+@gen_cluster(nthreads=(1,))
+async def test_wait_for_workers_is_answered_when_they_join(c, s, a):
+    """The scheduler answers as the workers arrive (nothing polls), or with TimeoutError."""
+    await c.wait_for_workers(1)
+    with pytest.raises(TimeoutError, match="Only 1/2 workers arrived"):
+        await c.wait_for_workers(2, timeout=0.2)
+    waiting = asyncio.ensure_future(c.wait_for_workers(2, timeout=20))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    async with Worker(s.address, nthreads=1):
+        await asyncio.wait_for(waiting, 10)

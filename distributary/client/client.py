@@ -618,9 +618,7 @@ class Client:
 
     def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
         """Block until at least ``n_workers`` workers have joined."""
-        return self.sync(
-            cluster.wait_for_workers, self._call_scheduler, n_workers, timeout=timeout
-        )
+        return self.sync(cluster.wait_for_workers, self._call_scheduler, n_workers, timeout)
 
     # ------------------------------------------------------------------ for its futures
 
@@ -651,4 +649,3 @@ def _make_key(func: Callable, args: tuple, kwargs: dict, pure: bool) -> str:
     if pure:
         return f"{funcname(func)}-{tokenize(func, kwargs, *args)}"
     return f"{funcname(func)}-{uuid.uuid4().hex}"
-

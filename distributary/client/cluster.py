@@ -72,12 +72,10 @@ async def retire_workers(
     return await call({**msg, **kwargs})
 
 
-async def wait_for_workers(call: SchedulerCall, n_workers: int) -> None:
-    """Until at least ``n_workers`` workers have joined."""
-    delay = 0.01
-    while len((await scheduler_info(call))["workers"]) < n_workers:
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.2)
+async def wait_for_workers(call: SchedulerCall, n_workers: int, timeout: Any = None) -> None:
+    """Until at least ``n_workers`` workers have joined (the scheduler answers then);
+    TimeoutError after ``timeout``."""
+    await call({"op": "wait_for_workers", "n_workers": n_workers, "timeout": timeout})
 
 
 def write_scheduler_file(path: str, address: str | None, info: dict) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import uuid
 import warnings
 import weakref
@@ -319,15 +318,10 @@ class LocalCluster:
         return self._runner.run(self._wait_for_workers(n_workers, timeout))
 
     async def _wait_for_workers(self, n_workers: int, timeout: Any = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + parse_timedelta(timeout)
-        while self.scheduler is None or len(self.scheduler.state.workers) < n_workers:
-            if self.status in ("closing", "closed"):
-                raise RuntimeError(f"{self!r} closed while waiting for workers")
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"Only {self._n_registered()}/{n_workers} workers arrived after {timeout}"
-                )
-            await asyncio.sleep(0.01)
+        if self.scheduler is None or self.status in ("closing", "closed"):
+            raise RuntimeError(f"{self!r} is closed")
+        seconds = None if timeout is None else parse_timedelta(timeout)
+        await self.scheduler.lifecycle.wait_for_workers(n_workers, seconds)
 
     # ------------------------------------------------------------------ display
 

@@ -63,6 +63,7 @@ class WorkerLifecycle(SchedulerExtension):
         self.exit_reasons: dict[str, str] = {}
         self._retirements: dict[str, asyncio.Future] = {}  # address -> retired?
         self._workers_changed = asyncio.Event()
+        self._stopped = False
         self._tickers: set[asyncio.Task] = set()
         self._retirement_ticker: asyncio.Task | None = None
         self._closing = False
@@ -72,6 +73,7 @@ class WorkerLifecycle(SchedulerExtension):
                 "retire_workers": self._handle_retire_workers,
                 "workers_to_close": self._handle_workers_to_close,
                 "restart": self._handle_restart,
+                "wait_for_workers": self._handle_wait_for_workers,
             }
         )
         self.instruction_handlers.update(
@@ -93,7 +95,10 @@ class WorkerLifecycle(SchedulerExtension):
             self._start_ticker(max(min(min(periods), 5.0), 0.05), lambda: True)
 
     def stop(self) -> None:
-        """Stop the tickers; retirements under way are not done."""
+        """Stop the tickers; retirements under way are not done, and whoever waits for
+        workers is told."""
+        self._stopped = True
+        self._workers_changed.set()
         for ticker in list(self._tickers):
             ticker.cancel()
         for outcome in self._retirements.values():
@@ -297,18 +302,41 @@ class WorkerLifecycle(SchedulerExtension):
                 logger.warning("A worker did not restart cleanly: %r", result)
         if not wait_for_workers:
             return
-        while True:
-            workers = scheduler.state.workers
-            back = sum(1 for a, ws in workers.items() if a not in old and ws.status == "running")
-            if back >= len(nannies) and not any(a in workers for a in old):
-                return
+        workers = scheduler.state.workers
+
+        def back() -> int:
+            return sum(1 for a, ws in workers.items() if a not in old and ws.status == "running")
+
+        if not await self._until(
+            lambda: back() >= len(nannies) and not any(a in workers for a in old), deadline
+        ):
+            raise TimeoutError(
+                f"{back()} of {len(nannies)} workers came back within {timeout} s of a restart"
+            )
+
+    async def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
+        """Until at least ``n_workers`` workers are registered; TimeoutError after
+        ``timeout`` seconds."""
+        workers = self.scheduler.state.workers
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not await self._until(lambda: len(workers) >= n_workers, deadline):
+            raise TimeoutError(f"Only {len(workers)}/{n_workers} workers arrived after {timeout} s")
+
+    async def _until(self, condition: Callable[[], bool], deadline: float | None) -> bool:
+        """Until ``condition()`` holds, checked each time a worker comes or goes; False
+        if it does not by ``deadline`` (``time.monotonic()``)."""
+        while not condition():
+            if self._stopped:
+                raise RuntimeError("The scheduler closed while waiting for workers")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
             self._workers_changed.clear()
             try:
-                await asyncio.wait_for(self._workers_changed.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(self._workers_changed.wait(), remaining)
             except asyncio.TimeoutError:
-                raise TimeoutError(
-                    f"{back} of {len(nannies)} workers came back within {timeout} s of a restart"
-                ) from None
+                return condition()
+        return True
 
     # ------------------------------------------------------------------ handlers
 
@@ -326,7 +354,16 @@ class WorkerLifecycle(SchedulerExtension):
         options = {k: v for k, v in msg.items() if k not in ("op", "reply")}
         return self.workers_to_close(**options)
 
+    async def _handle_wait_for_workers(self, comm: Any, msg: dict) -> str:
+        timeout = msg.get("timeout")
+        await self.wait_for_workers(int(msg["n_workers"]), _seconds(timeout))
+        return "OK"
+
     async def _handle_restart(self, comm: Any, msg: dict) -> str:
         timeout = parse_timedelta(msg.get("timeout") or 30)
         await self.restart(timeout, bool(msg.get("wait_for_workers", True)))
         return "OK"
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else parse_timedelta(value)
