@@ -9,7 +9,6 @@ import struct
 import time
 import traceback
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import ClassVar
 
 import msgpack
@@ -26,7 +25,7 @@ from distributary.comm import (
 )
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.protocol import RemoteException, rebuild_exception
-from distributary.protocol.message import Catalogue, Message, peer
+from distributary.protocol.message import Catalogue, Message
 
 
 def _divide(a: int, b: int) -> float:
@@ -179,17 +178,16 @@ def test_malformed_input_drops_connection_and_server_survives(after_handshake, c
     assert "Closing the connection" in caplog.text or "Malformed" in caplog.text
 
 
-@dataclass(frozen=True, slots=True)
-class Record(Message):
+class Record(Message, kw_only=True):
     """A test message."""
 
     op: ClassVar[str] = "record"
+    peer_fields: ClassVar[tuple[str, ...]] = ("sender",)
 
     i: int
-    sender: str = peer()
+    sender: str = ""
 
 
-@dataclass(frozen=True, slots=True)
 class Stop(Message):
     """A test message after which the reader stops."""
 
@@ -213,24 +211,24 @@ def test_read_messages_decodes_batches_in_order(caplog):
         async with serving({"stream": stream}) as server:
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
-            await comm.write({"op": "record", "i": 0})
+            await comm.write({"op": "record", "stimulus_id": "s", "i": 0})
             await comm.write(
                 [
-                    {"op": "record", "i": 1},
-                    {"op": "record", "i": "one"},
+                    {"op": "record", "stimulus_id": "s", "i": 1},
+                    {"op": "record", "stimulus_id": "s", "i": "one"},
                     {"op": "unknown-op"},
                     "not a dict",
-                    {"op": "record", "i": 2, "sender": "someone else"},
+                    {"op": "record", "stimulus_id": "s", "i": 2, "sender": "someone else"},
                 ]
             )
             await comm.write("not a batch")
             await apoll(lambda: len(batches) == 2)
             assert batches == [
-                [Record(0, sender="the-peer")],
-                [Record(1, sender="the-peer"), Record(2, sender="the-peer")],
+                [Record("s", i=0, sender="the-peer")],
+                [Record("s", i=1, sender="the-peer"), Record("s", i=2, sender="the-peer")],
             ]
             assert not done.is_set()
-            await comm.write([{"op": "stop"}, {"op": "record", "i": 3}])
+            await comm.write([{"op": "stop", "stimulus_id": "s"}, {"op": "record", "i": 3}])
             await asyncio.wait_for(done.wait(), 5)  # (handle said stop)
             assert len(batches) == 3
             await comm.close()
@@ -254,7 +252,7 @@ def test_read_messages_returns_when_the_comm_closes():
         async with serving({"stream": stream}) as server:
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
-            await comm.write({"op": "record", "i": 0})
+            await comm.write({"op": "record", "stimulus_id": "s", "i": 0})
             await comm.close()
             await asyncio.wait_for(done.wait(), 5)
 

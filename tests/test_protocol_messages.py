@@ -3,15 +3,14 @@ is a ProtocolError naming its op and field (no event loop, no sockets)."""
 
 from __future__ import annotations
 
-import dataclasses
 import typing
-from collections.abc import Hashable
 from typing import Any
 
+import msgspec
 import pytest
 
 from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
-from distributary.protocol.message import Catalogue, Message
+from distributary.protocol.message import Catalogue, Key, Message
 from distributary.protocol.wire import ProtocolError, dumps_message, loads_message
 from distributary.protocol.worker_messages import FROM_WORKER, TO_WORKER, WorkerHeartbeat
 
@@ -24,14 +23,14 @@ IDS = [f"{name}:{cls.op}" for name, cls in CLASSES]
 def sample(hint: Any) -> Any:
     """A value of the declared type, as it comes off the wire."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint == Key:
+        return ("x", 1)
     if hint is Any:
         return {"anything": [1, 2]}
-    if hint is Hashable:
-        return ("x", 1)
     simple = {str: "text", int: 7, float: 2.5, bool: True, bytes: b"raw"}
     if hint in simple:
         return simple[hint]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
         return {f.name: sample(h) for f, h in _fields(hint)}
     if origin in (typing.Union, type(int | None)):
         return sample(next(a for a in args if a is not type(None)))
@@ -45,10 +44,10 @@ def sample(hint: Any) -> Any:
 def wrong(hint: Any) -> Any:
     """A value that the declared type does not allow (None: anything goes)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint == Key:
+        return {"unhashable": 1}
     if hint is Any:
         return None
-    if hint is Hashable:
-        return {"unhashable": 1}
     if hint in (str, bytes):
         return 5
     if hint in (int, float):
@@ -57,20 +56,17 @@ def wrong(hint: Any) -> Any:
         return 1
     if origin in (typing.Union, type(int | None)):
         return wrong(next(a for a in args if a is not type(None)))
-    if origin is tuple or dataclasses.is_dataclass(hint):
+    if origin is tuple or (isinstance(hint, type) and issubclass(hint, msgspec.Struct)):
         return 5
     if origin is dict:
         return {sample(args[0]): wrong(args[1])} if wrong(args[1]) is not None else 5
     raise AssertionError(f"no wrong value for {hint!r}")
 
 
-def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    hints = typing.get_type_hints(cls)
-    return [
-        (f, hints[f.name])
-        for f in dataclasses.fields(cls)
-        if not (f.metadata.get("peer") or f.metadata.get("arrival"))
-    ]
+def _fields(cls: type) -> list[tuple[msgspec.structs.FieldInfo, Any]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    local = {*getattr(cls, "peer_fields", ()), *getattr(cls, "arrival_fields", ())}
+    return [(f, hints[f.name]) for f in msgspec.structs.fields(cls) if f.name not in local]
 
 
 def wire_message(cls: type) -> dict:
@@ -93,7 +89,7 @@ def test_every_message_round_trips(side, cls):
             assert getattr(decoded, name) == "tcp://peer:1"  # the peer, not what was said
     again = catalogue.decode(over_the_wire(decoded.to_message()), "tcp://peer:1")
     if cls is WorkerHeartbeat:  # (stamped on arrival)
-        again = dataclasses.replace(again, time=decoded.time)
+        again = msgspec.structs.replace(again, time=decoded.time)
     assert again == decoded
 
 
@@ -101,7 +97,7 @@ def test_every_message_round_trips(side, cls):
 def test_every_malformed_variant_is_a_protocol_error(side, cls):
     catalogue = CATALOGUES[side]
     for f, hint in _fields(cls):
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        required = f.required
         if required:
             msg = wire_message(cls)
             del msg[f.name]
@@ -153,7 +149,7 @@ def test_every_message_is_declared_once():
     assert len(ops) == len(set(ops))
     for _, cls in CLASSES:
         assert issubclass(cls, Message)
-        assert cls.__dataclass_params__.frozen and "__slots__" in cls.__dict__
+        assert cls.__struct_config__.frozen and "__slots__" in cls.__dict__
         assert cls.__doc__
 
 

@@ -9,25 +9,25 @@ since) from one about the key it asks for now.  ``client`` is the peer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distributary.protocol.message import Catalogue, Key, Message, peer
+import msgspec
+
+from distributary.protocol.message import Catalogue, Key, Message
 
 # ---------------------------------------------------------------------- client -> scheduler
 
 
-@dataclass(frozen=True, slots=True)
-class FromClient(Message):
+class FromClient(Message, kw_only=True):
     """Base of what a client tells the scheduler."""
 
-    stimulus_id: str
-    client: str = peer()
-    seq: int = field(default=0, kw_only=True)  # 0: not numbered
+    peer_fields: ClassVar[tuple[str, ...]] = ("client",)
+
+    client: str = ""
+    seq: int = 0  # 0: not numbered
 
 
-@dataclass(frozen=True, slots=True)
-class TaskSpec:
+class TaskSpec(msgspec.Struct, frozen=True):
     """One task of a graph as a client describes it.
 
     ``payload`` is opaque: the scheduler forwards it to a worker and never looks inside.
@@ -44,7 +44,6 @@ class TaskSpec:
     resources: dict[str, int | float] | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class UpdateGraph(FromClient):
     """The client submits tasks and wants the keys in ``wanted``.
 
@@ -59,7 +58,6 @@ class UpdateGraph(FromClient):
     continues: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class ClientDesiresKeys(FromClient):
     """The client holds futures of these keys again."""
 
@@ -68,7 +66,6 @@ class ClientDesiresKeys(FromClient):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class FireAndForget(FromClient):
     """Run these keys to the end even when no client holds them any more."""
 
@@ -77,7 +74,6 @@ class FireAndForget(FromClient):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class ClientReleasesKeys(FromClient):
     """The client holds no future of these keys any more."""
 
@@ -86,7 +82,6 @@ class ClientReleasesKeys(FromClient):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class CancelKeys(FromClient):
     """The client cancels keys; with ``force`` even if other clients want them."""
 
@@ -96,7 +91,6 @@ class CancelKeys(FromClient):
     force: bool = False
 
 
-@dataclass(frozen=True, slots=True)
 class RetryKeys(FromClient):
     """The client asks to run erred keys (and their erred dependencies) again."""
 
@@ -105,7 +99,6 @@ class RetryKeys(FromClient):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class ScatterData(FromClient):
     """The client placed data on workers itself: ``who_has`` maps key to worker addresses.
 
@@ -116,10 +109,9 @@ class ScatterData(FromClient):
 
     who_has: dict[Key, tuple[str, ...]]
     nbytes: dict[Key, int]
-    types: dict[Key, str] = field(default_factory=dict)
+    types: dict[Key, str] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
 class PublishFlush(FromClient):
     """Everything the client sent before this has arrived (a publish waits for it)."""
 
@@ -131,16 +123,15 @@ class PublishFlush(FromClient):
 # ---------------------------------------------------------------------- scheduler -> client
 
 
-@dataclass(frozen=True, slots=True)
-class ToClient(Message):
+class ToClient(Message, kw_only=True):
     """Base of what the scheduler tells a client."""
 
-    stimulus_id: str
-    client: str = peer()
-    ack: int = field(default=0, kw_only=True)
+    peer_fields: ClassVar[tuple[str, ...]] = ("client",)
+
+    client: str = ""
+    ack: int = 0
 
 
-@dataclass(frozen=True, slots=True)
 class KeyInMemory(ToClient):
     """``key`` finished: its result, of ``type``, is held by ``workers``."""
 
@@ -151,7 +142,6 @@ class KeyInMemory(ToClient):
     workers: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class KeyErred(ToClient):
     """``key`` (or a task it depends on) raised."""
 
@@ -163,7 +153,6 @@ class KeyErred(ToClient):
     exception_text: str
 
 
-@dataclass(frozen=True, slots=True)
 class KeyCancelled(ToClient):
     """The scheduler forgot ``key`` (cancelled, or its dependencies were lost)."""
 
@@ -173,7 +162,6 @@ class KeyCancelled(ToClient):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
 class KeyLost(ToClient):
     """The data of a finished key was lost; it is being computed again."""
 
@@ -182,7 +170,6 @@ class KeyLost(ToClient):
     key: Key
 
 
-@dataclass(frozen=True, slots=True)
 class Restarted(ToClient):
     """The cluster restarted: every future of the client is cancelled."""
 

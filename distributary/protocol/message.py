@@ -1,13 +1,14 @@
 """Messages declared once: a frozen class per message, its op and its typed fields.
 
-A message class is what its sender's state machine emits, what travels (as
-``{"op": op, **fields}``), and what its receiver's state machine takes, so that adding
-a message is one class plus one handler.  Two kinds of field never travel:
+A message class (a frozen msgspec ``Struct``: slotted, and made and checked in C) is
+what its sender's state machine emits, what travels (as ``{"op": op, **fields}``), and
+what its receiver's state machine takes, so that adding a message is one class plus
+one handler.  Two kinds of field never travel:
 
-* the **peer** (:func:`peer`): the worker or client at the other end of the stream.
-  Outgoing it says whom the message is for; incoming the receiver fills it in with
-  whom it came from, so that no one can speak for another.
-* the **arrival time** (:func:`arrival_time`), filled in by the receiver's clock.
+* the **peer** (named in ``peer_fields``): the worker or client at the other end of
+  the stream.  Outgoing it says whom the message is for; incoming the receiver fills
+  it in with whom it came from, so that no one can speak for another.
+* the **arrival time** (named in ``arrival_fields``), filled in by the receiver's clock.
 
 :class:`Catalogue` decodes what one side may send the other, checking each field
 against its annotation (with msgspec, in C): an unknown op, a missing field or a value
@@ -18,38 +19,27 @@ is declared.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import typing
-from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from distributary.protocol.wire import ProtocolError
 
-Key = Hashable  # str, bytes, int or a (nested) tuple of these
+# A dask key: str, bytes, int, float or a (nested) tuple of these.  Checked here, by
+# hashing it whole (msgspec's check of a Hashable is shallow, and costs a Python call).
+Key = Annotated[Any, "key"]
 
-_PEER = "peer"
-_ARRIVAL = "arrival"
+class Message(msgspec.Struct, frozen=True):
+    """Base of the messages that travel; ``stimulus_id`` names their cause."""
 
-
-def peer() -> Any:
-    """A field naming the other end of the stream: not sent, filled in on arrival."""
-    return dataclasses.field(default="", kw_only=True, metadata={_PEER: True})
-
-
-def arrival_time() -> Any:
-    """A field holding when the message arrived (``time.time()``): not sent."""
-    return dataclasses.field(default=0.0, kw_only=True, metadata={_ARRIVAL: True})
-
-
-class Message:
-    """Base of the messages that travel: subclasses are frozen, slotted dataclasses
-    with an ``op``."""
-
-    __slots__ = ()
     op: ClassVar[str] = ""
+    peer_fields: ClassVar[tuple[str, ...]] = ()  # filled in on arrival, not sent
+    arrival_fields: ClassVar[tuple[str, ...]] = ()  # when it arrived, not sent
+
+    stimulus_id: str
 
     def to_message(self) -> dict:
         """The message for the wire: its op and every field that travels."""
@@ -58,7 +48,7 @@ class Message:
         for name in names:
             msg[name] = getattr(self, name)
         for name in records:
-            msg[name] = tuple(_as_dict(record) for record in msg[name])
+            msg[name] = tuple(msgspec.structs.asdict(record) for record in msg[name])
         return msg
 
 
@@ -70,11 +60,8 @@ def _layout(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
     layout = _layouts.get(cls)
     if layout is None:
         hints = typing.get_type_hints(cls)
-        names = tuple(
-            f.name
-            for f in dataclasses.fields(cls)
-            if not (f.metadata.get(_PEER) or f.metadata.get(_ARRIVAL))
-        )
+        local = {*cls.peer_fields, *cls.arrival_fields}
+        names = tuple(name for name in cls.__struct_fields__ if name not in local)
         records = tuple(name for name in names if _holds_records(hints[name]))
         layout = _layouts[cls] = (names, records)
     return layout
@@ -82,11 +69,12 @@ def _layout(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _holds_records(hint: Any) -> bool:
     args = typing.get_args(hint)
-    return typing.get_origin(hint) is tuple and bool(args) and dataclasses.is_dataclass(args[0])
-
-
-def _as_dict(record: Any) -> dict:
-    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return (
+        typing.get_origin(hint) is tuple
+        and bool(args)
+        and isinstance(args[0], type)
+        and issubclass(args[0], msgspec.Struct)
+    )
 
 
 class Catalogue:
@@ -120,9 +108,8 @@ class _Decoder:
     def __init__(self, cls: type):
         self.cls = cls
         self.op = cls.op
-        fields = dataclasses.fields(cls)
-        self.peer_fields = [f.name for f in fields if f.metadata.get(_PEER)]
-        self.arrival_fields = [f.name for f in fields if f.metadata.get(_ARRIVAL)]
+        self.peer_fields = cls.peer_fields
+        self.arrival_fields = cls.arrival_fields
         self.keys = _key_fields(cls)
         self.records = [(name, _key_fields(record)) for name, record in _record_fields(cls)]
 
@@ -131,26 +118,37 @@ class _Decoder:
             message = msgspec.convert(msg, self.cls)
         except msgspec.ValidationError as exc:
             raise _protocol_error(self.op, str(exc)) from None
-        for name in self.keys:
-            self._check_hashable(getattr(message, name), name)
-        for name, keys in self.records:
-            for record in getattr(message, name):
-                for key in keys:
-                    self._check_hashable(getattr(record, key), f"{name}: {key}")
+        try:
+            for name in self.keys:
+                hash(getattr(message, name))
+            for name, keys in self.records:
+                for record in getattr(message, name):
+                    for key in keys:
+                        hash(getattr(record, key))
+        except TypeError:
+            self._unhashable(message)
         # (set, not taken from the message: no one speaks for another)
         for name in self.peer_fields:
-            object.__setattr__(message, name, peer)
+            force_setattr(message, name, peer)
         if self.arrival_fields:
             now = time.time()
             for name in self.arrival_fields:
-                object.__setattr__(message, name, now)
+                force_setattr(message, name, now)
         return message
 
-    def _check_hashable(self, value: Any, where: str) -> None:
-        try:
-            hash(value)
-        except TypeError:
-            raise ProtocolError(f"unhashable key {value!r:.50}", op=self.op, field=where) from None
+    def _unhashable(self, message: Any) -> None:
+        """Raise the ProtocolError naming the first key that does not hash."""
+        fields = [(name, getattr(message, name)) for name in self.keys]
+        for name, keys in self.records:
+            for record in getattr(message, name):
+                fields += [(f"{name}: {key}", getattr(record, key)) for key in keys]
+        for where, value in fields:
+            try:
+                hash(value)
+            except TypeError:
+                raise ProtocolError(
+                    f"unhashable key {value!r:.50}", op=self.op, field=where
+                ) from None
 
 
 def _protocol_error(op: str, text: str) -> ProtocolError:
@@ -166,20 +164,19 @@ def _protocol_error(op: str, text: str) -> ProtocolError:
 
 
 def _key_fields(cls: type) -> list[str]:
-    """The fields holding keys, or tuples of keys, which must hash deeply (msgspec
-    checks that a key is hashable, but not what a tuple holds)."""
-    hints = typing.get_type_hints(cls)
+    """The fields holding keys, or tuples of keys: each must hash, whole."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     return [
-        f.name
-        for f in dataclasses.fields(cls)
-        if hints[f.name] is Key or hints[f.name] == tuple[Key, ...]
+        name
+        for name in cls.__struct_fields__
+        if hints[name] == Key or hints[name] == tuple[Key, ...]
     ]
 
 
 def _record_fields(cls: type) -> list[tuple[str, type]]:
     hints = typing.get_type_hints(cls)
     return [
-        (f.name, typing.get_args(hints[f.name])[0])
-        for f in dataclasses.fields(cls)
-        if _holds_records(hints[f.name])
+        (name, typing.get_args(hints[name])[0])
+        for name in cls.__struct_fields__
+        if _holds_records(hints[name])
     ]

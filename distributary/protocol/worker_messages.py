@@ -7,23 +7,23 @@ them; the worker's emits the ones :class:`FromWorker` and the scheduler's takes 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distributary.protocol.message import Catalogue, Key, Message, arrival_time, peer
+import msgspec
+
+from distributary.protocol.message import Catalogue, Key, Message
 
 # ---------------------------------------------------------------------- scheduler -> worker
 
 
-@dataclass(frozen=True, slots=True)
-class ToWorker(Message):
+class ToWorker(Message, kw_only=True):
     """Base of what the scheduler tells a worker."""
 
-    stimulus_id: str
-    worker: str = peer()
+    peer_fields: ClassVar[tuple[str, ...]] = ("worker",)
+
+    worker: str = ""
 
 
-@dataclass(frozen=True, slots=True)
 class ComputeTask(ToWorker):
     """Run ``key``: its dependencies are held by the workers in ``who_has``."""
 
@@ -38,7 +38,6 @@ class ComputeTask(ToWorker):
     resources: dict[str, int | float] | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class FreeKeys(ToWorker):
     """Forget these keys: stop running them and drop their data."""
 
@@ -47,7 +46,6 @@ class FreeKeys(ToWorker):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class AcquireReplicas(ToWorker):
     """Fetch these keys from the workers in ``who_has`` and keep them until freed."""
 
@@ -60,15 +58,14 @@ class AcquireReplicas(ToWorker):
 # ---------------------------------------------------------------------- worker -> scheduler
 
 
-@dataclass(frozen=True, slots=True)
-class FromWorker(Message):
+class FromWorker(Message, kw_only=True):
     """Base of what a worker tells the scheduler."""
 
-    stimulus_id: str
-    worker: str = peer()
+    peer_fields: ClassVar[tuple[str, ...]] = ("worker",)
+
+    worker: str = ""
 
 
-@dataclass(frozen=True, slots=True)
 class TaskFinished(FromWorker):
     """``key`` ran (its run ``run_id``): its result, ``nbytes`` of ``type``, is here."""
 
@@ -81,7 +78,6 @@ class TaskFinished(FromWorker):
     duration: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
 class TaskErred(FromWorker):
     """``key`` raised: the exception and traceback, pickled, and their texts."""
 
@@ -95,7 +91,6 @@ class TaskErred(FromWorker):
     traceback_text: str = ""
 
 
-@dataclass(frozen=True, slots=True)
 class TaskRescheduled(FromWorker):
     """The task raised ``Reschedule``, or the worker gave it back."""
 
@@ -105,7 +100,6 @@ class TaskRescheduled(FromWorker):
     run_id: int
 
 
-@dataclass(frozen=True, slots=True)
 class LongRunning(FromWorker):
     """A task seceded from its worker's thread pool: it no longer occupies a slot."""
 
@@ -115,7 +109,6 @@ class LongRunning(FromWorker):
     run_id: int
 
 
-@dataclass(frozen=True, slots=True)
 class AddKeys(FromWorker):
     """The worker holds replicas of these keys (after fetching them as dependencies)."""
 
@@ -124,7 +117,6 @@ class AddKeys(FromWorker):
     keys: tuple[Key, ...]
 
 
-@dataclass(frozen=True, slots=True)
 class MissingData(FromWorker):
     """The worker could not get ``key`` from ``errant_worker``, said to hold it."""
 
@@ -134,7 +126,6 @@ class MissingData(FromWorker):
     errant_worker: str
 
 
-@dataclass(frozen=True, slots=True)
 class WorkerStatusChange(FromWorker):
     """The worker paused (memory pressure) or resumed ("running")."""
 
@@ -143,18 +134,17 @@ class WorkerStatusChange(FromWorker):
     status: str
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerHeartbeat(FromWorker):
+class WorkerHeartbeat(FromWorker, kw_only=True):
     """The worker is alive; ``memory`` holds its ``process``, ``managed`` and
     ``spilled`` bytes.  ``time`` is when the scheduler heard it."""
 
     op: ClassVar[str] = "heartbeat"
+    arrival_fields: ClassVar[tuple[str, ...]] = ("time",)
 
-    memory: dict[str, int] = field(default_factory=dict)
-    time: float = arrival_time()
+    memory: dict[str, int] = msgspec.field(default_factory=dict)
+    time: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
 class Unregister(FromWorker):
     """The worker is leaving: nothing more will come on this stream."""
 

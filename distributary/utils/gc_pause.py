@@ -10,28 +10,39 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
 _lock = threading.Lock()
-_pausers = 0
-_was_enabled = False
 
 
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Run the body with the cyclic garbage collector off (from any thread, nested or
-    concurrently); it is turned back on when the last such body ends, if it was on."""
-    global _pausers, _was_enabled
-    with _lock:
-        if _pausers == 0:
-            _was_enabled = gc.isenabled()
-            gc.disable()
-        _pausers += 1
-    try:
-        yield
-    finally:
+class _GCPause:
+    """The cycle collector's pause: on while any body runs in it."""
+
+    __slots__ = ("pausers", "was_enabled")
+
+    def __init__(self) -> None:
+        self.pausers = 0
+        self.was_enabled = False
+
+    def __enter__(self) -> None:
         with _lock:
-            _pausers -= 1
-            if _pausers == 0 and _was_enabled:
+            if self.pausers == 0:
+                self.was_enabled = gc.isenabled()
+                gc.disable()
+            self.pausers += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with _lock:
+            self.pausers -= 1
+            if self.pausers == 0 and self.was_enabled:
                 gc.enable()
+
+
+_PAUSE = _GCPause()
+
+
+def gc_paused() -> _GCPause:
+    """Run the body (``with gc_paused():``) with the cyclic garbage collector off, from
+    any thread, nested or concurrently; it is turned back on when the last such body
+    ends, if it was on."""
+    return _PAUSE

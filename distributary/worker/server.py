@@ -329,7 +329,7 @@ class Worker(ServerNode):
     async def _heartbeats(self) -> None:
         for n in itertools.count():
             await asyncio.sleep(self.heartbeat_interval)
-            self._send(WorkerHeartbeat(f"heartbeat-{n}", self.memory()).to_message())
+            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory()).to_message())
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory: ``process`` (resident), ``managed`` (results in memory) and
