@@ -180,6 +180,9 @@ def test_a_task_on_a_cancelled_future_is_cancelled(c):
 def test_fire_and_forget_leaves_nothing_behind(cluster_and_client):
     cluster, c = cluster_and_client
     for _ in range(20):
-        fire_and_forget(c.map(inc, range(5)))
-    assert c.gather(c.map(inc, range(5))) == list(range(1, 6))
+        fire_and_forget(c.map(inc, range(5)))  # running, or finished already
+    done = c.map(inc, range(5))
+    assert c.gather(done) == list(range(1, 6))
+    fire_and_forget(done)  # finished: there is nothing to keep them for
+    del done
     poll(lambda: nothing_held(cluster), timeout=20)

@@ -1482,6 +1482,11 @@ def test_fire_and_forget_leaves_no_record_once_its_tasks_finished():
     assert "fire-and-forget" in s.clients and states(s, "x") == ["processing"]
     s.handle(finished(ct))
     assert set(s.clients) == {"c"} and s.tasks == {}
+    # a task that finished already is not kept for fire-and-forget
+    s.handle(finished(one_compute(s.handle(graph("c", spec("y"))))))
+    s.handle(ev.FireAndForget(sid(), ("y",), client="c"))
+    s.handle(release("c", "y"))
+    assert set(s.clients) == {"c"} and s.tasks == {}
 
 
 def test_ticks_tell_when_a_retirement_is_done():

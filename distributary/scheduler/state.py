@@ -252,7 +252,15 @@ class SchedulerState(TransitionEngine):
         return self._desire(self._client(event.client), event.keys, event.stimulus_id)
 
     def _handle_fire_and_forget(self, event: ev.FireAndForget) -> Recs:
-        return self._desire(self._client(FIRE_AND_FORGET), event.keys, event.stimulus_id)
+        tasks = self.tasks
+        unfinished = [
+            key
+            for key in event.keys
+            if key not in tasks or tasks[key].state not in ("memory", "erred")
+        ]  # (a finished task ran to its end: nothing to keep it for)
+        if not unfinished:
+            return {}
+        return self._desire(self._client(FIRE_AND_FORGET), unfinished, event.stimulus_id)
 
     def _desire(self, cs: ClientRecord, keys: Iterable[Any], stimulus_id: str) -> Recs:
         recs: Recs = {}
