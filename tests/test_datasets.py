@@ -20,6 +20,7 @@ import pytest
 from conftest import apoll, gen_cluster, poll
 
 from distributary import Client, Future, futures_of
+from distributary.protocol import Serialize
 
 
 def inc(x):
@@ -422,3 +423,19 @@ def test_persisted_array_published_by_one_client_computed_by_another(cluster):
         gc.collect()
         s = cluster.scheduler
         poll(lambda: not s.tasks)
+
+
+@gen_cluster(nthreads=(1,))
+async def test_a_publish_waiting_for_a_flush_fails_when_its_client_leaves(c, s, a):
+    other = await Client(s.address, asynchronous=True)
+    request = {"op": "publish-put", "names": ["x"], "data": [Serialize(1)], "keys": [[]]}
+    waiting = asyncio.ensure_future(
+        c.pool.call(s.address, {**request, "client": other.id, "uid": "never"})
+    )
+    await apoll(lambda: "never" in s.datasets._waiting)
+    await other.close()
+    with pytest.raises(RuntimeError, match="is not connected to the scheduler"):
+        await asyncio.wait_for(waiting, 10)
+    with pytest.raises(RuntimeError, match="is not connected to the scheduler"):
+        await c.pool.call(s.address, {**request, "client": "nobody", "uid": "never-2"})
+    assert s.datasets.datasets == {} and s.datasets._waiting == {}

@@ -1648,6 +1648,8 @@ class _Cluster:
                 self.retired.append(i.address)
         elif isinstance(i, ins.RetirementFailed):
             assert all(s.workers[a].status == "running" for a in i.addresses), i
+        elif isinstance(i, ins.ClientRemoved):
+            assert i.client not in s.clients, i
         else:
             assert i.key in self.wanted[i.client], i  # only clients that want a key hear of it
             if isinstance(i, ins.KeyInMemory):

@@ -22,7 +22,9 @@ that flush message has been read before acting on the request, so everything the
 client sent before (the tasks of the futures it publishes) is known by then.  The
 flush message is handled while a batch read from the stream is being handled; the
 waiting request resumes only after the event loop gets control back, that is after
-the whole batch (handled synchronously) has reached the state machine.
+the whole batch (handled synchronously) has reached the state machine.  A client that
+leaves before its flush arrives fails its waiting request (the state says it left:
+``ClientRemoved``).
 After the flush the scheduler still checks that every key exists and refuses the
 publication with a ValueError naming the first missing key (a cancelled or released
 future), publishing nothing.
@@ -48,9 +50,6 @@ from distributary.scheduler.extension import SchedulerContext, SchedulerExtensio
 
 logger = logging.getLogger("distributary.scheduler")
 
-# How long a request waits between checks that its client is still connected while it
-# waits for the client's flush message.
-_FLUSH_CHECK_INTERVAL = 1.0
 # Flush messages whose request never came (the client died in between) are forgotten
 # beyond this many.
 _MAX_PENDING_FLUSHES = 10_000
@@ -72,7 +71,8 @@ class DatasetExtension(SchedulerExtension):
     def __init__(self, scheduler: SchedulerContext):
         super().__init__(scheduler)
         self.datasets: dict[Any, Dataset] = {}
-        self._flushes: OrderedDict[str, asyncio.Event] = OrderedDict()
+        self._flushes: OrderedDict[str, asyncio.Future] = OrderedDict()  # by uid
+        self._waiting: dict[str, Any] = {}  # uid -> the client whose request waits for it
         self.handlers.update(
             {
                 "publish-put": self.put,
@@ -83,20 +83,30 @@ class DatasetExtension(SchedulerExtension):
         )
         self.message_handlers[ev.PublishFlush] = self.flush_received
         self.instruction_handlers[ins.ClusterRestarted] = self.clear
+        self.instruction_handlers[ins.ClientRemoved] = self._client_removed
 
     # ------------------------------------------------------------------ ordering
 
     def flush_received(self, msg: ev.PublishFlush) -> None:
         """A client's ``publish-flush`` stream message: wake the request waiting for it."""
-        self._flush_event(msg.uid).set()
+        flushed = self._flush_future(msg.uid)
+        if not flushed.done():
+            flushed.set_result(None)
         while len(self._flushes) > _MAX_PENDING_FLUSHES:
             self._flushes.popitem(last=False)
 
-    def _flush_event(self, uid: str) -> asyncio.Event:
-        event = self._flushes.get(uid)
-        if event is None:
-            event = self._flushes[uid] = asyncio.Event()
-        return event
+    def _client_removed(self, removed: ins.ClientRemoved) -> None:
+        """A client left: its requests waiting for a flush will not get it."""
+        for uid, client in list(self._waiting.items()):
+            flushed = self._flushes.get(uid)
+            if client == removed.client and flushed is not None and not flushed.done():
+                flushed.set_exception(RuntimeError(_not_connected(client)))
+
+    def _flush_future(self, uid: str) -> asyncio.Future:
+        flushed = self._flushes.get(uid)
+        if flushed is None:
+            flushed = self._flushes[uid] = asyncio.get_running_loop().create_future()
+        return flushed
 
     async def _wait_for_flush(self, client: Any, uid: Any) -> None:
         """Wait until the stream of ``client`` delivered its flush message ``uid``."""
@@ -104,20 +114,15 @@ class DatasetExtension(SchedulerExtension):
             return
         if not isinstance(uid, str):
             raise TypeError(f"uid: unexpected {type(uid).__name__}")
-        event = self._flush_event(uid)
+        flushed = self._flush_future(uid)
         try:
-            while True:
-                try:
-                    await asyncio.wait_for(event.wait(), _FLUSH_CHECK_INTERVAL)
-                    return
-                except asyncio.TimeoutError:
-                    if not self.scheduler.is_connected(client):
-                        raise RuntimeError(
-                            f"Client {client!r} is not connected to the scheduler: "
-                            "its earlier messages cannot be waited for"
-                        ) from None
+            if not flushed.done() and not self.scheduler.is_connected(client):
+                raise RuntimeError(_not_connected(client))
+            self._waiting[uid] = client
+            await flushed
         finally:
             self._flushes.pop(uid, None)
+            self._waiting.pop(uid, None)
 
     # ------------------------------------------------------------------ handlers
 
@@ -233,6 +238,13 @@ class DatasetExtension(SchedulerExtension):
             self.scheduler.handle(
                 ev.ClientReleasesKeys(stimulus_id, unwanted, client=dataset.client)
             )
+
+
+def _not_connected(client: Any) -> str:
+    return (
+        f"Client {client!r} is not connected to the scheduler: "
+        "its earlier messages cannot be waited for"
+    )
 
 
 def _sequence(value: Any, name: str) -> tuple | list:

@@ -21,6 +21,7 @@ from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, 
 
 __all__ = [
     "AcquireReplicas",
+    "ClientRemoved",
     "ClusterRestarted",
     "ComputeTask",
     "ForServer",
@@ -60,6 +61,13 @@ class RetirementFailed(ForServer):
 
     addresses: tuple
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRemoved(ForServer):
+    """The client is gone, with everything it wanted."""
+
+    client: str
 
 
 @dataclass(frozen=True, slots=True)

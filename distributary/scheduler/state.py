@@ -181,6 +181,7 @@ class SchedulerState(TransitionEngine):
             return {}
         recs = self._release_wants(cs, list(cs.wants_what))
         del self.clients[event.client]
+        self.emit(ins.ClientRemoved(event.stimulus_id, event.client))
         return recs
 
     def _client(self, client_id: str) -> ClientRecord:
