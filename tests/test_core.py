@@ -9,9 +9,10 @@ import struct
 import time
 import traceback
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import msgpack
+import msgspec
 import pytest
 from conftest import apoll, run
 
@@ -25,24 +26,36 @@ from distributary.comm import (
 )
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.protocol import RemoteException, rebuild_exception
-from distributary.protocol.message import Catalogue, Message
+from distributary.protocol.message import Catalogue, StreamMessage
+from distributary.protocol.requests import Request
 
 
 def _divide(a: int, b: int) -> float:
     return a / b
 
 
-async def _add(comm: Comm, msg: dict) -> int:
+def request(op: str, **fields: type) -> type:
+    """A request class for a test operation, with these fields."""
+    return msgspec.defstruct(
+        op.title().replace("-", ""), list(fields.items()), bases=(Request,), namespace={"op": op}
+    )
+
+
+PING, PEER = request("ping"), request("peer")
+ADD, DIVIDE = request("add", a=int, b=int), request("divide", a=int, b=int)
+
+
+async def _add(comm: Comm, msg: Any) -> int:
     await asyncio.sleep(0)
-    return msg["a"] + msg["b"]
+    return msg.a + msg.b
 
 
 def default_handlers() -> dict:
     return {
-        "ping": lambda comm, msg: "pong",
-        "add": _add,
-        "divide": lambda comm, msg: _divide(msg["a"], msg["b"]),
-        "peer": lambda comm, msg: comm.peer_address,
+        PING: lambda comm, msg: "pong",
+        ADD: _add,
+        DIVIDE: lambda comm, msg: _divide(msg.a, msg.b),
+        PEER: lambda comm, msg: comm.peer_address,
     }
 
 
@@ -124,7 +137,10 @@ def test_unknown_operation_and_bad_messages_get_error_replies():
 def test_no_reply_when_not_wanted():
     async def main():
         seen: list = []
-        handlers = {**default_handlers(), "note": lambda comm, msg: seen.append(msg["x"])}
+        handlers = {
+            **default_handlers(),
+            request("note", x=int): lambda comm, msg: seen.append(msg.x),
+        }
         async with serving(handlers) as server, pool_for() as pool:
             assert await pool.call(server.address, {"op": "note", "x": 1, "reply": False}) is None
             await apoll(lambda: seen == [1])
@@ -137,7 +153,7 @@ def test_no_reply_when_not_wanted():
 
 def test_unencodable_result_becomes_error_reply():
     async def main():
-        handlers = {**default_handlers(), "bad": lambda comm, msg: {1, 2, 3}}
+        handlers = {**default_handlers(), request("bad"): lambda comm, msg: {1, 2, 3}}
         async with serving(handlers) as server, pool_for() as pool:
             with pytest.raises(TypeError, match="set"):
                 await pool.call(server.address, {"op": "bad"})
@@ -178,7 +194,7 @@ def test_malformed_input_drops_connection_and_server_survives(after_handshake, c
     assert "Closing the connection" in caplog.text or "Malformed" in caplog.text
 
 
-class Record(Message, kw_only=True):
+class Record(StreamMessage, kw_only=True):
     """A test message."""
 
     op: ClassVar[str] = "record"
@@ -188,7 +204,7 @@ class Record(Message, kw_only=True):
     sender: str = ""
 
 
-class Stop(Message):
+class Stop(StreamMessage):
     """A test message after which the reader stops."""
 
     op: ClassVar[str] = "stop"
@@ -204,11 +220,11 @@ def test_read_messages_decodes_batches_in_order(caplog):
             batches.append(messages)
             return not any(isinstance(m, Stop) for m in messages)
 
-        async def stream(comm: Comm, msg: dict) -> None:
+        async def stream(comm: Comm, msg: Any) -> None:
             await read_messages(comm, Catalogue(Record, Stop), "the-peer", handle)
             done.set()
 
-        async with serving({"stream": stream}) as server:
+        async with serving({request("stream"): stream}) as server:
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
             await comm.write({"op": "record", "stimulus_id": "s", "i": 0})
@@ -245,11 +261,11 @@ def test_read_messages_returns_when_the_comm_closes():
     async def main():
         done = asyncio.Event()
 
-        async def stream(comm: Comm, msg: dict) -> None:
+        async def stream(comm: Comm, msg: Any) -> None:
             await read_messages(comm, Catalogue(Record), "peer", lambda messages: None)
             done.set()
 
-        async with serving({"stream": stream}) as server:
+        async with serving({request("stream"): stream}) as server:
             comm = await connect(server.address)
             await comm.write({"op": "stream", "reply": False})
             await comm.write({"op": "record", "stimulus_id": "s", "i": 0})
@@ -264,11 +280,11 @@ def test_server_close_aborts_comms_and_is_idempotent():
         never = asyncio.Event()
         started = asyncio.Event()
 
-        async def hang(comm: Comm, msg: dict) -> None:
+        async def hang(comm: Comm, msg: Any) -> None:
             started.set()
             await never.wait()
 
-        server = Server({"hang": hang, **default_handlers()})
+        server = Server({request("hang"): hang, **default_handlers()})
         await server.listen("tcp://127.0.0.1:0")
         address = server.address
         async with pool_for() as pool:
@@ -288,11 +304,11 @@ def test_server_close_aborts_comms_and_is_idempotent():
 
 def test_server_close_from_a_handler():
     async def main():
-        async def shutdown(comm: Comm, msg: dict) -> str:
+        async def shutdown(comm: Comm, msg: Any) -> str:
             await server.close()
             return "bye"
 
-        server = Server({"shutdown": shutdown})
+        server = Server({request("shutdown"): shutdown})
         await server.listen("tcp://127.0.0.1:0")
         async with pool_for() as pool:
             with pytest.raises(CommClosedError):
@@ -334,12 +350,12 @@ def test_pool_opens_comms_for_concurrent_calls_within_limit():
         release = asyncio.Event()
         inside: list = []
 
-        async def wait(comm: Comm, msg: dict) -> int:
-            inside.append(msg["i"])
+        async def wait(comm: Comm, msg: Any) -> int:
+            inside.append(msg.i)
             await release.wait()
-            return msg["i"]
+            return msg.i
 
-        async with serving({"wait": wait}) as server, pool_for(limit=3) as pool:
+        async with serving({request("wait", i=int): wait}) as server, pool_for(limit=3) as pool:
             calls = [asyncio.ensure_future(pool.rpc(server.address).wait(i=i)) for i in range(10)]
             await apoll(lambda: len(inside) == 3)
             assert pool.open == 3 and pool.active == 3
@@ -365,12 +381,12 @@ def test_pool_cancelled_call_does_not_return_comm():
     async def main():
         started = asyncio.Event()
 
-        async def slow(comm: Comm, msg: dict) -> str:
+        async def slow(comm: Comm, msg: Any) -> str:
             started.set()
             await asyncio.sleep(60)
             return "late"
 
-        handlers = {"slow": slow, "ping": lambda c, m: "pong"}
+        handlers = {request("slow"): slow, PING: lambda c, m: "pong"}
         async with serving(handlers) as server, pool_for() as pool:
             call = asyncio.ensure_future(pool.call(server.address, {"op": "slow"}))
             await asyncio.wait_for(started.wait(), 5)
@@ -422,11 +438,11 @@ def test_rebuilt_error_for_untransferable_exception():
         def __init__(self, a, b):
             super().__init__(f"{a}-{b}")
 
-    def weird(comm: Comm, msg: dict) -> None:
+    def weird(comm: Comm, msg: Any) -> None:
         raise Weird(1, 2)
 
     async def main():
-        async with serving({"weird": weird}) as server, pool_for() as pool:
+        async with serving({request("weird"): weird}) as server, pool_for() as pool:
             with pytest.raises(RemoteException, match="1-2") as info:
                 await pool.call(server.address, {"op": "weird"})
             assert type(info.value).__name__ == "Weird"

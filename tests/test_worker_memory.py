@@ -23,6 +23,7 @@ from conftest import apoll, run
 from distributary import Client, Nanny, Scheduler, Worker, wait
 from distributary.comm import CommClosedError
 from distributary.core import ConnectionPool, Server
+from distributary.protocol import requests as rq
 from distributary.worker import events as ev
 from distributary.worker.memory import SpillBuffer, WorkerMemoryManager
 
@@ -73,13 +74,15 @@ def storage(w: Worker) -> list[str]:
 
 class Recorder:
     """A server over TCP that records what it is sent: a worker's stream (as a stand-in
-    scheduler) and rpc calls (``ops``: op -> reply)."""
+    scheduler) and requests (``ops``: op -> reply)."""
+
+    REQUESTS = {cls.op: cls for cls in (rq.RetireWorkers, rq.CloseGracefully)}
 
     def __init__(self, **ops: object):
         self.stream: list[dict] = []
-        self.calls: list[dict] = []
-        handlers = {op: self._replier(reply) for op, reply in ops.items()}
-        handlers["register-worker"] = self._register
+        self.calls: list = []
+        handlers = {self.REQUESTS[op]: self._replier(reply) for op, reply in ops.items()}
+        handlers[rq.RegisterWorker] = self._register
         self.server = Server(handlers=handlers)
 
     @property
@@ -87,13 +90,13 @@ class Recorder:
         return self.server.address
 
     def _replier(self, reply: object):
-        def handler(comm, msg: dict) -> object:
+        def handler(comm, msg: rq.Request) -> object:
             self.calls.append(msg)
             return reply
 
         return handler
 
-    async def _register(self, comm, msg: dict) -> None:
+    async def _register(self, comm, msg: rq.RegisterWorker) -> None:
         self.calls.append(msg)
         await comm.write({"status": "OK", "id": "recorder"})
         while True:
@@ -104,7 +107,7 @@ class Recorder:
             self.stream.extend([batch] if isinstance(batch, dict) else batch)
 
     def ops(self) -> list[str]:
-        return [m["op"] for m in self.calls]
+        return [m.op for m in self.calls]
 
     async def __aenter__(self) -> Recorder:
         await self.server.listen("tcp://127.0.0.1:0")
@@ -375,12 +378,9 @@ def test_close_gracefully_asks_the_scheduler_to_retire_it_then_closes():
             status = [m for m in sched.stream if m["op"] == "worker-status-change"]
             assert [m["status"] for m in status] == ["closing_gracefully"]
             retire = sched.calls[-1]
-            assert retire == {  # (msgpack gives lists back as tuples)
-                "op": "retire_workers",
-                "workers": (w.address,),
-                "close_workers": False,
-                "remove": True,
-            }
+            assert retire == rq.RetireWorkers(
+                workers=(w.address,), close_workers=False, remove=True
+            )
             assert nanny.ops() == ["close_gracefully"]  # no restart: the nanny closes too
 
             w = await Worker(sched.address, nthreads=1, nanny=nanny.address)

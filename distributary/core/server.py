@@ -1,12 +1,13 @@
 """Server: answers request/reply operations.
 
 Every comm a server accepts is served by :meth:`Server.handle_comm`: it reads a
-message ``{"op": name, ...}``, calls ``handlers[name](comm, msg)`` and writes the
-result back (unless the message says ``"reply": False``). A handler that raises
-makes the reply an error message (see :func:`distributary.protocol.error_message`)
-and the server keeps serving the comm. A handler may also take the comm over for
-good, e.g. to read it as a batched stream (:func:`distributary.core.read_messages`);
-:meth:`Server.close` aborts it then too.
+message ``{"op": name, ...}``, decodes it into the request class of that op (see
+:mod:`distributary.protocol.requests`), calls ``handlers[RequestClass](comm, request)``
+and writes the result back (unless the message says ``"reply": False``). A request
+that does not decode, or a handler that raises, makes the reply an error message (see
+:func:`distributary.protocol.error_message`) and the server keeps serving the comm.
+A handler may also take the comm over for good, e.g. to read it as a batched stream
+(:func:`distributary.core.read_messages`); :meth:`Server.close` aborts it then too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from distributary.comm import Comm, CommClosedError, Listener, listen
 from distributary.protocol import error_message
+from distributary.protocol.message import Catalogue
 
 __all__ = ["Server"]
 
@@ -31,15 +33,22 @@ def _describe(msg: object, limit: int = 200) -> str:
 
 
 class Server:
-    """Serve ``handlers``: request/reply operations, by name."""
+    """Serve ``handlers``: request/reply operations, by request class."""
 
-    def __init__(self, handlers: dict[str, Callable], handshake_info: dict | None = None):
-        self.handlers = handlers
+    def __init__(self, handlers: dict[type, Callable], handshake_info: dict | None = None):
+        self.handlers: dict[type, Callable] = {}
+        self._requests = Catalogue()
+        self.add_handlers(handlers)
         self.handshake_info = dict(handshake_info or {})
         self.listeners: list[Listener] = []
         # comms being served, and the task serving each
         self._comms: dict[Comm, asyncio.Task | None] = {}
         self._closed = False
+
+    def add_handlers(self, handlers: dict[type, Callable]) -> None:
+        """Serve these requests too: ``{RequestClass: handler(comm, request)}``."""
+        self.handlers.update(handlers)
+        self._requests = Catalogue(*self.handlers)
 
     @property
     def address(self) -> str:
@@ -67,7 +76,6 @@ class Server:
             comm.abort()
             return
         self._comms[comm] = asyncio.current_task()
-        handlers = self.handlers
         try:
             while True:
                 try:
@@ -82,16 +90,16 @@ class Server:
                         return
                     continue
                 op = msg.get("op")
-                handler = handlers.get(op) if isinstance(op, str) else None
                 error: Exception | None = None
-                if handler is None:
+                if not isinstance(op, str) or op not in self._requests:
                     error = ValueError(f"Unknown operation {op!r}")
                 else:
                     try:
-                        result = handler(comm, msg)
+                        request = self._requests.decode(msg, comm.peer_address)
+                        result = self.handlers[type(request)](comm, request)
                         if inspect.isawaitable(result):
                             result = await result
-                    except Exception as exc:
+                    except Exception as exc:  # (a ProtocolError too)
                         error = exc
                     if comm.closed():
                         if error is not None:  # (e.g. a stream handler gave up on the comm)

@@ -43,6 +43,7 @@ from distributary.comm.addressing import parse_address
 from distributary.core import ConnectionPool, Server
 from distributary.nanny.process import WorkerProcess, WorkerProcessDied, _worker_environment
 from distributary.node import ServerNode, listen_address_for, parse_memory_limit
+from distributary.protocol import requests as rq
 from distributary.utils.process import cpu_count
 
 logger = logging.getLogger("distributary.nanny")
@@ -129,12 +130,12 @@ class Nanny(ServerNode):
         self.pool = ConnectionPool(role="nanny")
         self.server = Server(
             handlers={
-                "instantiate": self._handle_instantiate,
-                "kill": self._handle_kill,
-                "restart": self._handle_restart,
-                "terminate": self._handle_terminate,
-                "close_gracefully": self._handle_close_gracefully,
-                "identity": self._handle_identity,
+                rq.Instantiate: self._handle_instantiate,
+                rq.Kill: self._handle_kill,
+                rq.RestartWorker: self._handle_restart,
+                rq.Terminate: self._handle_terminate,
+                rq.CloseGracefully: self._handle_close_gracefully,
+                rq.Identity: self._handle_identity,
             },
         )
         self._lock = asyncio.Lock()
@@ -340,24 +341,24 @@ class Nanny(ServerNode):
 
     # ------------------------------------------------------------------ handlers
 
-    async def _handle_instantiate(self, comm: Any, msg: dict) -> str:
+    async def _handle_instantiate(self, comm: Any, msg: rq.Instantiate) -> str:
         return await self.instantiate()
 
-    async def _handle_kill(self, comm: Any, msg: dict) -> str:
-        return await self.kill(timeout=msg.get("timeout", 2))
+    async def _handle_kill(self, comm: Any, msg: rq.Kill) -> str:
+        return await self.kill(timeout=parse_timedelta(msg.timeout or 2))
 
-    async def _handle_restart(self, comm: Any, msg: dict) -> str:
-        return await self.restart(timeout=msg.get("timeout", 30))
+    async def _handle_restart(self, comm: Any, msg: rq.RestartWorker) -> str:
+        return await self.restart(timeout=parse_timedelta(msg.timeout or 30))
 
-    def _handle_terminate(self, comm: Any, msg: dict) -> str:
+    def _handle_terminate(self, comm: Any, msg: rq.Terminate) -> str:
         self._background_task(self.close())
         return "OK"
 
-    async def _handle_close_gracefully(self, comm: Any, msg: dict) -> str:
+    async def _handle_close_gracefully(self, comm: Any, msg: rq.CloseGracefully) -> str:
         await self.close_gracefully()
         return "OK"
 
-    def _handle_identity(self, comm: Any, msg: dict) -> dict:
+    def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
         return {
             "type": "Nanny",
             "id": self.id,

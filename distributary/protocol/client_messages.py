@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from distributary.protocol.message import Catalogue, Key, Message
+from distributary.protocol.message import Catalogue, Key, StreamMessage
 
 # ---------------------------------------------------------------------- client -> scheduler
 
 
-class FromClient(Message, kw_only=True):
+class FromClient(StreamMessage, kw_only=True):
     """Base of what a client tells the scheduler."""
 
     peer_fields: ClassVar[tuple[str, ...]] = ("client",)
@@ -123,7 +123,7 @@ class PublishFlush(FromClient):
 # ---------------------------------------------------------------------- scheduler -> client
 
 
-class ToClient(Message, kw_only=True):
+class ToClient(StreamMessage, kw_only=True):
     """Base of what the scheduler tells a client."""
 
     peer_fields: ClassVar[tuple[str, ...]] = ("client",)

@@ -20,6 +20,7 @@ is declared.
 from __future__ import annotations
 
 import time
+import types
 import typing
 from typing import Annotated, Any, ClassVar
 
@@ -33,13 +34,11 @@ from distributary.protocol.wire import ProtocolError
 Key = Annotated[Any, "key"]
 
 class Message(msgspec.Struct, frozen=True):
-    """Base of the messages that travel; ``stimulus_id`` names their cause."""
+    """Base of the messages that travel: on streams, and the requests to servers."""
 
     op: ClassVar[str] = ""
     peer_fields: ClassVar[tuple[str, ...]] = ()  # filled in on arrival, not sent
     arrival_fields: ClassVar[tuple[str, ...]] = ()  # when it arrived, not sent
-
-    stimulus_id: str
 
     def to_message(self) -> dict:
         """The message for the wire: its op and every field that travels."""
@@ -50,6 +49,12 @@ class Message(msgspec.Struct, frozen=True):
         for name in records:
             msg[name] = tuple(msgspec.structs.asdict(record) for record in msg[name])
         return msg
+
+
+class StreamMessage(Message):
+    """Base of the messages on batched streams: ``stimulus_id`` names their cause."""
+
+    stimulus_id: str
 
 
 # message class -> (the fields that travel, those of them that hold records)
@@ -166,11 +171,19 @@ def _protocol_error(op: str, text: str) -> ProtocolError:
 def _key_fields(cls: type) -> list[str]:
     """The fields holding keys, or tuples of keys: each must hash, whole."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    return [
-        name
-        for name in cls.__struct_fields__
-        if hints[name] == Key or hints[name] == tuple[Key, ...]
-    ]
+    return [name for name in cls.__struct_fields__ if _holds_keys(hints[name])]
+
+
+def _holds_keys(hint: Any) -> bool:
+    """A key, or a tuple of them (of tuples of them, ...), possibly ``None``."""
+    if hint == Key:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return len(args) == 2 and args[1] is Ellipsis and _holds_keys(args[0])
+    if origin in (types.UnionType, typing.Union):
+        return any(_holds_keys(arg) for arg in args if arg is not type(None))
+    return False
 
 
 def _record_fields(cls: type) -> list[tuple[str, type]]:

@@ -11,12 +11,12 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from distributary.protocol.message import Catalogue, Key, Message
+from distributary.protocol.message import Catalogue, Key, StreamMessage
 
 # ---------------------------------------------------------------------- scheduler -> worker
 
 
-class ToWorker(Message, kw_only=True):
+class ToWorker(StreamMessage, kw_only=True):
     """Base of what the scheduler tells a worker."""
 
     peer_fields: ClassVar[tuple[str, ...]] = ("worker",)
@@ -58,7 +58,7 @@ class AcquireReplicas(ToWorker):
 # ---------------------------------------------------------------------- worker -> scheduler
 
 
-class FromWorker(Message, kw_only=True):
+class FromWorker(StreamMessage, kw_only=True):
     """Base of what a worker tells the scheduler."""
 
     peer_fields: ClassVar[tuple[str, ...]] = ("worker",)

@@ -43,6 +43,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from distributary.protocol import requests as rq
 from distributary.protocol.serialize import Serialized
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
@@ -75,10 +76,10 @@ class DatasetExtension(SchedulerExtension):
         self._waiting: dict[str, Any] = {}  # uid -> the client whose request waits for it
         self.handlers.update(
             {
-                "publish-put": self.put,
-                "publish-get": self.get,
-                "publish-list": self.list,
-                "publish-delete": self.delete,
+                rq.PublishPut: self.put,
+                rq.PublishGet: self.get,
+                rq.PublishList: self.list,
+                rq.PublishDelete: self.delete,
             }
         )
         self.message_handlers[ev.PublishFlush] = self.flush_received
@@ -108,12 +109,10 @@ class DatasetExtension(SchedulerExtension):
             flushed = self._flushes[uid] = asyncio.get_running_loop().create_future()
         return flushed
 
-    async def _wait_for_flush(self, client: Any, uid: Any) -> None:
+    async def _wait_for_flush(self, client: str | None, uid: str | None) -> None:
         """Wait until the stream of ``client`` delivered its flush message ``uid``."""
         if uid is None:
             return
-        if not isinstance(uid, str):
-            raise TypeError(f"uid: unexpected {type(uid).__name__}")
         flushed = self._flush_future(uid)
         try:
             if not flushed.done() and not self.scheduler.is_connected(client):
@@ -126,27 +125,23 @@ class DatasetExtension(SchedulerExtension):
 
     # ------------------------------------------------------------------ handlers
 
-    async def put(self, comm: Any, msg: dict) -> None:
+    async def put(self, comm: Any, msg: rq.PublishPut) -> None:
         """Publish ``data[i]`` (holding the futures ``keys[i]``) under ``names[i]``.
 
         All or nothing: an existing name (without ``override``) raises KeyError and a
         key the scheduler does not know raises ValueError, and then nothing is published.
         """
-        names = _names(msg["names"])
-        data = _sequence(msg["data"], "data")
-        keys = [_keys(k) for k in _sequence(msg["keys"], "keys")]
+        names, data, keys = msg.names, msg.data, msg.keys
         if not len(names) == len(data) == len(keys):
             raise ValueError("publish-put needs as many data and keys as names")
         for value in data:
             if not isinstance(value, Serialized):
                 raise TypeError(f"data: expected a serialized value, got {type(value).__name__}")
-        override = bool(msg.get("override", False))
-        client = msg.get("client")
-        await self._wait_for_flush(client, msg.get("uid"))
+        await self._wait_for_flush(msg.client, msg.uid)
 
         if len(set(names)) != len(names):
             raise ValueError(f"Dataset names given more than once: {list(names)!r}")
-        if not override:
+        if not msg.override:
             for name in names:
                 if name in self.datasets:
                     raise KeyError(f"Dataset {name} already exists")
@@ -159,7 +154,7 @@ class DatasetExtension(SchedulerExtension):
                         f"{key!r} (was its future released or cancelled?)"
                     )
 
-        stimulus_id = f"publish-{msg.get('uid') or id(msg)}"
+        stimulus_id = f"publish-{msg.uid or id(msg)}"
         for name, value, dataset_keys in zip(names, data, keys):
             old = self.datasets.pop(name, None)
             pseudo = self._pseudo_client(name)
@@ -172,17 +167,16 @@ class DatasetExtension(SchedulerExtension):
             if old is not None:
                 self._release(old, stimulus_id, keep=set(dataset_keys))
 
-    def get(self, comm: Any, msg: dict) -> list:
+    def get(self, comm: Any, msg: rq.PublishGet) -> list:
         """The datasets ``names`` (None for a missing one), each ``{"data", "keys"}``.
 
         The asking ``client`` (if connected) wants their keys from now on.
         """
-        names = _names(msg["names"])
-        client = msg.get("client")
+        client = msg.client
         connected = client is not None and self.scheduler.is_connected(client)
         out: list = []
         wanted: dict = {}
-        for name in names:
+        for name in msg.names:
             dataset = self.datasets.get(name)
             if dataset is None:
                 out.append(None)
@@ -195,16 +189,15 @@ class DatasetExtension(SchedulerExtension):
             )
         return out
 
-    def list(self, comm: Any, msg: dict) -> list:
+    def list(self, comm: Any, msg: rq.PublishList) -> list:
         """The names of the published datasets, sorted by their text."""
         return sorted(self.datasets, key=str)
 
-    async def delete(self, comm: Any, msg: dict) -> None:
+    async def delete(self, comm: Any, msg: rq.PublishDelete) -> None:
         """Unpublish ``names``; a name that is not published is ignored."""
-        names = _names(msg["names"])
-        await self._wait_for_flush(msg.get("client"), msg.get("uid"))
-        stimulus_id = f"unpublish-{msg.get('uid') or id(msg)}"
-        for name in names:
+        await self._wait_for_flush(msg.client, msg.uid)
+        stimulus_id = f"unpublish-{msg.uid or id(msg)}"
+        for name in msg.names:
             dataset = self.datasets.pop(name, None)
             if dataset is not None:
                 self._release(dataset, stimulus_id)
@@ -245,23 +238,3 @@ def _not_connected(client: Any) -> str:
         f"Client {client!r} is not connected to the scheduler: "
         "its earlier messages cannot be waited for"
     )
-
-
-def _sequence(value: Any, name: str) -> tuple | list:
-    if not isinstance(value, list | tuple):
-        raise TypeError(f"{name}: expected a list, got {type(value).__name__}")
-    return value
-
-
-def _names(names: Any) -> tuple:
-    names = tuple(_sequence(names, "names"))
-    for name in names:
-        hash(name)  # TypeError for an unhashable name
-    return names
-
-
-def _keys(keys: Any) -> tuple:
-    keys = tuple(_sequence(keys, "keys"))
-    for key in keys:
-        hash(key)
-    return keys

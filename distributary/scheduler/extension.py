@@ -4,7 +4,8 @@ An extension (published datasets, workers leaving; the coordination objects, plu
 and diagnostics to come) is made with the scheduler, seen through the narrow
 :class:`SchedulerContext`, and declares what it takes:
 
-* ``handlers``: request/reply operations by name, ``(comm, msg) -> reply``;
+* ``handlers``: request/reply operations by request class (:mod:`distributary.
+  protocol.requests`), ``(comm, request) -> reply``;
 * ``message_handlers``: messages of the clients' and workers' streams by class, taken
   here instead of by the state machine (``False`` ends the stream);
 * ``instruction_handlers``: the state machine's :class:`~distributary.scheduler.
@@ -57,7 +58,7 @@ class SchedulerExtension:
 
     def __init__(self, scheduler: SchedulerContext):
         self.scheduler = scheduler
-        self.handlers: dict[str, Callable[[Any, dict], Any]] = {}
+        self.handlers: dict[type, Callable[[Any, Any], Any]] = {}
         self.message_handlers: dict[type, Callable[[Any], bool | None]] = {}
         self.instruction_handlers: dict[type, Callable[[Any], None]] = {}
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from distributary.protocol import requests as rq
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
@@ -69,11 +70,11 @@ class WorkerLifecycle(SchedulerExtension):
         self._closing = False
         self.handlers.update(
             {
-                "worker-killed": self._handle_worker_killed,
-                "retire_workers": self._handle_retire_workers,
-                "workers_to_close": self._handle_workers_to_close,
-                "restart": self._handle_restart,
-                "wait_for_workers": self._handle_wait_for_workers,
+                rq.WorkerKilled: self._handle_worker_killed,
+                rq.RetireWorkers: self._handle_retire_workers,
+                rq.WorkersToClose: self._handle_workers_to_close,
+                rq.Restart: self._handle_restart,
+                rq.WaitForWorkers: self._handle_wait_for_workers,
             }
         )
         self.instruction_handlers.update(
@@ -340,30 +341,43 @@ class WorkerLifecycle(SchedulerExtension):
 
     # ------------------------------------------------------------------ handlers
 
-    def _handle_worker_killed(self, comm: Any, msg: dict) -> str:
-        address, reason = str(msg["worker"]), str(msg.get("reason", ""))
-        logger.warning("Worker %s is being killed by its nanny: %s", address, reason)
-        self.exit_reasons[address] = reason
+    def _handle_worker_killed(self, comm: Any, msg: rq.WorkerKilled) -> str:
+        logger.warning("Worker %s is being killed by its nanny: %s", msg.worker, msg.reason)
+        self.exit_reasons[msg.worker] = msg.reason
         return "OK"
 
-    async def _handle_retire_workers(self, comm: Any, msg: dict) -> dict:
-        options = {k: v for k, v in msg.items() if k not in ("op", "reply")}
-        return await self.retire_workers(**options)
+    async def _handle_retire_workers(self, comm: Any, msg: rq.RetireWorkers) -> dict:
+        choose = _workers_to_close_options(msg) if msg.workers is None else {}
+        return await self.retire_workers(
+            None if msg.workers is None else list(msg.workers),
+            names=None if msg.names is None else list(msg.names),
+            close_workers=msg.close_workers,
+            remove=msg.remove,
+            timeout=msg.timeout,
+            **choose,
+        )
 
-    def _handle_workers_to_close(self, comm: Any, msg: dict) -> list:
-        options = {k: v for k, v in msg.items() if k not in ("op", "reply")}
-        return self.workers_to_close(**options)
+    def _handle_workers_to_close(self, comm: Any, msg: rq.WorkersToClose) -> list:
+        return self.workers_to_close(**_workers_to_close_options(msg))
 
-    async def _handle_wait_for_workers(self, comm: Any, msg: dict) -> str:
-        timeout = msg.get("timeout")
-        await self.wait_for_workers(int(msg["n_workers"]), _seconds(timeout))
+    async def _handle_wait_for_workers(self, comm: Any, msg: rq.WaitForWorkers) -> str:
+        await self.wait_for_workers(msg.n_workers, _seconds(msg.timeout))
         return "OK"
 
-    async def _handle_restart(self, comm: Any, msg: dict) -> str:
-        timeout = parse_timedelta(msg.get("timeout") or 30)
-        await self.restart(timeout, bool(msg.get("wait_for_workers", True)))
+    async def _handle_restart(self, comm: Any, msg: rq.Restart) -> str:
+        await self.restart(_seconds(msg.timeout) or 30, msg.wait_for_workers)
         return "OK"
 
 
 def _seconds(value: Any) -> float | None:
     return None if value is None else parse_timedelta(value)
+
+
+def _workers_to_close_options(msg: rq.WorkersToClose | rq.RetireWorkers) -> dict:
+    return {
+        "n": msg.n,
+        "target": msg.target,
+        "minimum": msg.minimum,
+        "memory_ratio": msg.memory_ratio,
+        "attribute": msg.attribute,
+    }

@@ -24,6 +24,7 @@ from dask.utils import parse_timedelta
 from distributary.comm.addressing import get_address_host, normalize_address
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
+from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import FROM_CLIENT
 from distributary.protocol.serialize import Serialize, Serialized
 from distributary.protocol.worker_messages import FROM_WORKER, Unregister
@@ -79,12 +80,12 @@ class Scheduler(ServerNode):
         self._listen_address = listen_address_for(None, host, port, protocol, interface)
         self.server = Server(
             handlers={
-                "register-worker": self._handle_register_worker,
-                "register-client": self._handle_register_client,
-                "identity": self._handle_identity,
-                "who-has": self._handle_who_has,
-                "story": self._handle_story,
-                "terminate": self._handle_terminate,
+                rq.RegisterWorker: self._handle_register_worker,
+                rq.RegisterClient: self._handle_register_client,
+                rq.Identity: self._handle_identity,
+                rq.WhoHas: self._handle_who_has,
+                rq.Story: self._handle_story,
+                rq.Terminate: self._handle_terminate,
             },
         )
         self.worker_streams: dict[str, BatchedSend] = {}
@@ -101,7 +102,7 @@ class Scheduler(ServerNode):
         self.lifecycle = WorkerLifecycle(self)
         self.extensions: list[SchedulerExtension] = [self.datasets, self.lifecycle]
         for extension in self.extensions:
-            self.server.handlers.update(extension.handlers)
+            self.server.add_handlers(extension.handlers)
             self.message_handlers.update(extension.message_handlers)
             self.instruction_handlers.update(extension.instruction_handlers)
 
@@ -271,9 +272,9 @@ class Scheduler(ServerNode):
 
     # ------------------------------------------------------------------ handlers
 
-    async def _handle_register_worker(self, comm: Any, msg: dict) -> None:
-        address = msg["address"]
-        name = msg.get("name")
+    async def _handle_register_worker(self, comm: Any, msg: rq.RegisterWorker) -> None:
+        address = msg.address
+        name = msg.name
         if address in self.state.workers or (
             name is not None and name in self.state.workers_by_name
         ):
@@ -285,11 +286,11 @@ class Scheduler(ServerNode):
             ev.AddWorker(
                 f"register-worker-{address}",
                 address,
-                int(msg["nthreads"]),
+                msg.nthreads,
                 name=name,
-                memory_limit=int(msg.get("memory_limit") or 0),
-                resources=dict(msg.get("resources") or {}),
-                nanny=msg.get("nanny"),
+                memory_limit=msg.memory_limit or 0,
+                resources=dict(msg.resources or {}),
+                nanny=msg.nanny,
                 host=get_address_host(address),
                 time=time.time(),
             )
@@ -312,8 +313,8 @@ class Scheduler(ServerNode):
                 logger.info("Worker %s removed", address)
                 self.lifecycle.workers_changed()
 
-    async def _handle_register_client(self, comm: Any, msg: dict) -> None:
-        client = msg["client"]
+    async def _handle_register_client(self, comm: Any, msg: rq.RegisterClient) -> None:
+        client = msg.client
         stream = BatchedSend(comm)
         self.client_streams[client] = stream
         self.handle(ev.AddClient(f"add-client-{client}", client))
@@ -326,7 +327,7 @@ class Scheduler(ServerNode):
             if self.status == "running":
                 self.handle(ev.RemoveClient(f"remove-client-{client}", client))
 
-    def _handle_identity(self, comm: Any, msg: dict) -> dict:
+    def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
         return {
             "type": "Scheduler",
             "id": self.id,
@@ -334,17 +335,17 @@ class Scheduler(ServerNode):
             "workers": {ws.address: self.worker_info(ws) for ws in self.state.workers.values()},
         }
 
-    def _handle_who_has(self, comm: Any, msg: dict) -> dict:
+    def _handle_who_has(self, comm: Any, msg: rq.WhoHas) -> dict:
         tasks = self.state.tasks
         return {
             key: tuple(ws.address for ws in tasks[key].who_has) if key in tasks else ()
-            for key in msg["keys"]
+            for key in msg.keys
         }
 
-    def _handle_story(self, comm: Any, msg: dict) -> list:
-        return self.state.story(*msg["keys"])
+    def _handle_story(self, comm: Any, msg: rq.Story) -> list:
+        return self.state.story(*msg.keys)
 
-    async def _handle_terminate(self, comm: Any, msg: dict) -> str:
+    async def _handle_terminate(self, comm: Any, msg: rq.Terminate) -> str:
         asyncio.get_running_loop().create_task(self.close())
         return "OK"
 

@@ -29,6 +29,7 @@ from dask.sizeof import sizeof
 from distributary.comm import CommClosedError, connect
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
+from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
@@ -143,10 +144,10 @@ class Worker(ServerNode):
         self.pool = ConnectionPool(role="worker")
         self.server = Server(
             handlers={
-                "get-data": self._handle_get_data,
-                "update-data": self._handle_update_data,
-                "identity": self._handle_identity,
-                "close": self._handle_close,
+                rq.GetData: self._handle_get_data,
+                rq.UpdateData: self._handle_update_data,
+                rq.Identity: self._handle_identity,
+                rq.CloseWorker: self._handle_close,
             },
         )
         self.batched: BatchedSend | None = None
@@ -452,21 +453,21 @@ class Worker(ServerNode):
 
     # ------------------------------------------------------------------ handlers
 
-    def _handle_get_data(self, comm: Any, msg: dict) -> dict:
+    def _handle_get_data(self, comm: Any, msg: rq.GetData) -> dict:
         data = self.state.data
         return {
             "status": "OK",
-            "data": {key: Serialize(data[key]) for key in msg["keys"] if key in data},
+            "data": {key: Serialize(data[key]) for key in msg.keys if key in data},
         }
 
-    def _handle_update_data(self, comm: Any, msg: dict) -> dict:
-        values = {key: deserialize(value) for key, value in msg["data"].items()}
+    def _handle_update_data(self, comm: Any, msg: rq.UpdateData) -> dict:
+        values = {key: deserialize(value) for key, value in msg.data.items()}
         nbytes = {key: sizeof(value) for key, value in values.items()}
         types = {key: type(value).__qualname__ for key, value in values.items()}
         self._handle(ev.UpdateData(f"update-data-{uuid.uuid4().hex[:8]}", values, nbytes, types))
         return {"status": "OK", "nbytes": nbytes, "types": types}
 
-    def _handle_identity(self, comm: Any, msg: dict) -> dict:
+    def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
         return {
             "type": "Worker",
             "id": self.id,
@@ -477,8 +478,8 @@ class Worker(ServerNode):
             "name": self.name,
         }
 
-    def _handle_close(self, comm: Any, msg: dict) -> str:
-        self._spawn(self.close(nanny=bool(msg.get("nanny", True)), reason="worker-close-rpc"))
+    def _handle_close(self, comm: Any, msg: rq.CloseWorker) -> str:
+        self._spawn(self.close(nanny=msg.nanny, reason="worker-close-rpc"))
         return "OK"
 
     def __repr__(self) -> str:
