@@ -645,3 +645,10 @@ async def test_wait_for_workers_is_answered_when_they_join(c, s, a):
     assert not waiting.done()
     async with Worker(s.address, nthreads=1):
         await asyncio.wait_for(waiting, 10)
+
+
+@gen_cluster(nthreads=(1,))
+async def test_retire_workers_names_a_keyword_it_does_not_know(c, s, a):
+    with pytest.raises(TypeError, match="not_an_option"):
+        await c.retire_workers([a.address], not_an_option=1)
+    assert a.address in s.state.workers  # nothing retired

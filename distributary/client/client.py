@@ -31,6 +31,7 @@ from distributary.client.transfer import DataTransfer
 from distributary.comm import connect
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool, read_messages
+from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import TO_CLIENT
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, in_loop, sync
@@ -154,7 +155,7 @@ class Client:
             self.pool.routes[self.scheduler_address] = scheduler.inproc_address
         route = self.pool.routes.get(self.scheduler_address, self.scheduler_address)
         comm = await connect(route, timeout=self._timeout)
-        await comm.write({"op": "register-client", "client": self.id, "reply": False})
+        await comm.write({**rq.RegisterClient(self.id).to_message(), "reply": False})
         reply = await asyncio.wait_for(comm.read(), self._timeout)
         if reply.get("status") != "OK":
             await comm.close()
@@ -230,7 +231,7 @@ class Client:
     def _check_open(self) -> None:
         self._outbox.check_open()
 
-    def _call_scheduler(self, msg: dict, **kwargs: Any) -> Any:
+    def _call_scheduler(self, msg: dict | rq.Request, **kwargs: Any) -> Any:
         """An rpc call to the scheduler (awaitable)."""
         return self.pool.call(self.scheduler_address, msg, **kwargs)
 

@@ -14,13 +14,14 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from distributary.client.structures import collect_futures
+from distributary.protocol import requests as rq
 
 SchedulerCall = Callable[..., Awaitable[Any]]
 
 
 async def scheduler_info(call: SchedulerCall) -> dict:
     """The scheduler's identity and its workers."""
-    return await call({"op": "identity"})
+    return await call(rq.Identity())
 
 
 async def nthreads(call: SchedulerCall) -> dict:
@@ -33,7 +34,7 @@ async def who_has(call: SchedulerCall, futures: Any, held: Iterable) -> dict:
     """The workers holding the data of each future in ``futures`` (of each key ``held``
     by the client, if ``futures`` is None)."""
     keys = [f.key for f in collect_futures(futures)] if futures is not None else list(held)
-    return await call({"op": "who-has", "keys": keys})
+    return await call(rq.WhoHas(tuple(keys)))
 
 
 async def restart(
@@ -49,7 +50,7 @@ async def restart(
     without that report 5 s after the reply, ``cancel_everything`` is called.
     """
     seconds = parse_timedelta(timeout)
-    msg = {"op": "restart", "timeout": seconds, "wait_for_workers": wait_for_workers}
+    msg = rq.Restart(seconds, wait_for_workers)
     # The scheduler's stream says which futures the restart cancelled (those asked
     # for before it); that report may come after the reply.
     reported = asyncio.Event()
@@ -67,15 +68,17 @@ async def restart(
 async def retire_workers(
     call: SchedulerCall, workers: list[str] | None, close_workers: bool, **kwargs: Any
 ) -> dict:
-    """Retire workers gracefully; ``{address: info}`` of those retired."""
-    msg = {"op": "retire_workers", "workers": workers, "close_workers": close_workers}
-    return await call({**msg, **kwargs})
+    """Retire workers gracefully; ``{address: info}`` of those retired.  ``kwargs`` are
+    those of :class:`~distributary.protocol.requests.RetireWorkers` (TypeError for
+    another)."""
+    named = None if workers is None else tuple(workers)
+    return await call(rq.RetireWorkers(workers=named, close_workers=close_workers, **kwargs))
 
 
 async def wait_for_workers(call: SchedulerCall, n_workers: int, timeout: Any = None) -> None:
     """Until at least ``n_workers`` workers have joined (the scheduler answers then);
     TimeoutError after ``timeout``."""
-    await call({"op": "wait_for_workers", "n_workers": n_workers, "timeout": timeout})
+    await call(rq.WaitForWorkers(n_workers, timeout))
 
 
 def write_scheduler_file(path: str, address: str | None, info: dict) -> None:

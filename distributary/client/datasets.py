@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from distributary.client.future import Future
+from distributary.protocol import requests as rq
 from distributary.protocol.serialize import OUT_OF_BAND_THRESHOLD, Serialized
 
 if TYPE_CHECKING:
@@ -169,23 +170,21 @@ class DatasetRequests:
             data.append(frames)
             keys.append(value_keys)
         uid = self._flush_marker()
-        await self._call(
-            {
-                "op": "publish-put",
-                "names": names,
-                "data": data,
-                "keys": keys,
-                "override": bool(override),
-                "client": self._client_id,
-                "uid": uid,
-            },
+        put = rq.PublishPut(
+            tuple(names),
+            tuple(data),
+            tuple(tuple(k) for k in keys),
+            override=bool(override),
+            client=self._client_id,
+            uid=uid,
         )
+        await self._call(put)
 
     async def get(self, name: Any, default: Any = NO_DEFAULT) -> Any:
         """The dataset(s) published as ``name``, with futures of the owner."""
         names = list(name) if isinstance(name, list) else [name]
         self._outbox.check_open()
-        replies = await self._call({"op": "publish-get", "names": names, "client": self._client_id})
+        replies = await self._call(rq.PublishGet(tuple(names), client=self._client_id))
         # The scheduler made this client want every key of the datasets returned: from
         # here on this client's futures, or the releases below, account for that want.
         outs = []
@@ -222,14 +221,12 @@ class DatasetRequests:
     async def names(self) -> list:
         """The names of the published datasets."""
         self._outbox.check_open()
-        return list(await self._call({"op": "publish-list"}))
+        return list(await self._call(rq.PublishList()))
 
     async def unpublish(self, name: Any) -> None:
         """Remove the dataset ``name``."""
         uid = self._flush_marker()
-        await self._call(
-            {"op": "publish-delete", "names": [name], "client": self._client_id, "uid": uid},
-        )
+        await self._call(rq.PublishDelete((name,), client=self._client_id, uid=uid))
 
     def _flush_marker(self) -> str:
         """Send a flush marker on the stream; the scheduler waits for it before acting."""

@@ -23,6 +23,7 @@ from distributary.client.state import FutureState
 from distributary.client.structures import collect_futures, substitute_results
 from distributary.core import ConnectionPool
 from distributary.exceptions import FutureLostError
+from distributary.protocol import requests as rq
 from distributary.protocol.serialize import Serialize, deserialize
 
 
@@ -82,7 +83,7 @@ class DataTransfer:
                 else:
                     unknown.append(key)
             if unknown:
-                who_has = await self._call_scheduler({"op": "who-has", "keys": unknown})
+                who_has = await self._call_scheduler(rq.WhoHas(tuple(unknown)))
                 for key, holders in who_has.items():
                     if holders:
                         by_worker.setdefault(holders[0], []).append(key)
@@ -105,7 +106,7 @@ class DataTransfer:
 
     async def _get_data(self, worker: str, keys: list) -> dict:
         try:
-            reply = await self._pool.call(worker, {"op": "get-data", "keys": keys})
+            reply = await self._pool.call(worker, rq.GetData(tuple(keys)))
         except OSError:
             return {}
         return {key: deserialize(value) for key, value in reply["data"].items()}
@@ -135,7 +136,7 @@ class DataTransfer:
         for worker, chunk in placement.items():
             reply = await self._pool.call(
                 worker,
-                {"op": "update-data", "data": {k: Serialize(v) for k, v in chunk.items()}},
+                rq.UpdateData({k: Serialize(v) for k, v in chunk.items()}),
             )
             for key in chunk:
                 who_has.setdefault(key, []).append(worker)

@@ -18,6 +18,7 @@ from typing import Any
 
 from distributary.comm import Comm, CommClosedError, connect, normalize_address
 from distributary.protocol import rebuild_exception
+from distributary.protocol.requests import Request
 
 __all__ = ["ConnectionPool", "RPCProxy"]
 
@@ -130,11 +131,14 @@ class ConnectionPool:
             self._idle.setdefault(key, []).append(comm)
         self._wake_one()
 
-    async def call(self, addr: str, msg: dict, timeout: float | None = None) -> Any:
-        """Send ``msg`` to ``addr`` and return the reply, raising remote errors.
+    async def call(self, addr: str, msg: dict | Request, timeout: float | None = None) -> Any:
+        """Send ``msg`` (a request, or its dict) to ``addr`` and return the reply,
+        raising remote errors.
 
         With ``"reply": False`` in ``msg`` nothing is read and None is returned.
         """
+        if isinstance(msg, Request):
+            msg = msg.to_message()
         if timeout is None:
             return await self._call(addr, msg)
         return await asyncio.wait_for(self._call(addr, msg), timeout)

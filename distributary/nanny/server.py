@@ -304,9 +304,9 @@ class Nanny(ServerNode):
             "Worker %s (pid=%d) %s; terminating it", address, process.pid, process.kill_reason
         )
         if address is not None:  # registered: the scheduler may pass on why it goes
-            msg = {"op": "worker-killed", "worker": address, "reason": process.kill_reason}
+            killed = rq.WorkerKilled(address, process.kill_reason)
             try:
-                await self.pool.call(self.scheduler_address, msg, timeout=_NOTIFY_TIMEOUT)
+                await self.pool.call(self.scheduler_address, killed, timeout=_NOTIFY_TIMEOUT)
             except Exception as exc:  # best effort: the worker goes either way
                 logger.info("Could not tell the scheduler why %s is killed: %r", address, exc)
         # Signals, not a close request, which a worker out of memory may not answer; its
@@ -324,8 +324,7 @@ class Nanny(ServerNode):
         if address is not None:  # else it did not start: nothing to ask
             if process.is_alive():
                 try:
-                    msg = {"op": "close", "nanny": False}
-                    await self.pool.call(address, msg, timeout=timeout)
+                    await self.pool.call(address, rq.CloseWorker(nanny=False), timeout=timeout)
                 except (OSError, asyncio.TimeoutError) as exc:
                     logger.info("Could not ask worker %s to close: %r", address, exc)
             self.pool.remove(address)

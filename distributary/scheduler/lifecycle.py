@@ -270,7 +270,7 @@ class WorkerLifecycle(SchedulerExtension):
         """Ask a worker to close for good (its nanny too, so that it is not restarted)."""
         try:
             await self.scheduler.pool.call(
-                address, {"op": "close", "nanny": True}, timeout=_CLOSE_TIMEOUT
+                address, rq.CloseWorker(nanny=True), timeout=_CLOSE_TIMEOUT
             )
         except (OSError, asyncio.TimeoutError) as exc:
             logger.info("Could not ask worker %s to close: %r", address, exc)
@@ -290,11 +290,11 @@ class WorkerLifecycle(SchedulerExtension):
         deadline = time.monotonic() + timeout
         scheduler.handle(ev.Restart(_stimulus("restart")))
         calls = [
-            scheduler.pool.call(nanny, {"op": "restart", "timeout": timeout}, timeout=timeout)
+            scheduler.pool.call(nanny, rq.RestartWorker(timeout), timeout=timeout)
             for nanny in nannies
         ]
         calls += [
-            scheduler.pool.call(a, {"op": "close", "nanny": False}, timeout=_CLOSE_TIMEOUT)
+            scheduler.pool.call(a, rq.CloseWorker(nanny=False), timeout=_CLOSE_TIMEOUT)
             for a, ws in old.items()
             if not ws.nanny
         ]

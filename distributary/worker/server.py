@@ -209,18 +209,15 @@ class Worker(ServerNode):
     async def _connect_and_register(self, timeout: float | None) -> Any:
         comm = await connect(self.scheduler_address, timeout=timeout)
         try:
-            await comm.write(
-                {
-                    "op": "register-worker",
-                    "reply": False,
-                    "address": self.address,
-                    "nthreads": self.nthreads,
-                    "name": self.name,
-                    "memory_limit": self.memory_limit,
-                    "resources": self.resources,
-                    "nanny": self.nanny,
-                }
+            register = rq.RegisterWorker(
+                self.address,
+                self.nthreads,
+                name=self.name,
+                memory_limit=self.memory_limit,
+                resources=self.resources,
+                nanny=self.nanny,
             )
+            await comm.write({**register.to_message(), "reply": False})
             reply = await comm.read()
         except BaseException:
             comm.abort()
@@ -243,7 +240,7 @@ class Worker(ServerNode):
 
     async def _tell_nanny_to_close(self) -> None:
         try:
-            await self.pool.call(self.nanny, {"op": "close_gracefully"}, timeout=_NANNY_TIMEOUT)
+            await self.pool.call(self.nanny, rq.CloseGracefully(), timeout=_NANNY_TIMEOUT)
         except Exception as exc:  # it is gone already, or does not know the operation
             logger.info("Could not tell the nanny at %s to close: %r", self.nanny, exc)
 
@@ -264,19 +261,10 @@ class Worker(ServerNode):
         logger.info("Closing worker %s gracefully: %s", self.address, reason)
         self.status = "closing_gracefully"
         stimulus_id = f"{reason}-{uuid.uuid4().hex[:8]}"
-        self._send(
-            {"op": "worker-status-change", "stimulus_id": stimulus_id, "status": self.status}
-        )
+        self._send(ins.WorkerStatusChange(stimulus_id, self.status).to_message())
         try:
-            await self.pool.call(
-                self.scheduler_address,
-                {
-                    "op": "retire_workers",
-                    "workers": [self.address],
-                    "close_workers": False,
-                    "remove": True,
-                },
-            )
+            retire = rq.RetireWorkers(workers=(self.address,), close_workers=False, remove=True)
+            await self.pool.call(self.scheduler_address, retire)
         except Exception as exc:  # an old scheduler, or none: the data is recomputed if needed
             logger.info("The scheduler did not retire %s (%r); closing anyway", self.address, exc)
         await self.close(nanny=not restart, reason=reason)
@@ -426,7 +414,7 @@ class Worker(ServerNode):
         stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"
         try:
             reply = await self.pool.call(
-                instruction.worker, {"op": "get-data", "keys": instruction.keys}
+                instruction.worker, rq.GetData(instruction.keys)
             )
             data = {key: deserialize(value) for key, value in reply["data"].items()}
         except (OSError, asyncio.TimeoutError) as exc:
