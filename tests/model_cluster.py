@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributary.client.state import ClientState, FutureState, PendingGraph
-from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT
+from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec
 from distributary.protocol.worker_messages import FROM_WORKER, TO_WORKER
 from distributary.scheduler import events as sev
 from distributary.scheduler import instructions as sins
@@ -268,12 +268,14 @@ class ModelCluster:
             while parts:
                 self._build_part(client, 0)
 
-    def _task(self, key: Any) -> dict:
-        task = {"key": key, "payload": payload_of(key), "priority": (0, next(self._sids))}
+    def _task(self, key: Any) -> TaskSpec:
         dep = payload_of(key)[2]
-        if dep is not None:
-            task["dependencies"] = (dep,)
-        return task
+        return TaskSpec(
+            key,
+            payload_of(key),
+            dependencies=() if dep is None else (dep,),
+            priority=(0, next(self._sids)),
+        )
 
     def _build_part(self, client: ModelClient, index: int) -> None:
         graph, parts, holding = client.building[index]
@@ -301,6 +303,7 @@ class ModelCluster:
     def flush(self, action: Action) -> bool:
         client = self.clients[CLIENTS[action.x % 2]]
         msgs, done = client.core.flush()
+        msgs = [msg.to_message() for msg in msgs]  # (as they travel)
         self.to_scheduler[client.name].extend(msgs)
         if msgs:
             self.log.append(f"{client.name}: flush {[_brief(m) for m in msgs]}")

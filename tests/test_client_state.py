@@ -11,7 +11,7 @@ import gc
 import pytest
 
 from distributary.client.state import ClientState, PendingGraph
-from distributary.protocol.client_messages import TO_CLIENT, ToClient
+from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpec, ToClient
 from distributary.protocol.errors import RemoteError
 from distributary.protocol.wire import ProtocolError
 
@@ -21,16 +21,20 @@ def submit(core: ClientState, *keys, tasks=None) -> tuple[list, PendingGraph]:
     records, graph = core.submit(list(keys))
     if graph.wanted:
         sent = [k for k in keys if k in graph.wanted]
-        core.add_part(graph, tasks or [{"key": k} for k in dict.fromkeys(sent)], sent)
+        core.add_part(graph, tasks or [task(k) for k in dict.fromkeys(sent)], sent)
         graph.done = True
     return records, graph
 
 
-def ops(msgs: list[dict]) -> list[tuple]:
-    return [(m["op"], tuple(m.get("keys") or m.get("wanted") or ())) for m in msgs]
+def task(key, *dependencies) -> TaskSpec:
+    return TaskSpec(key, None, dependencies=dependencies)
 
 
-def flush(core: ClientState) -> list[dict]:
+def ops(msgs: list[FromClient]) -> list[tuple]:
+    return [(m.op, tuple(getattr(m, "keys", None) or getattr(m, "wanted", ()))) for m in msgs]
+
+
+def flush(core: ClientState) -> list[FromClient]:
     msgs, _ = core.flush()
     return msgs
 
@@ -94,7 +98,7 @@ def test_an_old_release_never_overtakes_a_graph_that_needs_the_key():
     flush(core)
     core.release("x")
     submit(core, "x")  # taken back
-    submit(core, "y", tasks=[{"key": "y", "dependencies": ("x",)}])
+    submit(core, "y", tasks=[task("y", "x")])
     core.release("x")
     core.release("x")  # (one too many: ignored)
     assert ops(flush(core)) == [("update-graph", ("y",)), ("client-releases-keys", ("x",))]
@@ -106,8 +110,8 @@ def test_messages_are_numbered_in_order():
     submit(core, "b")
     core.release("a")
     msgs = flush(core)
-    assert [m["seq"] for m in msgs] == [1, 2, 3]
-    assert all(m["stimulus_id"] for m in msgs)
+    assert [m.seq for m in msgs] == [1, 2, 3]
+    assert all(m.stimulus_id for m in msgs)
 
 
 # ---------------------------------------------------------------------- reports
@@ -195,14 +199,14 @@ def test_malformed_reports_never_reach_the_state():
 def test_keys_held_for_later_parts_are_released_after_the_last():
     core = ClientState()
     [record], graph = core.submit(["top"])
-    core.add_part(graph, [{"key": "leaf"}], ["leaf"])  # needed by the next part only
+    core.add_part(graph, [task("leaf")], ["leaf"])  # needed by the next part only
     assert ops(flush(core)) == [("update-graph", ("leaf",))]
-    core.add_part(graph, [{"key": "top", "dependencies": ("leaf",)}], ["top"])
+    core.add_part(graph, [task("top", "leaf")], ["top"])
     graph.done = True
     msgs = flush(core)
     assert ops(msgs) == [("update-graph", ("top",)), ("client-releases-keys", ("leaf",))]
-    assert msgs[0]["continues"] is True
-    assert record.since == msgs[0]["seq"]
+    assert msgs[0].continues is True
+    assert record.since == msgs[0].seq
 
 
 def test_a_graph_queued_before_a_cancel_does_not_answer_for_the_next_life():
@@ -212,7 +216,7 @@ def test_a_graph_queued_before_a_cancel_does_not_answer_for_the_next_life():
     [old], graph = core.submit(["x"])  # built in the background: not sent yet
     core.cancel(["x"], "cancel", force=True)
     [new], again = submit(core, "x")
-    core.add_part(graph, [{"key": "x"}], ["x"])
+    core.add_part(graph, [task("x")], ["x"])
     graph.done = True
     msgs = flush(core)
     assert ops(msgs) == [
@@ -235,13 +239,13 @@ def test_a_key_kept_for_a_later_part_becomes_the_holders():
     flush(core)  # seq 1
     core.release("x")
     _, graph = core.submit(["top"])
-    core.add_part(graph, [{"key": "x"}], ["x"])  # x, for the next part
-    core.add_part(graph, [{"key": "top", "dependencies": ("x",)}], ["top"])
+    core.add_part(graph, [task("x")], ["x"])  # x, for the next part
+    core.add_part(graph, [task("top", "x")], ["top"])
     graph.done = True
     submit(core, "x")  # taken back before the release went out
     msgs = flush(core)
     assert ops(msgs) == [("update-graph", ("x",)), ("update-graph", ("top",))]
-    assert held.since == msgs[0]["seq"]
+    assert held.since == msgs[0].seq
     assert core.handle(report("restart", None, ack=1)) == []  # before the graph: not for it
     assert core.holds("x") and held.status == "pending"
 
@@ -251,7 +255,7 @@ def test_a_graph_being_built_holds_back_what_comes_after_it():
     _, graph = core.submit(["big"])
     submit(core, "small")
     assert flush(core) == []
-    core.add_part(graph, [{"key": "big"}], ["big"])
+    core.add_part(graph, [task("big")], ["big"])
     graph.done = True
     assert ops(flush(core)) == [("update-graph", ("big",)), ("update-graph", ("small",))]
 
@@ -259,7 +263,7 @@ def test_a_graph_being_built_holds_back_what_comes_after_it():
 def test_a_graph_that_fails_to_build_in_the_background_errs_its_unsent_keys():
     core = ClientState()
     records, graph = core.submit(["a", "b"])
-    core.add_part(graph, [{"key": "a"}], ["a"])
+    core.add_part(graph, [task("a")], ["a"])
     graph.error = RemoteError(ValueError("unpicklable"), exception_text="ValueError()")
     graph.done = True
     msgs, done = core.flush()
@@ -276,7 +280,7 @@ def test_abandoning_a_graph_releases_what_was_sent_and_forgets_the_rest():
     flush(core)
     claimed = ["held", "a", "b"]
     records, graph = core.submit(claimed)
-    core.add_part(graph, [{"key": "a"}], ["a"])
+    core.add_part(graph, [task("a")], ["a"])
     core.abandon(claimed, graph, RemoteError(None))
     graph.done = True
     assert ops(flush(core)) == [("update-graph", ("a",)), ("client-releases-keys", ("a",))]
@@ -294,7 +298,7 @@ def test_a_future_unpickled_here_asks_for_its_key():
     core.acquire("x")
     msgs = flush(core)
     assert ops(msgs) == [("client-desires-keys", ("x",))]
-    assert record.since == msgs[0]["seq"] and core.refcount == {"x": 2}
+    assert record.since == msgs[0].seq and core.refcount == {"x": 2}
 
 
 def test_retry_waits_for_reports_written_after_it():
@@ -318,7 +322,7 @@ def test_scattered_data_is_finished_at_once():
     [record] = core.scattered({"d": ["w"]}, {"d": 8}, {"d": "int"})
     assert record.status == "finished" and record.workers == ("w",)
     msgs = flush(core)
-    assert ops(msgs) == [("scatter-data", ())] and record.since == msgs[0]["seq"]
+    assert ops(msgs) == [("scatter-data", ())] and record.since == msgs[0].seq
 
 
 def test_cancel_everything_when_the_connection_is_lost():

@@ -23,7 +23,7 @@ def chain(length: int) -> dict:
 
 def parts_of(nodes: dict, wanted: set, size: int) -> list[tuple[list, list]]:
     return [
-        ([task["key"] for task in tasks], want)
+        ([task.key for task in tasks], want)
         for tasks, want in graph_parts(nodes, list(nodes), wanted, 0, {}, None, size)
     ]
 
@@ -41,8 +41,8 @@ def test_priorities_are_dask_order_across_parts():
     nodes = convert_legacy_graph({"a": (inc, 1), "b": (inc, 2), "c": (add, "a", "b")})
     order = dask.order.order(nodes)
     tasks = [t for part, _ in graph_parts(nodes, list(nodes), {"c"}, 3, {}, None, 1) for t in part]
-    assert [t["priority"] for t in tasks] == sorted((-3, order[k]) for k in nodes)
-    assert {t["key"]: t.get("dependencies") for t in tasks}["c"] in (("a", "b"), ("b", "a"))
+    assert [t.priority for t in tasks] == sorted((-3, order[k]) for k in nodes)
+    assert {t.key: t.dependencies for t in tasks}["c"] in (("a", "b"), ("b", "a"))
 
 
 def test_one_part_when_the_order_puts_a_task_before_its_dependency(monkeypatch):

@@ -32,7 +32,7 @@ from distributary.comm import connect
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool, read_messages
 from distributary.protocol import requests as rq
-from distributary.protocol.client_messages import TO_CLIENT
+from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpec
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, in_loop, sync
 
@@ -352,7 +352,7 @@ class Client:
                 seen.add(key)
                 todo.append((index, args, key))
 
-        def parts() -> Iterator[tuple[list[dict], list]]:
+        def parts() -> Iterator[tuple[list[TaskSpec], list]]:
             for start in range(0, len(todo), size):
                 tasks = []
                 for index, args, key in todo[start : start + size]:
@@ -361,8 +361,8 @@ class Client:
                     task.update(options)
                     if deps:
                         task["dependencies"] = tuple(deps)
-                    tasks.append(task)
-                yield tasks, [task["key"] for task in tasks]
+                    tasks.append(TaskSpec(**task))
+                yield tasks, [task.key for task in tasks]
 
         if todo:  # (each part goes out as soon as it is pickled)
             self._outbox.send_graph(pending, parts(), keys)
@@ -629,8 +629,8 @@ class Client:
     def _drop(self, key: Any) -> None:
         self._outbox.drop(key)
 
-    def _send(self, msg: dict) -> None:
-        self._outbox.send(msg)
+    def _send(self, cls: type[FromClient], **fields: Any) -> None:
+        self._outbox.send(cls, **fields)
 
     async def _wait_for(self, record: FutureState) -> None:
         await self._outbox.wait_for(record)

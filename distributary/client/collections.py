@@ -206,7 +206,7 @@ class GraphRunner:
 def _restrictions(
     items: list, outputs: dict[int, list], workers: Any, allow_other_workers: Any
 ) -> dict:
-    """``{key: {"workers": [...], "allow_other_workers": bool}}`` for the output keys of
+    """``{key: {"workers": (...), "allow_other_workers": bool}}`` for the output keys of
     the collections that ``workers`` names.
 
     ``workers`` is an address (or name, or host), a list of them (for every collection),
@@ -219,9 +219,9 @@ def _restrictions(
         return {}
     # (collections are keys of a dict only if they are hashable, which arrays are not)
     pairs = workers.items() if isinstance(workers, dict) else [(tuple(items), workers)]
-    restricted: dict[Any, list] = {}
+    restricted: dict[Any, tuple] = {}
     for collections, addresses in pairs:
-        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        addresses = (addresses,) if isinstance(addresses, str) else tuple(addresses)
         for key in _output_keys(collections, outputs):
             restricted[key] = addresses
     if allow_other_workers is True:

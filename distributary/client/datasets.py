@@ -28,6 +28,7 @@ import cloudpickle
 
 from distributary.client.future import Future
 from distributary.protocol import requests as rq
+from distributary.protocol.client_messages import PublishFlush
 from distributary.protocol.serialize import OUT_OF_BAND_THRESHOLD, Serialized
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ class DatasetRequests:
     def _flush_marker(self) -> str:
         """Send a flush marker on the stream; the scheduler waits for it before acting."""
         uid = uuid.uuid4().hex
-        self._outbox.send({"op": "publish-flush", "uid": uid})
+        self._outbox.send(PublishFlush, uid=uid)
         return uid
 
 

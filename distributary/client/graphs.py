@@ -17,6 +17,7 @@ import dask.config
 import dask.order
 from dask._task_spec import Alias, GraphNode, TaskRef, convert_legacy_graph
 
+from distributary.protocol.client_messages import TaskSpec
 from distributary.protocol.tasks import dumps_node
 
 
@@ -30,7 +31,7 @@ def task_options(workers: Any, resources: Any, retries: Any, allow_other_workers
     """The options every task of a submit, map or graph gets: restrictions and retries."""
     options: dict = {}
     if workers is not None:
-        options["workers"] = [workers] if isinstance(workers, str) else list(workers)
+        options["workers"] = (workers,) if isinstance(workers, str) else tuple(workers)
         options["allow_other_workers"] = allow_other_workers
     if resources:
         options["resources"] = dict(resources)
@@ -137,8 +138,8 @@ def graph_parts(
                 task.update(per_key[key])
             if node.dependencies:
                 task["dependencies"] = tuple(node.dependencies)
-            tasks.append(task)
-        want = [t["key"] for t in tasks if t["key"] in wanted or t["key"] in held_for_later]
+            tasks.append(TaskSpec(**task))
+        want = [t.key for t in tasks if t.key in wanted or t.key in held_for_later]
         yield tasks, want
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from distributary.client.future import Future
     from distributary.client.state import FutureState
+    from distributary.protocol.client_messages import FromClient
 
 
 class FutureOwner(Protocol):
@@ -46,7 +47,7 @@ class FutureOwner(Protocol):
     def _drop(self, key: Any) -> None:
         """A Future of ``key`` is gone (from any thread, the garbage collector's too)."""
 
-    def _send(self, msg: dict) -> None:
+    def _send(self, cls: type[FromClient], **fields: Any) -> None:
         """Send a message on the scheduler stream, from any thread, in order."""
 
     async def _wait_for(self, record: FutureState) -> None:

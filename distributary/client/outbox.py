@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
-from distributary.client.state import ClientState, FutureState, PendingGraph
+from distributary.client.state import ClientState, Draft, FutureState, PendingGraph
+from distributary.protocol.client_messages import FromClient, TaskSpec
 from distributary.protocol.errors import RemoteError
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.loop import in_loop
@@ -62,11 +63,11 @@ class Outbox:
         if self._graph_builder is not None:
             self._graph_builder.shutdown(wait=False, cancel_futures=True)
 
-    def send(self, msg: dict) -> None:
+    def send(self, cls: type[FromClient], **fields: Any) -> None:
         """Send a message on the scheduler stream, from any thread, in order."""
         self.check_open()
         with self.lock:
-            self.core.outbox.append(msg)
+            self.core.outbox.append(Draft(cls, **fields))
         self.schedule_flush()
 
     def drop(self, key: Any) -> None:
@@ -115,14 +116,14 @@ class Outbox:
             msgs, done = self.core.flush()
         self.wake(done)
         if msgs and self.stream is not None and not self.stream.closed():
-            self.stream.send(*msgs)
+            self.stream.send(*(msg.to_message() for msg in msgs))
 
     # ------------------------------------------------------------------ graphs
 
     def send_graph(
         self,
         pending: PendingGraph,
-        parts: Iterable[tuple[list[dict], list]],
+        parts: Iterable[tuple[list[TaskSpec], list]],
         claimed: list,
         background: bool = False,
     ) -> None:

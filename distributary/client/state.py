@@ -37,12 +37,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from distributary.protocol.client_messages import (
+    CancelKeys,
+    ClientDesiresKeys,
+    ClientReleasesKeys,
+    FromClient,
     KeyCancelled,
     KeyErred,
     KeyInMemory,
     KeyLost,
     Restarted,
+    RetryKeys,
+    ScatterData,
+    TaskSpec,
     ToClient,
+    UpdateGraph,
 )
 from distributary.protocol.errors import RemoteError
 
@@ -50,8 +58,6 @@ Key = Any
 
 _FINAL = frozenset({"finished", "error", "cancelled"})
 
-RELEASE = "client-releases-keys"
-DESIRE = "client-desires-keys"
 
 
 
@@ -121,7 +127,7 @@ class PendingGraph:
     def __init__(self, wanted: set, records: dict | None = None):
         self.wanted = wanted  # the keys futures were made for
         self.records: dict[Key, FutureState] = records or {}  # theirs
-        self.built: list[dict] = []  # messages built and not yet taken by the outbox
+        self.built: list[Draft] = []  # parts built and not yet taken by the outbox
         self.asked: set = set()  # every key the built messages ask the scheduler to keep
         self.kept_for_later: dict[Key, int] = {}  # other keys asked for: the seq that did
         self.parts = 0  # built so far
@@ -148,14 +154,16 @@ class _Desire:
         self.record = record
 
 
-class _Asking:
-    """A message in the outbox that asks for these records' keys: once it has its
-    ``seq``, reports written before the scheduler handled it are about earlier lives."""
+class Draft:
+    """A message in the outbox, its ``seq`` (and ``stimulus_id``) given when it goes:
+    its class and fields, and the records whose keys it asks for (reports written
+    before the scheduler handled it are about earlier lives of those keys)."""
 
-    __slots__ = ("msg", "records")
+    __slots__ = ("cls", "fields", "records")
 
-    def __init__(self, msg: dict, records: list[FutureState]):
-        self.msg = msg
+    def __init__(self, cls: type[FromClient], records: Iterable = (), **fields: Any):
+        self.cls = cls
+        self.fields = fields
         self.records = records
 
 
@@ -166,7 +174,7 @@ class ClientState:
         self.futures: dict[Key, FutureState] = {}
         self.refcount: dict[Key, int] = {}
         self.releasing: dict[Key, _Release] = {}  # last reference gone, not yet flushed
-        self.outbox: deque = deque()  # dicts, _Asking, PendingGraphs, _Releases, _Desires
+        self.outbox: deque = deque()  # Drafts, PendingGraphs, _Releases, _Desires
         self.seq = 0  # of the last message flushed
         self.restarts = 0  # of the scheduler, as reported on the stream
         self._reports: dict[type, Callable[[FutureState, Any], list[FutureState]]] = {
@@ -204,11 +212,10 @@ class ClientState:
             self.outbox.append(graph)
         return records, graph
 
-    def add_part(self, graph: PendingGraph, tasks: list[dict], want: list[Key]) -> None:
+    def add_part(self, graph: PendingGraph, tasks: list[TaskSpec], want: list[Key]) -> None:
         """The next part of ``graph`` is built: its tasks, and the keys it asks to keep."""
-        graph.built.append(
-            {"op": "update-graph", "tasks": tasks, "wanted": want, "continues": graph.parts > 0}
-        )
+        part = Draft(UpdateGraph, tasks=tuple(tasks), wanted=tuple(want), continues=graph.parts > 0)
+        graph.built.append(part)
         graph.asked.update(want)
         graph.parts += 1
 
@@ -288,7 +295,7 @@ class ClientState:
             if record is not None:
                 record.cancel(reason)
                 changed.append(record)
-        self.outbox.append({"op": "cancel-keys", "keys": keys, "force": force})
+        self.outbox.append(Draft(CancelKeys, keys=tuple(keys), force=force))
         return changed
 
     def retry(self, keys: Iterable[Key]) -> None:
@@ -301,7 +308,7 @@ class ClientState:
                 record.reset()
                 record.since = None  # until the retry is sent, reports are of the error
                 retried.append(record)
-        self.outbox.append(_Asking({"op": "retry-keys", "keys": keys}, retried))
+        self.outbox.append(Draft(RetryKeys, retried, keys=tuple(keys)))
 
     def scattered(self, who_has: dict, nbytes: dict, types: dict) -> list[FutureState]:
         """Data this client put on workers itself: its records are finished, and the
@@ -314,8 +321,8 @@ class ClientState:
             record.since = None  # (the scatter message is its newest request)
             record.finish(types.get(key, ""), tuple(workers))
             records.append(record)
-        msg = {"op": "scatter-data", "who_has": who_has, "nbytes": nbytes, "types": types}
-        self.outbox.append(_Asking(msg, records))
+        draft = Draft(ScatterData, records, who_has=who_has, nbytes=nbytes, types=types)
+        self.outbox.append(draft)
         return records
 
     def cancel_all(self, reason: str, ack: int | None = None) -> list[FutureState]:
@@ -335,25 +342,26 @@ class ClientState:
 
     # ------------------------------------------------------------------ the outbox
 
-    def flush(self) -> tuple[list[dict], list[FutureState]]:
+    def flush(self) -> tuple[list[FromClient], list[FutureState]]:
         """The messages ready to go, in order, numbered; and the records now done
         (the wanted keys of a graph that failed to build).
 
         A graph still being built holds back everything queued after it.  Runs of
         releases (or of desired keys) become one message each.
         """
-        msgs: list[dict] = []
+        msgs: list[FromClient] = []
         changed: list[FutureState] = []
         run: list = []  # keys of the run of releases or desires being gathered
         run_op = ""
 
         def end_run() -> None:
             if run:
-                if run_op == RELEASE:
-                    self._number(msgs, {"op": RELEASE, "keys": [item.key for item in run]})
+                if run_op is ClientReleasesKeys:
+                    self._number(msgs, Draft(ClientReleasesKeys, keys=tuple(i.key for i in run)))
                 else:
                     records = [item.record for item in run]
-                    self._number(msgs, {"op": DESIRE, "keys": [r.key for r in records]}, records)
+                    keys = tuple(r.key for r in records)
+                    self._number(msgs, Draft(ClientDesiresKeys, records, keys=keys))
                 run.clear()
 
         outbox = self.outbox
@@ -361,24 +369,23 @@ class ClientState:
             item = outbox[0]
             if isinstance(item, PendingGraph):
                 end_run()
-                for msg in item.built:
-                    self._number(msgs, msg, [item.records.get(k) for k in msg["wanted"]])
-                    for key in msg["wanted"]:
+                for part in item.built:
+                    wanted = part.fields["wanted"]
+                    part.records = [item.records.get(k) for k in wanted]
+                    self._number(msgs, part)
+                    for key in wanted:
                         if key not in item.records:
-                            item.kept_for_later[key] = msg["seq"]
+                            item.kept_for_later[key] = self.seq
                 item.built.clear()
                 if not item.done:
                     break  # the rest waits for this graph
                 changed.extend(self._finish_graph(item, msgs))
-            elif isinstance(item, dict):
+            elif isinstance(item, Draft):
                 end_run()
                 self._number(msgs, item)
-            elif isinstance(item, _Asking):
-                end_run()
-                self._number(msgs, item.msg, item.records)
             else:
-                op = RELEASE if type(item) is _Release else DESIRE
-                if op == RELEASE and item.record is not None:
+                op = ClientReleasesKeys if type(item) is _Release else ClientDesiresKeys
+                if op is ClientReleasesKeys and item.record is not None:
                     if self.releasing.get(item.key) is not item:
                         outbox.popleft()  # claimed again since: a later release, if any
                         continue
@@ -391,15 +398,15 @@ class ClientState:
         end_run()
         return msgs, changed
 
-    def _number(self, msgs: list[dict], msg: dict, asking: Iterable = ()) -> None:
-        """Give ``msg`` the next ``seq``; it asks for the keys of the records ``asking``."""
+    def _number(self, msgs: list[FromClient], draft: Draft) -> None:
+        """The message of ``draft``, with the next ``seq``; the records it asks for
+        wait for reports written after it."""
         self.seq += 1
-        msg["seq"] = self.seq
-        msg.setdefault("stimulus_id", f"{msg['op']}-{self.seq}")
-        for record in asking:
+        cls = draft.cls
+        msgs.append(cls(f"{cls.op}-{self.seq}", seq=self.seq, **draft.fields))
+        for record in draft.records:
             if record is not None:
                 record.since = self.seq
-        msgs.append(msg)
 
     def _record_of(self, key: Key) -> FutureState | None:
         record = self.futures.get(key)
@@ -407,7 +414,7 @@ class ClientState:
             record = self.releasing[key].record
         return record
 
-    def _finish_graph(self, graph: PendingGraph, msgs: list[dict]) -> list[FutureState]:
+    def _finish_graph(self, graph: PendingGraph, msgs: list[FromClient]) -> list[FutureState]:
         changed = []
         if graph.error is not None:
             for key in graph.wanted - graph.asked:
@@ -425,7 +432,7 @@ class ClientState:
             elif record.since is not None and record.since < seq:
                 record.since = seq
         if unheld:
-            self._number(msgs, {"op": RELEASE, "keys": unheld})
+            self._number(msgs, Draft(ClientReleasesKeys, keys=tuple(unheld)))
         return changed
 
     # ------------------------------------------------------------------ from the scheduler

@@ -12,6 +12,7 @@ from dask.utils import parse_timedelta
 
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
+from distributary.protocol.client_messages import FireAndForget
 from distributary.utils.loop import in_loop
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
@@ -68,13 +69,7 @@ def fire_and_forget(obj: Any) -> None:
     """Run these futures' tasks to the end even after every Future of them is dropped."""
     futures = collect_futures(obj)
     for future in futures:
-        future.client._send(
-            {
-                "op": "fire-and-forget",
-                "keys": [future.key],
-                "stimulus_id": f"fire-and-forget-{future.key}",
-            }
-        )
+        future.client._send(FireAndForget, keys=(future.key,))
 
 
 class as_completed:
