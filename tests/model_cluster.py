@@ -480,9 +480,11 @@ class ModelCluster:
         record, key = handle.record, handle.key
         status = record.status
         want = expected(key)
-        fair = {"cancelled", "error", "finished"} if id(record) in self.tainted or (
-            self.forced & set(lineage(key))
-        ) else set()
+        fair = (
+            {"cancelled", "error", "finished"}
+            if id(record) in self.tainted or (self.forced & set(lineage(key)))
+            else set()
+        )
         if handle.cancelled_here:
             assert status == "cancelled", (handle, status)
             return
@@ -556,6 +558,8 @@ def _brief(msg: dict) -> str:
     keys = msg.get("keys") or msg.get("wanted") or ([msg["key"]] if "key" in msg else [])
     if op == "update-graph":
         keys = [t["key"] for t in msg["tasks"]]
-    return f"{op} {list(keys)}" + (f" seq={msg['seq']}" if "seq" in msg else "") + (
-        f" ack={msg['ack']}" if "ack" in msg else ""
+    return (
+        f"{op} {list(keys)}"
+        + (f" seq={msg['seq']}" if "seq" in msg else "")
+        + (f" ack={msg['ack']}" if "ack" in msg else "")
     )

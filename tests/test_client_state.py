@@ -158,9 +158,7 @@ def test_the_scheduler_cancelling_a_key_forgets_it_here():
     core = ClientState()
     [record], _ = submit(core, "x")
     flush(core)
-    assert core.handle(report("cancelled-key", "x", ack=1, reason="lost dependencies")) == [
-        record
-    ]
+    assert core.handle(report("cancelled-key", "x", ack=1, reason="lost dependencies")) == [record]
     assert record.status == "cancelled" and record.cancel_reason == "lost dependencies"
     _, graph = submit(core, "x")
     assert graph.wanted == {"x"}  # sent again

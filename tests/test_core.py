@@ -25,7 +25,7 @@ from distributary.comm import (
     listen,
 )
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
-from distributary.protocol import RemoteException, rebuild_exception
+from distributary.protocol import ProtocolError, RemoteException, rebuild_exception
 from distributary.protocol.message import Catalogue, StreamMessage
 from distributary.protocol.requests import Request
 
@@ -34,11 +34,11 @@ def _divide(a: int, b: int) -> float:
     return a / b
 
 
-def request(op: str, **fields: type) -> type:
-    """A request class for a test operation, with these fields."""
-    return msgspec.defstruct(
-        op.title().replace("-", ""), list(fields.items()), bases=(Request,), namespace={"op": op}
-    )
+def request(op: str, reply_type: Any = Any, **fields: type) -> type:
+    """A request class for a test operation, with these fields and this reply."""
+    namespace = {"op": op, "reply_type": reply_type}
+    name = op.title().replace("-", "")
+    return msgspec.defstruct(name, list(fields.items()), bases=(Request,), namespace=namespace)
 
 
 PING, PEER = request("ping"), request("peer")
@@ -92,8 +92,24 @@ def test_server_answers_sync_and_async_handlers():
             assert server.address.startswith("tcp://127.0.0.1:")
             assert not server.closed
             assert await pool.call(server.address, {"op": "ping"}) == "pong"
-            assert await pool.rpc(server.address).add(a=1, b=2) == 3
-            assert await pool.rpc(server.address).ping() == "pong"
+            assert await pool.call(server.address, ADD(a=1, b=2)) == 3
+            assert await pool.call(server.address, PING()) == "pong"
+
+    run(main())
+
+
+def test_a_reply_of_the_wrong_type_is_a_protocol_error_for_the_caller():
+    count = request("count", reply_type=int)
+    answers = iter(["many", 3])
+
+    async def main():
+        async with serving({count: lambda comm, msg: next(answers)}) as server, pool_for() as pool:
+            with pytest.raises(
+                ProtocolError, match="Malformed 'count reply' message: Expected `int`"
+            ):
+                await pool.call(server.address, count())
+            assert await pool.call(server.address, count()) == 3  # the same comm, reused
+            assert pool.open == 1
 
     run(main())
 
@@ -102,11 +118,11 @@ def test_handler_error_reaches_caller_with_remote_traceback():
     async def main():
         async with serving() as server, pool_for() as pool:
             with pytest.raises(ZeroDivisionError) as info:
-                await pool.rpc(server.address).divide(a=1, b=0)
+                await pool.call(server.address, DIVIDE(a=1, b=0))
             names = [f.name for f in traceback.extract_tb(info.value.__traceback__)]
             assert "_divide" in names
             # the comm that carried the error is healthy and reused
-            assert await pool.rpc(server.address).divide(a=1, b=2) == 0.5
+            assert await pool.call(server.address, DIVIDE(a=1, b=2)) == 0.5
             assert pool.open == 1
 
     run(main())
@@ -335,12 +351,12 @@ def test_server_listens_on_several_addresses():
 def test_pool_reuses_comms():
     async def main():
         async with serving() as server, pool_for() as pool:
-            peers = {await pool.rpc(server.address).peer() for _ in range(20)}
+            peers = {await pool.call(server.address, PEER()) for _ in range(20)}
             assert len(peers) == 1
             assert pool.open == 1 and pool.active == 0
             # "host:port" and "tcp://host:port" share comms
             host, port = get_address_host_port(server.address)
-            assert await pool.rpc(f"{host}:{port}").peer() in peers
+            assert await pool.call(f"{host}:{port}", PEER()) in peers
 
     run(main())
 
@@ -355,8 +371,12 @@ def test_pool_opens_comms_for_concurrent_calls_within_limit():
             await release.wait()
             return msg.i
 
-        async with serving({request("wait", i=int): wait}) as server, pool_for(limit=3) as pool:
-            calls = [asyncio.ensure_future(pool.rpc(server.address).wait(i=i)) for i in range(10)]
+        wait_request = request("wait", i=int)
+        async with serving({wait_request: wait}) as server, pool_for(limit=3) as pool:
+            calls = [
+                asyncio.ensure_future(pool.call(server.address, wait_request(i=i)))
+                for i in range(10)
+            ]
             await apoll(lambda: len(inside) == 3)
             assert pool.open == 3 and pool.active == 3
             release.set()

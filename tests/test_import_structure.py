@@ -100,9 +100,7 @@ def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
 
 
 def _describe(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
-    return "\n".join(
-        f"  {a} imports {b} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])
-    )
+    return "\n".join(f"  {a} imports {b} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:]))
 
 
 def test_find_cycle_finds_one():

@@ -4,11 +4,12 @@ is a ProtocolError naming its op and field (no event loop, no sockets)."""
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
 
+from distributary.protocol import error_message
 from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
 from distributary.protocol.message import Catalogue, Key, Message, StreamMessage
@@ -41,6 +42,8 @@ def sample(hint: Any) -> Any:
     simple = {str: "text", int: 7, float: 2.5, bool: True, bytes: b"raw"}
     if hint in simple:
         return simple[hint]
+    if origin is typing.Literal:
+        return args[0]
     if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
         return {f.name: sample(h) for f, h in _fields(hint)}
     if origin in (typing.Union, type(int | None)):
@@ -59,6 +62,8 @@ def wrong(hint: Any) -> Any:
         return {"unhashable": 1}
     if hint is Any:
         return None
+    if hint is None or origin is typing.Literal:
+        return 5
     if hint in (str, bytes):
         return 5
     if hint in (int, float):
@@ -190,3 +195,52 @@ def test_a_key_holding_something_unhashable_is_a_protocol_error(msg, field):
     with pytest.raises(ProtocolError, match="unhashable key") as info:
         catalogue.decode(msg, "peer")
     assert info.value.field == field
+
+
+REQUESTS = sorted({cls for _, cls in CLASSES if issubclass(cls, rq.Request)}, key=repr)
+
+
+@pytest.mark.parametrize("cls", REQUESTS, ids=[f"{c.op}:{c.__name__}" for c in REQUESTS])
+def test_every_reply_is_declared_and_checked(cls):
+    """Each request names the type of its reply; the caller gets that type back, and
+    a reply of another shape is a ProtocolError naming the op."""
+    assert "reply_type" in vars(cls), f"{cls.__name__} does not declare its reply_type"
+    hint = cls.reply_type
+    decoded = rq.decode_reply(cls, over_the_wire(None if hint is None else sample(hint)))
+    assert rq.decode_reply(cls, over_the_wire(decoded)) == decoded  # (as the server sends it)
+    if isinstance(hint, type) and issubclass(hint, rq.Reply):
+        assert type(decoded) is hint
+    bad = wrong(hint)
+    if bad is not None:
+        with pytest.raises(ProtocolError, match=f"Malformed '{cls.op} reply' message: "):
+            rq.decode_reply(cls, bad)
+    with pytest.raises(ZeroDivisionError, match="remote"):
+        rq.decode_reply(cls, error_message(ZeroDivisionError("remote")))
+
+
+def test_a_catalogue_of_a_base_finds_messages_declared_after_it():
+    """A new message is one class (and the handler that takes it): the catalogue of its
+    base finds it, wherever and whenever it is declared."""
+
+    class ToSomeone(StreamMessage, kw_only=True):
+        """A test base."""
+
+        peer: str = ""
+        peer_fields: ClassVar[tuple[str, ...]] = ("peer",)
+
+    catalogue = Catalogue.of(ToSomeone)
+    assert catalogue.classes == ()
+    with pytest.raises(ProtocolError, match="unknown op 'greet'"):
+        catalogue.decode({"op": "greet", "stimulus_id": "s", "name": "x"})
+
+    class Greet(ToSomeone):
+        """Declared later, elsewhere."""
+
+        op: ClassVar[str] = "greet"
+        name: str
+
+    assert "greet" in catalogue
+    assert catalogue.decode({"op": "greet", "stimulus_id": "s", "name": "x"}, "p") == Greet(
+        stimulus_id="s", name="x", peer="p"
+    )
+    assert catalogue.classes == (Greet,)

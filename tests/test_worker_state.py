@@ -431,9 +431,7 @@ def test_gather_error_fails_the_dependents():
     e = ev.GatherDepError(sid(), P1, gd.keys, error)
     out = step(s, e)
     assert out == [
-        ins.TaskErred(
-            e.stimulus_id, "x", 3, error.exception, "tb", error.exception_text, "tb-text"
-        )
+        ins.TaskErred(e.stimulus_id, "x", 3, error.exception, "tb", error.exception_text, "tb-text")
     ]
     assert_empty(s)
 

@@ -157,9 +157,11 @@ class Client:
         comm = await connect(route, timeout=self._timeout)
         await comm.write({**rq.RegisterClient(self.id).to_message(), "reply": False})
         reply = await asyncio.wait_for(comm.read(), self._timeout)
-        if reply.get("status") != "OK":
+        try:
+            rq.decode_reply(rq.RegisterClient, reply)
+        except Exception as exc:
             await comm.close()
-            raise RuntimeError(f"The scheduler refused this client: {reply}")
+            raise RuntimeError(f"The scheduler refused this client: {exc}") from None
         self._outbox.stream = BatchedSend(comm)
         self._stream_task = asyncio.get_running_loop().create_task(self._read_stream(comm))
         self.status = "running"

@@ -198,10 +198,10 @@ class DatasetRequests:
                     error = KeyError(f"Dataset {each!r} not found")
                 outs.append(default)
                 continue
-            wanted.update(dict.fromkeys(reply["keys"]))
+            wanted.update(dict.fromkeys(reply.keys))
             if error is not None:
                 continue
-            unpickler = _DatasetUnpickler(reply["data"].frames, self._owner)
+            unpickler = _DatasetUnpickler(reply.data.frames, self._owner)
             try:
                 outs.append(unpickler.load())
             except Exception as exc:

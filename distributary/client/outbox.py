@@ -116,7 +116,7 @@ class Outbox:
             msgs, done = self.core.flush()
         self.wake(done)
         if msgs and self.stream is not None and not self.stream.closed():
-            self.stream.send(*(msg.to_message() for msg in msgs))
+            self.stream.send(*msgs)
 
     # ------------------------------------------------------------------ graphs
 

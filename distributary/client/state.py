@@ -59,8 +59,6 @@ Key = Any
 _FINAL = frozenset({"finished", "error", "cancelled"})
 
 
-
-
 class FutureState:
     """What the client knows of one key: shared by every Future of that key.
 
@@ -261,9 +259,7 @@ class ClientState:
             if key not in self.futures and key not in self.releasing:
                 self.outbox.append(_Release(key, None))
 
-    def abandon(
-        self, claimed: list, graph: PendingGraph, error: RemoteError
-    ) -> list[FutureState]:
+    def abandon(self, claimed: list, graph: PendingGraph, error: RemoteError) -> list[FutureState]:
         """Drop the claims of a call whose graph failed to build (it returned no
         futures): what was sent is released, what was not is forgotten.  A key never
         sent that another caller claimed meanwhile errs.  Returns the records now done."""

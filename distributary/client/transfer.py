@@ -109,7 +109,7 @@ class DataTransfer:
             reply = await self._pool.call(worker, rq.GetData(tuple(keys)))
         except OSError:
             return {}
-        return {key: deserialize(value) for key, value in reply["data"].items()}
+        return {key: deserialize(value) for key, value in reply.data.items()}
 
     async def scatter(
         self, data: Any, workers: Any, broadcast: bool, hash: bool, timeout: Any
@@ -140,8 +140,8 @@ class DataTransfer:
             )
             for key in chunk:
                 who_has.setdefault(key, []).append(worker)
-            nbytes.update(reply["nbytes"])
-            types.update(reply["types"])
+            nbytes.update(reply.nbytes)
+            types.update(reply.types)
         self._outbox.check_open()
         with self._outbox.lock:
             self._outbox.count_dropped()

@@ -2,7 +2,7 @@
 batched streams."""
 
 from distributary.core.batched import BatchedSend, read_messages
-from distributary.core.rpc import ConnectionPool, RPCProxy
+from distributary.core.rpc import ConnectionPool
 from distributary.core.server import Server
 
-__all__ = ["BatchedSend", "ConnectionPool", "RPCProxy", "Server", "read_messages"]
+__all__ = ["BatchedSend", "ConnectionPool", "Server", "read_messages"]

@@ -42,7 +42,7 @@ class BatchedSend:
         self._last_write = float("-inf")
 
     def send(self, *msgs: Any) -> None:
-        """Queue messages (dicts) for the next write; CommClosedError if closed."""
+        """Queue messages for the next write; CommClosedError if closed."""
         if self._closed or self.comm.closed():
             raise CommClosedError(f"BatchedSend to {self.comm.peer_address} is closed")
         self._buffer.extend(msgs)

@@ -1,6 +1,6 @@
 """A pool of comms for request/reply calls to other servers.
 
-``await pool.call(addr, {"op": "ping"})`` borrows an idle comm to ``addr`` (or
+``await pool.call(addr, request)`` borrows an idle comm to ``addr`` (or
 opens one), writes the message, reads the reply and gives the comm back. At most
 ``limit`` comms are open at once; past that, idle comms to other addresses are
 closed, or callers wait for a comm to be given back. A comm whose call was
@@ -17,10 +17,9 @@ from collections import deque
 from typing import Any
 
 from distributary.comm import Comm, CommClosedError, connect, normalize_address
-from distributary.protocol import rebuild_exception
-from distributary.protocol.requests import Request
+from distributary.protocol.requests import Request, decode_reply
 
-__all__ = ["ConnectionPool", "RPCProxy"]
+__all__ = ["ConnectionPool"]
 
 
 class ConnectionPool:
@@ -131,17 +130,24 @@ class ConnectionPool:
             self._idle.setdefault(key, []).append(comm)
         self._wake_one()
 
-    async def call(self, addr: str, msg: dict | Request, timeout: float | None = None) -> Any:
-        """Send ``msg`` (a request, or its dict) to ``addr`` and return the reply,
-        raising remote errors.
+    async def call(self, addr: str, msg: Request | dict, timeout: float | None = None) -> Any:
+        """Send ``msg`` to ``addr`` and return the reply, raising remote errors.
 
-        With ``"reply": False`` in ``msg`` nothing is read and None is returned.
+        The reply to a request is checked against its ``reply_type`` (see
+        :func:`~distributary.protocol.requests.decode_reply`); a plain dict (a message
+        no class declares, as a test sends) gets its reply as it came.  With
+        ``"reply": False`` in a dict nothing is read and None is returned.
         """
         if isinstance(msg, Request):
+            cls: type[Request] = type(msg)
             msg = msg.to_message()
+        else:
+            cls = Request
         if timeout is None:
-            return await self._call(addr, msg)
-        return await asyncio.wait_for(self._call(addr, msg), timeout)
+            reply = await self._call(addr, msg)
+        else:
+            reply = await asyncio.wait_for(self._call(addr, msg), timeout)
+        return decode_reply(cls, reply)
 
     async def _call(self, addr: str, msg: dict) -> Any:
         comm = await self.connect(addr)
@@ -153,13 +159,7 @@ class ConnectionPool:
             self.reuse(addr, comm)
             raise
         self.reuse(addr, comm)
-        if reply.__class__ is dict and reply.get("status") == "error":
-            raise rebuild_exception(reply)
         return reply
-
-    def rpc(self, addr: str) -> RPCProxy:
-        """A proxy: ``await pool.rpc(addr).some_op(a=1)`` calls op ``some_op``."""
-        return RPCProxy(self, addr)
 
     def remove(self, addr: str) -> None:
         """Close all comms to ``addr``, idle or in use."""
@@ -187,26 +187,3 @@ class ConnectionPool:
 
     def __repr__(self) -> str:
         return f"<ConnectionPool: open={self._open}, active={len(self._busy)}, limit={self.limit}>"
-
-
-class RPCProxy:
-    """Calls operations on one address: ``await proxy.op(**kwargs)``."""
-
-    __slots__ = ("_pool", "address")
-
-    def __init__(self, pool: ConnectionPool, address: str):
-        self._pool = pool
-        self.address = address
-
-    def __getattr__(self, op: str) -> Any:
-        if op.startswith("__"):
-            raise AttributeError(op)
-
-        async def send(**kwargs: Any) -> Any:
-            return await self._pool.call(self.address, {"op": op, **kwargs})
-
-        send.__name__ = op
-        return send
-
-    def __repr__(self) -> str:
-        return f"<RPCProxy {self.address}>"

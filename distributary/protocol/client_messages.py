@@ -176,14 +176,5 @@ class Restarted(ToClient):
     op: ClassVar[str] = "restart"
 
 
-FROM_CLIENT = Catalogue(
-    UpdateGraph,
-    ClientDesiresKeys,
-    FireAndForget,
-    ClientReleasesKeys,
-    CancelKeys,
-    RetryKeys,
-    ScatterData,
-    PublishFlush,
-)
-TO_CLIENT = Catalogue(KeyInMemory, KeyErred, KeyCancelled, KeyLost, Restarted)
+FROM_CLIENT = Catalogue.of(FromClient)
+TO_CLIENT = Catalogue.of(ToClient)

@@ -19,6 +19,7 @@ import struct
 from typing import Any
 
 import msgpack
+import msgspec
 
 from distributary.protocol.serialize import Serialize, Serialized, serialize
 
@@ -50,7 +51,9 @@ def dumps_message(msg: Any) -> list:
     """Encode a message into a list of frames (one frame if nothing is pickled)."""
     frames: list = [b""]
 
-    def encode_default(obj: object) -> msgpack.ExtType:
+    def encode_default(obj: Any) -> Any:
+        if isinstance(obj, msgspec.Struct):  # a message or a reply, inside another
+            return obj.to_message()
         if isinstance(obj, Serialize):
             obj = serialize(obj.obj)
         elif not isinstance(obj, Serialized):

@@ -151,15 +151,5 @@ class Unregister(FromWorker):
     op: ClassVar[str] = "unregister"
 
 
-TO_WORKER = Catalogue(ComputeTask, FreeKeys, AcquireReplicas)
-FROM_WORKER = Catalogue(
-    TaskFinished,
-    TaskErred,
-    TaskRescheduled,
-    LongRunning,
-    AddKeys,
-    MissingData,
-    WorkerStatusChange,
-    WorkerHeartbeat,
-    Unregister,
-)
+TO_WORKER = Catalogue.of(ToWorker)
+FROM_WORKER = Catalogue.of(FromWorker)

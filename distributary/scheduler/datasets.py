@@ -168,7 +168,7 @@ class DatasetExtension(SchedulerExtension):
                 self._release(old, stimulus_id, keep=set(dataset_keys))
 
     def get(self, comm: Any, msg: rq.PublishGet) -> list:
-        """The datasets ``names`` (None for a missing one), each ``{"data", "keys"}``.
+        """The datasets ``names`` (None for a missing one).
 
         The asking ``client`` (if connected) wants their keys from now on.
         """
@@ -181,7 +181,7 @@ class DatasetExtension(SchedulerExtension):
             if dataset is None:
                 out.append(None)
                 continue
-            out.append({"data": dataset.data, "keys": dataset.keys})
+            out.append(rq.Dataset(dataset.data, dataset.keys))
             wanted.update(dict.fromkeys(dataset.keys))
         if connected and wanted:
             self.scheduler.handle(

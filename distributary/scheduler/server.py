@@ -19,11 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 import dask.config
+import msgspec
 from dask.utils import parse_timedelta
 
 from distributary.comm.addressing import get_address_host, normalize_address
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
+from distributary.protocol import error_message
 from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import FROM_CLIENT
 from distributary.protocol.serialize import Serialize, Serialized
@@ -224,11 +226,13 @@ class Scheduler(ServerNode):
                 stream = self.client_streams.get(instruction.client)
             if stream is None or stream.closed():
                 continue
-            msg = instruction.to_message()
             if isinstance(instruction, ins.KeyErred):
-                msg["exception"] = _serializable(msg["exception"])
-                msg["traceback"] = _serializable(msg["traceback"])
-            stream.send(msg)
+                instruction = msgspec.structs.replace(
+                    instruction,
+                    exception=_serializable(instruction.exception),
+                    traceback=_serializable(instruction.traceback),
+                )
+            stream.send(instruction)
 
     def is_connected(self, peer: str) -> bool:
         """Whether the stream of this worker or client is open."""
@@ -278,7 +282,7 @@ class Scheduler(ServerNode):
         if address in self.state.workers or (
             name is not None and name in self.state.workers_by_name
         ):
-            await comm.write({"status": "error", "message": f"name or address taken: {name!r}"})
+            await comm.write(error_message(ValueError(f"name or address taken: {name!r}")))
             return
         stream = BatchedSend(comm)
         self.worker_streams[address] = stream
@@ -295,7 +299,7 @@ class Scheduler(ServerNode):
                 time=time.time(),
             )
         )
-        await comm.write({"status": "OK", "id": self.id})
+        await comm.write(rq.Registered(self.id))
         logger.info("Worker %s registered", address)
         self.lifecycle.workers_changed()
         safe = False
@@ -318,7 +322,7 @@ class Scheduler(ServerNode):
         stream = BatchedSend(comm)
         self.client_streams[client] = stream
         self.handle(ev.AddClient(f"add-client-{client}", client))
-        await comm.write({"status": "OK", "id": self.id})
+        await comm.write(rq.Registered(self.id))
         try:
             await read_messages(comm, FROM_CLIENT, client, self._handle_messages)
         finally:

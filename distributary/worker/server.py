@@ -31,6 +31,7 @@ from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
+from distributary.protocol.message import Message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
 from distributary.utils.process import cpu_count
@@ -222,9 +223,11 @@ class Worker(ServerNode):
         except BaseException:
             comm.abort()
             raise
-        if reply.get("status") != "OK":
+        try:
+            rq.decode_reply(rq.RegisterWorker, reply)
+        except Exception as exc:
             await comm.close()
-            raise ValueError(f"The scheduler refused this worker: {reply.get('message')}")
+            raise ValueError(f"The scheduler refused this worker: {exc}") from None
         return comm
 
     async def close(
@@ -261,7 +264,7 @@ class Worker(ServerNode):
         logger.info("Closing worker %s gracefully: %s", self.address, reason)
         self.status = "closing_gracefully"
         stimulus_id = f"{reason}-{uuid.uuid4().hex[:8]}"
-        self._send(ins.WorkerStatusChange(stimulus_id, self.status).to_message())
+        self._send(ins.WorkerStatusChange(stimulus_id, self.status))
         try:
             retire = rq.RetireWorkers(workers=(self.address,), close_workers=False, remove=True)
             await self.pool.call(self.scheduler_address, retire)
@@ -285,7 +288,7 @@ class Worker(ServerNode):
             task.cancel()
         if self.batched is not None and not self.batched.closed():
             try:
-                self.batched.send(Unregister(f"close-{self.address}").to_message())
+                self.batched.send(Unregister(f"close-{self.address}"))
                 await self.batched.close(timeout=2)
             except CommClosedError:
                 pass
@@ -311,14 +314,14 @@ class Worker(ServerNode):
     def _handle_all(self, events: list[ev.Event]) -> None:
         self._handle(*events)
 
-    def _send(self, msg: dict) -> None:
+    def _send(self, msg: Message) -> None:
         if self.batched is not None and not self.batched.closed():
             self.batched.send(msg)
 
     async def _heartbeats(self) -> None:
         for n in itertools.count():
             await asyncio.sleep(self.heartbeat_interval)
-            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory()).to_message())
+            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory()))
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory: ``process`` (resident), ``managed`` (results in memory) and
@@ -341,7 +344,7 @@ class Worker(ServerNode):
     def _handle(self, *events: ev.Event) -> None:
         for instruction in self.state.handle(*events):
             if isinstance(instruction, ins.FromWorker):
-                self._send(instruction.to_message())
+                self._send(instruction)
             elif isinstance(instruction, ins.Execute):
                 self._execute(instruction)
             elif isinstance(instruction, ins.GatherDep):
@@ -413,10 +416,8 @@ class Worker(ServerNode):
     async def _gather_dep(self, instruction: ins.GatherDep) -> None:
         stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"
         try:
-            reply = await self.pool.call(
-                instruction.worker, rq.GetData(instruction.keys)
-            )
-            data = {key: deserialize(value) for key, value in reply["data"].items()}
+            reply = await self.pool.call(instruction.worker, rq.GetData(instruction.keys))
+            data = {key: deserialize(value) for key, value in reply.data.items()}
         except (OSError, asyncio.TimeoutError) as exc:
             logger.info(
                 "Could not get %d keys from %s: %s", len(instruction.keys), instruction.worker, exc
@@ -441,19 +442,16 @@ class Worker(ServerNode):
 
     # ------------------------------------------------------------------ handlers
 
-    def _handle_get_data(self, comm: Any, msg: rq.GetData) -> dict:
+    def _handle_get_data(self, comm: Any, msg: rq.GetData) -> rq.Data:
         data = self.state.data
-        return {
-            "status": "OK",
-            "data": {key: Serialize(data[key]) for key in msg.keys if key in data},
-        }
+        return rq.Data({key: Serialize(data[key]) for key in msg.keys if key in data})
 
-    def _handle_update_data(self, comm: Any, msg: rq.UpdateData) -> dict:
+    def _handle_update_data(self, comm: Any, msg: rq.UpdateData) -> rq.Stored:
         values = {key: deserialize(value) for key, value in msg.data.items()}
         nbytes = {key: sizeof(value) for key, value in values.items()}
         types = {key: type(value).__qualname__ for key, value in values.items()}
         self._handle(ev.UpdateData(f"update-data-{uuid.uuid4().hex[:8]}", values, nbytes, types))
-        return {"status": "OK", "nbytes": nbytes, "types": types}
+        return rq.Stored(nbytes, types)
 
     def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
         return {
