@@ -432,10 +432,10 @@ async def test_a_publish_waiting_for_a_flush_fails_when_its_client_leaves(c, s, 
     waiting = asyncio.ensure_future(
         c.pool.call(s.address, {**request, "client": other.id, "uid": "never"})
     )
-    await apoll(lambda: "never" in s.datasets._waiting)
+    await apoll(lambda: "never" in s.flushes._waiting)
     await other.close()
     with pytest.raises(RuntimeError, match="is not connected to the scheduler"):
         await asyncio.wait_for(waiting, 10)
     with pytest.raises(RuntimeError, match="is not connected to the scheduler"):
         await c.pool.call(s.address, {**request, "client": "nobody", "uid": "never-2"})
-    assert s.datasets.datasets == {} and s.datasets._waiting == {}
+    assert s.datasets.datasets == {} and s.flushes._waiting == {}

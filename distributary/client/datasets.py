@@ -10,8 +10,8 @@ back into a Future of *this* client (not of the default client), and then tells 
 scheduler on the client's ordered stream that this client wants those keys; they stay
 alive while its futures do, even once the dataset is unpublished.
 
-Ordering: publish and unpublish first send a ``publish-flush`` message on the stream and
-then make their request over rpc carrying the same ``uid``; the scheduler acts on the
+Ordering: publish and unpublish first send a flush marker on the stream and then make
+their request over rpc carrying the same ``uid``; the scheduler acts on the
 request only once that message has arrived, so the futures created just before (a
 ``map`` or a ``scatter`` whose messages are still on the stream) are known to it.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +27,6 @@ import cloudpickle
 
 from distributary.client.future import Future
 from distributary.protocol import requests as rq
-from distributary.protocol.client_messages import PublishFlush
 from distributary.protocol.serialize import OUT_OF_BAND_THRESHOLD, Serialized
 
 if TYPE_CHECKING:
@@ -170,7 +168,7 @@ class DatasetRequests:
             frames, value_keys = dumps_dataset(value)
             data.append(frames)
             keys.append(value_keys)
-        uid = self._flush_marker()
+        uid = self._outbox.flush_marker()
         put = rq.PublishPut(
             tuple(names),
             tuple(data),
@@ -226,14 +224,8 @@ class DatasetRequests:
 
     async def unpublish(self, name: Any) -> None:
         """Remove the dataset ``name``."""
-        uid = self._flush_marker()
+        uid = self._outbox.flush_marker()
         await self._call(rq.PublishDelete((name,), client=self._client_id, uid=uid))
-
-    def _flush_marker(self) -> str:
-        """Send a flush marker on the stream; the scheduler waits for it before acting."""
-        uid = uuid.uuid4().hex
-        self._outbox.send(PublishFlush, uid=uid)
-        return uid
 
 
 class Datasets(MutableMapping):

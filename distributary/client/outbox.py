@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 from distributary.client.state import ClientState, Draft, FutureState, PendingGraph
-from distributary.protocol.client_messages import FromClient, TaskSpec
+from distributary.protocol.client_messages import Flush, FromClient, TaskSpec
 from distributary.protocol.errors import RemoteError
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.loop import in_loop
@@ -69,6 +70,13 @@ class Outbox:
         with self.lock:
             self.core.outbox.append(Draft(cls, **fields))
         self.schedule_flush()
+
+    def flush_marker(self) -> str:
+        """Send a flush marker on the stream and return its uid: a request carrying it
+        is handled by the scheduler after everything sent before it."""
+        uid = uuid.uuid4().hex
+        self.send(Flush, uid=uid)
+        return uid
 
     def drop(self, key: Any) -> None:
         """A Future of ``key`` is gone (from any thread, the garbage collector's too).

@@ -47,6 +47,9 @@ class Server:
 
     def add_handlers(self, handlers: dict[type, Callable]) -> None:
         """Serve these requests too: ``{RequestClass: handler(comm, request)}``."""
+        served = set(self.handlers) & set(handlers)
+        if served:
+            raise ValueError(f"requests served twice: {sorted(cls.op for cls in served)}")
         self.handlers.update(handlers)
         self._requests = Catalogue(*self.handlers)
 

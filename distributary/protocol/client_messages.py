@@ -112,10 +112,11 @@ class ScatterData(FromClient):
     types: dict[Key, str] = msgspec.field(default_factory=dict)
 
 
-class PublishFlush(FromClient):
-    """Everything the client sent before this has arrived (a publish waits for it)."""
+class Flush(FromClient):
+    """Everything the client sent before this has arrived (a request carrying the same
+    ``uid`` waits for it)."""
 
-    op: ClassVar[str] = "publish-flush"
+    op: ClassVar[str] = "flush"
 
     uid: str
 

@@ -14,20 +14,12 @@ that wants the dataset's keys in the state machine exactly as a real client woul
 ordinary reference counting keeps the results while the dataset exists and frees
 them afterwards unless somebody else still wants them.
 
-Ordering: a client sends its graphs and scattered data on its ordered stream, but
-these requests come on an rpc connection, which may overtake the stream.  So before
-it publishes (or unpublishes), the client sends ``{"op": "publish-flush", "uid": u}``
-on its stream, and the request carries the same ``uid``: the scheduler waits until
-that flush message has been read before acting on the request, so everything the
-client sent before (the tasks of the futures it publishes) is known by then.  The
-flush message is handled while a batch read from the stream is being handled; the
-waiting request resumes only after the event loop gets control back, that is after
-the whole batch (handled synchronously) has reached the state machine.  A client that
-leaves before its flush arrives fails its waiting request (the state says it left:
-``ClientRemoved``).
-After the flush the scheduler still checks that every key exists and refuses the
-publication with a ValueError naming the first missing key (a cancelled or released
-future), publishing nothing.
+Ordering: a publish (or unpublish) request may overtake the client's stream, which
+carries the tasks of the futures it publishes, so it waits for the client's flush
+marker (:mod:`distributary.scheduler.flushes`) before acting.  After the flush the
+scheduler still checks that every key exists and refuses the publication with a
+ValueError naming the first missing key (a cancelled or released future), publishing
+nothing.
 
 Fetching: ``publish-get`` also makes the asking client want the dataset's keys, at the
 same moment it reads the dataset, so that an unpublish racing with the fetch cannot
@@ -37,9 +29,7 @@ has made the futures) arrives.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +40,6 @@ from distributary.scheduler import instructions as ins
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
 
 logger = logging.getLogger("distributary.scheduler")
-
-# Flush messages whose request never came (the client died in between) are forgotten
-# beyond this many.
-_MAX_PENDING_FLUSHES = 10_000
 
 
 @dataclass(slots=True)
@@ -72,8 +58,6 @@ class DatasetExtension(SchedulerExtension):
     def __init__(self, scheduler: SchedulerContext):
         super().__init__(scheduler)
         self.datasets: dict[Any, Dataset] = {}
-        self._flushes: OrderedDict[str, asyncio.Future] = OrderedDict()  # by uid
-        self._waiting: dict[str, Any] = {}  # uid -> the client whose request waits for it
         self.handlers.update(
             {
                 rq.PublishPut: self.put,
@@ -82,46 +66,7 @@ class DatasetExtension(SchedulerExtension):
                 rq.PublishDelete: self.delete,
             }
         )
-        self.message_handlers[ev.PublishFlush] = self.flush_received
         self.instruction_handlers[ins.ClusterRestarted] = self.clear
-        self.instruction_handlers[ins.ClientRemoved] = self._client_removed
-
-    # ------------------------------------------------------------------ ordering
-
-    def flush_received(self, msg: ev.PublishFlush) -> None:
-        """A client's ``publish-flush`` stream message: wake the request waiting for it."""
-        flushed = self._flush_future(msg.uid)
-        if not flushed.done():
-            flushed.set_result(None)
-        while len(self._flushes) > _MAX_PENDING_FLUSHES:
-            self._flushes.popitem(last=False)
-
-    def _client_removed(self, removed: ins.ClientRemoved) -> None:
-        """A client left: its requests waiting for a flush will not get it."""
-        for uid, client in list(self._waiting.items()):
-            flushed = self._flushes.get(uid)
-            if client == removed.client and flushed is not None and not flushed.done():
-                flushed.set_exception(RuntimeError(_not_connected(client)))
-
-    def _flush_future(self, uid: str) -> asyncio.Future:
-        flushed = self._flushes.get(uid)
-        if flushed is None:
-            flushed = self._flushes[uid] = asyncio.get_running_loop().create_future()
-        return flushed
-
-    async def _wait_for_flush(self, client: str | None, uid: str | None) -> None:
-        """Wait until the stream of ``client`` delivered its flush message ``uid``."""
-        if uid is None:
-            return
-        flushed = self._flush_future(uid)
-        try:
-            if not flushed.done() and not self.scheduler.is_connected(client):
-                raise RuntimeError(_not_connected(client))
-            self._waiting[uid] = client
-            await flushed
-        finally:
-            self._flushes.pop(uid, None)
-            self._waiting.pop(uid, None)
 
     # ------------------------------------------------------------------ handlers
 
@@ -137,7 +82,7 @@ class DatasetExtension(SchedulerExtension):
         for value in data:
             if not isinstance(value, Serialized):
                 raise TypeError(f"data: expected a serialized value, got {type(value).__name__}")
-        await self._wait_for_flush(msg.client, msg.uid)
+        await self.scheduler.after_flush(msg.client, msg.uid)
 
         if len(set(names)) != len(names):
             raise ValueError(f"Dataset names given more than once: {list(names)!r}")
@@ -195,7 +140,7 @@ class DatasetExtension(SchedulerExtension):
 
     async def delete(self, comm: Any, msg: rq.PublishDelete) -> None:
         """Unpublish ``names``; a name that is not published is ignored."""
-        await self._wait_for_flush(msg.client, msg.uid)
+        await self.scheduler.after_flush(msg.client, msg.uid)
         stimulus_id = f"unpublish-{msg.uid or id(msg)}"
         for name in msg.names:
             dataset = self.datasets.pop(name, None)
@@ -231,10 +176,3 @@ class DatasetExtension(SchedulerExtension):
             self.scheduler.handle(
                 ev.ClientReleasesKeys(stimulus_id, unwanted, client=dataset.client)
             )
-
-
-def _not_connected(client: Any) -> str:
-    return (
-        f"Client {client!r} is not connected to the scheduler: "
-        "its earlier messages cannot be waited for"
-    )

@@ -9,7 +9,8 @@ and diagnostics to come) is made with the scheduler, seen through the narrow
 * ``message_handlers``: messages of the clients' and workers' streams by class, taken
   here instead of by the state machine (``False`` ends the stream);
 * ``instruction_handlers``: the state machine's :class:`~distributary.scheduler.
-  instructions.ForServer` instructions by class.
+  instructions.ForServer` instructions by class (every extension that takes one is
+  given it).
 
 It changes the state only by handing it events (:meth:`SchedulerContext.handle`), and
 is started and stopped with the scheduler.
@@ -38,6 +39,11 @@ class SchedulerContext(Protocol):
 
     def is_connected(self, peer: str) -> bool:
         """Whether the stream of this worker or client is open."""
+
+    async def after_flush(self, client: str | None, uid: str | None) -> None:
+        """Until ``client``'s stream delivered its flush marker ``uid`` (see
+        :mod:`distributary.scheduler.flushes`): a request carrying it is then handled
+        after everything the client sent before it."""
 
     def disconnect(self, peer: str) -> bool:
         """Close the stream of this worker or client (its reader then removes it);

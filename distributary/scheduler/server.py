@@ -34,6 +34,7 @@ from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
 from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.extension import SchedulerExtension
+from distributary.scheduler.flushes import StreamFlushes
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.records import WorkerRecord
 from distributary.scheduler.state import SchedulerState
@@ -96,17 +97,26 @@ class Scheduler(ServerNode):
         self.message_handlers: dict[type, Callable[[Any], bool | None]] = {
             Unregister: lambda msg: False,
         }
-        # The state's instructions for the server itself, by class.
-        self.instruction_handlers: dict[type, Callable[[Any], None]] = {}
+        # The state's instructions for the server itself: by class, who takes them.
+        self.instruction_handlers: dict[type, list[Callable[[Any], None]]] = {}
         self.pool = ConnectionPool(role="scheduler")
         self.inproc_address: str | None = None  # the same server, in memory
+        self.flushes = StreamFlushes(self)
         self.datasets = DatasetExtension(self)
         self.lifecycle = WorkerLifecycle(self)
-        self.extensions: list[SchedulerExtension] = [self.datasets, self.lifecycle]
+        self.extensions: list[SchedulerExtension] = [self.flushes, self.datasets, self.lifecycle]
         for extension in self.extensions:
-            self.server.add_handlers(extension.handlers)
-            self.message_handlers.update(extension.message_handlers)
-            self.instruction_handlers.update(extension.instruction_handlers)
+            self.add_extension(extension)
+
+    def add_extension(self, extension: SchedulerExtension) -> None:
+        """Give ``extension`` the requests, stream messages and instructions it takes."""
+        self.server.add_handlers(extension.handlers)
+        taken = set(self.message_handlers) & set(extension.message_handlers)
+        if taken:
+            raise ValueError(f"stream messages taken twice: {sorted(c.op for c in taken)}")
+        self.message_handlers.update(extension.message_handlers)
+        for cls, handler in extension.instruction_handlers.items():
+            self.instruction_handlers.setdefault(cls, []).append(handler)
 
     @property
     def address(self) -> str:
@@ -220,7 +230,8 @@ class Scheduler(ServerNode):
             if isinstance(instruction, ins.ToWorker):
                 stream = self.worker_streams.get(instruction.worker)
             elif isinstance(instruction, ins.ForServer):
-                self.instruction_handlers[type(instruction)](instruction)
+                for handler in self.instruction_handlers.get(type(instruction), ()):
+                    handler(instruction)
                 continue
             else:
                 stream = self.client_streams.get(instruction.client)
@@ -238,6 +249,10 @@ class Scheduler(ServerNode):
         """Whether the stream of this worker or client is open."""
         stream = self.worker_streams.get(peer) or self.client_streams.get(peer)
         return stream is not None and not stream.closed()
+
+    async def after_flush(self, client: str | None, uid: str | None) -> None:
+        """Until ``client``'s stream delivered its flush marker ``uid``."""
+        await self.flushes.wait(client, uid)
 
     def disconnect(self, peer: str) -> bool:
         """Close the stream of this worker or client (its reader then removes it);
