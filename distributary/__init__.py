@@ -22,6 +22,7 @@ _EXPORTS = {
     "futures_of": "distributary.client.structures",
     "wait": "distributary.client.waiting",
     "get_client": "distributary.client.client",
+    "worker_client": "distributary.client.client",
     "LocalCluster": "distributary.deploy.local",
     "CancelledError": "distributary.exceptions",
     "FutureCancelledError": "distributary.exceptions",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "Scheduler": "distributary.scheduler.server",
     "get_worker": "distributary.worker.context",
     "secede": "distributary.worker.context",
+    "rejoin": "distributary.worker.context",
     "Worker": "distributary.worker.server",
 }
 

@@ -26,6 +26,7 @@ from distributary import (
     CancelledError,
     Client,
     Future,
+    FutureCancelledError,
     TimeoutError,
     Worker,
     as_completed,
@@ -581,6 +582,39 @@ def test_blocking_as_completed(c):
     pairs = list(as_completed(c.map(inc, [5, 6]), with_results=True))
     assert sorted(r for _, r in pairs) == [6, 7]
     assert all(f.result() == r for f, r in pairs)
+
+
+def test_as_completed_has_ready_timeout_and_batches(c):
+    gate = new_event()
+    slow = c.submit(wait_for, gate, "slow")
+    ac = as_completed([c.submit(inc, 1)], timeout=0.2)
+    poll(ac.has_ready)
+    assert [f.result() for f in ac.next_batch(block=False)] == [2]
+    assert not ac.has_ready() and ac.is_empty()
+    ac.add(slow)
+    with pytest.raises(TimeoutError, match="nothing finished within 0.2 s"):
+        next(ac)
+    EVENTS[gate].set()
+    assert [f.result() for batch in ac.batches() for f in batch] == ["slow"]
+
+
+def test_wait_takes_the_futures_as_one_argument(c):
+    a, b = c.submit(inc, 1), c.submit(inc, 2)
+    with pytest.raises(TypeError, match=r"wait\(\[a, b\]\), not wait\(a, b\)"):
+        wait(a, b)
+    done, not_done = wait([a, b], timeout=10)
+    assert done == {a, b} and not not_done
+
+
+def test_futures_of_with_a_client_raises_for_a_cancelled_future(c):
+    gate = new_event()
+    kept, cancelled = c.submit(inc, 1), c.submit(wait_for, gate)
+    c.cancel([cancelled], reason="not wanted")
+    poll(cancelled.cancelled)
+    assert futures_of([kept, cancelled]) == [kept, cancelled]
+    with pytest.raises(FutureCancelledError, match="not wanted"):
+        futures_of([kept, cancelled], client=c)
+    assert futures_of([kept], client=c) == [kept]
 
 
 def test_blocking_refcount_and_fire_and_forget(c, cluster):

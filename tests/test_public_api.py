@@ -592,8 +592,10 @@ PUBLIC_API = [
     "futures_of",
     "get_client",
     "get_worker",
+    "rejoin",
     "secede",
     "wait",
+    "worker_client",
 ]
 
 

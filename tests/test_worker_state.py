@@ -515,6 +515,45 @@ def test_secede_while_cancelled_frees_the_thread():
     assert_empty(s)
 
 
+def test_rejoin_with_a_free_slot_goes_on_at_once():
+    s = ws(nthreads=1)
+    step(s, compute("a"))
+    step(s, ev.Secede(sid(), "a"))
+    out = step(s, ev.Rejoin(sid(), "a"))
+    assert of(out, ins.Rejoined) == [ins.Rejoined(out[0].stimulus_id, "a")]
+    assert states(s, "a") == ["executing"] and s.busy_threads == 1
+    out = step(s, compute("b"))
+    assert executes(out) == []  # the rejoined task holds the only thread
+    assert executes(step(s, success("a"))) == ["b"]
+
+
+def test_rejoin_waits_for_a_slot_and_comes_before_ready_tasks():
+    s = ws(nthreads=1)
+    step(s, compute("a", priority=(0,)))
+    step(s, ev.Secede(sid(), "a"))
+    assert executes(step(s, compute("b", priority=(1,)))) == ["b"]
+    step(s, compute("c", priority=(2,)))
+    assert step(s, ev.Rejoin(sid(), "a")) == []  # b holds the thread
+    out = step(s, success("b"))
+    assert of(out, ins.Rejoined) and executes(out) == []  # a first, c waits
+    assert states(s, "a", "c") == ["executing", "ready"]
+    assert executes(step(s, success("a"))) == ["c"]
+
+
+def test_rejoin_of_a_task_not_seceded_or_cancelled_goes_on():
+    s = ws(nthreads=1)
+    step(s, compute("a"))
+    out = step(s, ev.Rejoin(sid(), "a"))  # never seceded: it holds its thread
+    assert of(out, ins.Rejoined) and s.busy_threads == 1
+    step(s, ev.Secede(sid(), "a"))
+    step(s, free("a"))
+    assert states(s, "a") == ["cancelled"] and s.busy_threads == 0
+    out = step(s, ev.Rejoin(sid(), "a"))
+    assert of(out, ins.Rejoined) and s.busy_threads == 1  # it still runs: its slot back
+    step(s, success("a"))
+    assert_empty(s)
+
+
 def test_free_while_in_flight_drops_the_data():
     s = ws()
     out = step(s, compute("x", who_has={"a": [P1]}))
@@ -1014,7 +1053,9 @@ class _Sim:
         self.deps: dict = {}  # assigned key -> its dependencies
         self.lost: set = set()  # keys that existed and are nowhere now
         # the I/O under way
-        self.running: dict = {}  # key -> [run_id, seceded]: Execute not yet answered
+        # key -> [run_id, seceded]: Execute not yet answered; seceded is False (in a
+        # thread slot), True, or "rejoining" (blocked until Rejoined)
+        self.running: dict = {}
         self.requests: dict = {}  # peer -> GatherDep not yet answered
         self.paused = False
 
@@ -1025,6 +1066,8 @@ class _Sim:
         check(self.s)
         for i in out:
             self.receive(i)
+        in_slots = sum(1 for _, seceded in self.running.values() if seceded is False)
+        assert in_slots <= self.s.nthreads, self.running  # threads really taken
 
     def receive(self, i: ins.WorkerInstruction) -> None:
         s = self.s
@@ -1055,6 +1098,9 @@ class _Sim:
                 self.lost.add(i.key)
         elif isinstance(i, ins.LongRunning):
             assert self.assigned[i.key] == i.run_id, i
+        elif isinstance(i, ins.Rejoined):
+            assert self.running[i.key][1] == "rejoining", i
+            self.running[i.key][1] = False
         elif isinstance(i, ins.AddKeys):
             for key in i.keys:
                 assert s.data[key] == ("v", key)
@@ -1162,12 +1208,19 @@ class _Sim:
 
     def finish(self, outcome: str | None = None) -> None:
         rng = self.rng
-        key = rng.choice(sorted(self.running))
+        free_to_go = sorted(k for k, (_, seceded) in self.running.items() if seceded != "rejoining")
+        if not free_to_go:
+            return
+        key = rng.choice(free_to_go)
         run_id, seceded = self.running[key]
         roll = rng.random() if outcome is None else 1.0
         if roll < 0.07 and not seceded:
             self.running[key][1] = True
             self.handle(ev.Secede(sid(), key))
+            return
+        if roll < 0.12 and seceded is True:
+            self.running[key][1] = "rejoining"
+            self.handle(ev.Rejoin(sid(), key))
             return
         del self.running[key]
         if roll < 0.17:

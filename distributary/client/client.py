@@ -12,6 +12,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dask.config
@@ -35,15 +36,77 @@ from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpec
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.loop import LoopRunner, in_loop, sync
+from distributary.worker.context import get_worker, out_of_the_pool_while_blocked, rejoin, secede
 
 logger = logging.getLogger("distributary.client")
 
 register_reference_type(Future)
 
 
-def get_client() -> Client:
-    """The client to use here: the default client of this process."""
-    return default_client()
+def get_client(
+    address: str | None = None, timeout: Any = None, resolve_address: bool = True
+) -> Client:
+    """The client to use here.
+
+    Inside a task: a client of the worker's scheduler, one per worker, made on first use
+    and reused (the default client of this process when that is connected to the same
+    scheduler).  Elsewhere: the default client, or, given ``address``, a client of that
+    scheduler (the default client if it is connected there).  A blocking call on the
+    client from a task takes the task out of the worker's thread pool while it waits,
+    so tasks that wait on tasks they submitted do not deadlock.  ValueError if there is
+    no client to give.  ``resolve_address`` is accepted for compatibility: addresses
+    are always normalized.
+    """
+    try:
+        worker = get_worker()
+    except ValueError:
+        worker = None
+    wanted = normalize_address(address) if address is not None else None
+    if worker is not None and wanted in (None, normalize_address(worker.scheduler_address)):
+        return _client_of(worker, timeout)
+    try:
+        client = default_client()
+    except ValueError:
+        if wanted is None:
+            raise
+    else:
+        if wanted in (None, client.scheduler_address):
+            return client
+    return Client(wanted, timeout=timeout, set_as_default=False)
+
+
+def _client_of(worker: Any, timeout: Any) -> Client:
+    """The client that tasks on ``worker`` use."""
+    with worker.task_client_lock:
+        client = worker.task_client
+        if client is None or client.status == "closed":
+            scheduler = normalize_address(worker.scheduler_address)
+            try:
+                default = default_client()
+            except ValueError:
+                default = None
+            if default is not None and default.scheduler_address == scheduler:
+                return default
+            client = worker.task_client = Client(
+                scheduler, timeout=timeout, set_as_default=False, name=f"worker-{worker.name}"
+            )
+        return client
+
+
+@contextmanager
+def worker_client(timeout: Any = None, separate_thread: bool = True) -> Iterator[Client]:
+    """Inside a task: the worker's client (see ``get_client``), with the task out of the
+    worker's thread pool while the block runs (``separate_thread=False`` keeps it in),
+    rejoining it at the end.  ValueError outside a task."""
+    get_worker()
+    client = get_client(timeout=timeout)
+    if separate_thread:
+        secede()
+    try:
+        yield client
+    finally:
+        if separate_thread:
+            rejoin()
 
 
 class Client:
@@ -228,7 +291,8 @@ class Client:
             coro = func(*args, **kwargs)
             return asyncio.wait_for(coro, timeout) if timeout is not None else coro
         self._check_open()
-        return sync(self.loop, func(*args, **kwargs), timeout)
+        with out_of_the_pool_while_blocked():
+            return sync(self.loop, func(*args, **kwargs), timeout)
 
     def _check_open(self) -> None:
         self._outbox.check_open()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from distributary.client.future import Future
+from distributary.exceptions import FutureCancelledError
 
 
 def collect_futures(obj: Any) -> list[Future]:
@@ -29,9 +30,17 @@ def _futures_of_collection(collection: Any) -> list[Future]:
     return [v for v in graph.values() if isinstance(v, Future)]
 
 
-def futures_of(obj: Any) -> list[Future]:
-    """The futures inside ``obj``: nested containers or a persisted dask collection."""
-    return collect_futures(obj)
+def futures_of(obj: Any, client: Any = None) -> list[Future]:
+    """The futures inside ``obj``: nested containers or a persisted dask collection.
+
+    Given a ``client``, a cancelled future among them raises FutureCancelledError.
+    """
+    futures = collect_futures(obj)
+    if client is not None:
+        for future in futures:
+            if future.cancelled():
+                raise FutureCancelledError(future.key, future._state.cancel_reason)
+    return futures
 
 
 def substitute_results(obj: Any, data: dict, skip: set) -> Any:

@@ -32,6 +32,11 @@ def wait(fs: Any, timeout: Any = None, return_when: str = ALL_COMPLETED) -> Any:
 
     Returns ``(done, not_done)`` sets; raises TimeoutError if ``timeout`` passes first.
     """
+    if isinstance(timeout, Future):
+        raise TypeError(
+            "wait() takes the futures as one argument (a list, a set, ...): "
+            "wait([a, b]), not wait(a, b)"
+        )
     futures = collect_futures(fs)
     if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
         raise ValueError(f"Unknown return_when {return_when!r}")
@@ -146,6 +151,11 @@ class as_completed:
         """Futures not yet yielded."""
         with self._condition:
             return len(self._pending) + len(self._ready)
+
+    def has_ready(self) -> bool:
+        """Whether a finished future is waiting to be yielded."""
+        with self._condition:
+            return bool(self._ready)
 
     def is_empty(self) -> bool:
         """Whether nothing is left to yield."""

@@ -1,8 +1,10 @@
-"""What a running task knows about where it runs: ``get_worker``, ``secede``."""
+"""What a running task knows about where it runs: ``get_worker``, ``secede``, ``rejoin``."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,6 +17,7 @@ def set_task_context(worker: Worker | None, key: Any = None) -> None:
     """Record (or clear, with None) the worker and key of the task in this thread."""
     _task_context.worker = worker
     _task_context.key = key
+    _task_context.seceded = False
 
 
 def get_worker() -> Worker:
@@ -36,7 +39,38 @@ def current_task_key() -> Any:
 def secede() -> None:
     """Leave the worker's thread pool: this task no longer takes up a thread.
 
-    Use it in a long-running task that waits on other tasks, so that they can run.
+    Use it in a long-running task that waits on other tasks, so that they can run; the
+    scheduler no longer counts the task against the worker's occupancy.  ``rejoin()``
+    takes a thread again.  Raises ValueError outside a task.
     """
     worker = get_worker()
-    worker.secede_current_task(current_task_key())
+    if not _task_context.seceded:
+        _task_context.seceded = True
+        worker.secede_current_task(current_task_key())
+
+
+def rejoin() -> None:
+    """Rejoin the worker's thread pool after ``secede()``, blocking until a thread is free.
+
+    A task that has not seceded holds its thread already and goes on at once.  Raises
+    ValueError outside a task.
+    """
+    worker = get_worker()
+    if _task_context.seceded:
+        worker.rejoin_current_task(current_task_key())
+        _task_context.seceded = False
+
+
+@contextmanager
+def out_of_the_pool_while_blocked() -> Iterator[None]:
+    """Around a call that blocks this thread on the cluster: a task running here
+    secedes for the time of the call (so that the tasks it waits for can take its
+    thread) and rejoins after it; elsewhere, and in a task that seceded, nothing."""
+    if getattr(_task_context, "worker", None) is None or _task_context.seceded:
+        yield
+        return
+    secede()
+    try:
+        yield
+    finally:
+        rejoin()

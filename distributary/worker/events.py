@@ -72,6 +72,13 @@ class Secede(WorkerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class Rejoin(WorkerEvent):
+    """A seceded task asks for a thread again (``rejoin()``): it waits for a free slot."""
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
 class GatherDepSuccess(WorkerEvent):
     """A peer sent data.  Keys asked for but not in ``data`` were missing there."""
 

@@ -52,6 +52,13 @@ class Execute(WorkerInstruction):
 
 
 @dataclass(frozen=True, slots=True)
+class Rejoined(WorkerInstruction):
+    """The seceded task has a thread slot again: let it go on."""
+
+    key: Key
+
+
+@dataclass(frozen=True, slots=True)
 class GatherDep(WorkerInstruction):
     """Fetch these keys from the peer ``worker`` in one request."""
 

@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -37,7 +38,7 @@ from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerH
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
-from distributary.worker.context import set_task_context
+from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
 from distributary.worker.state import WorkerState
@@ -142,6 +143,11 @@ class Worker(ServerNode):
             self.nthreads, thread_name_prefix="distributary-task"
         )
         self._own_executor = executor is None
+        self._rejoins: dict[Any, threading.Event] = {}  # seceded task -> its wake-up
+        # The client that tasks here use (get_client), made on first use and closed
+        # with the worker.
+        self.task_client: Any = None
+        self.task_client_lock = threading.Lock()
         self.pool = ConnectionPool(role="worker")
         self.server = Server(
             handlers={
@@ -298,6 +304,10 @@ class Worker(ServerNode):
             task.cancel()
         await self.server.close()
         await self.pool.close()
+        for woken in self._rejoins.values():  # (their results go nowhere now)
+            woken.set()
+        if self.task_client is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.task_client.close)
         if self._own_executor:
             self.executor.shutdown(wait=False, cancel_futures=True)
         self.state.data.clear()
@@ -347,6 +357,8 @@ class Worker(ServerNode):
                 self._send(instruction)
             elif isinstance(instruction, ins.Execute):
                 self._execute(instruction)
+            elif isinstance(instruction, ins.Rejoined):
+                self._rejoins.pop(instruction.key).set()
             elif isinstance(instruction, ins.GatherDep):
                 task = asyncio.get_running_loop().create_task(self._gather_dep(instruction))
                 self._gathers.add(task)
@@ -404,14 +416,28 @@ class Worker(ServerNode):
             )
         self._handle(event)
 
+    def get_current_task(self) -> Any:
+        """The key of the task running in the calling thread (None outside a task)."""
+        return current_task_key()
+
     def secede_current_task(self, key: Any) -> None:
         """Called from a task's thread: that task stops counting against the thread pool."""
-        if self._own_executor:
-            # The seceded task keeps its thread: let the pool start one more for the
-            # tasks the state machine now sends (idle threads are reused first).
-            with self.executor._shutdown_lock:
-                self.executor._max_workers += 1
+        self._resize_pool(+1)
         self.loop.call_soon_threadsafe(self._handle, ev.Secede(f"secede-{key}", key))
+
+    def rejoin_current_task(self, key: Any) -> None:
+        """Called from a seceded task's thread: block until the task has a slot again."""
+        woken = self._rejoins[key] = threading.Event()
+        self.loop.call_soon_threadsafe(self._handle, ev.Rejoin(f"rejoin-{key}", key))
+        woken.wait()
+        self._resize_pool(-1)
+
+    def _resize_pool(self, change: int) -> None:
+        if self._own_executor:
+            # A seceded task keeps its thread: the pool may start one more for the tasks
+            # the state machine now sends (idle threads are reused first).
+            with self.executor._shutdown_lock:
+                self.executor._max_workers += change
 
     async def _gather_dep(self, instruction: ins.GatherDep) -> None:
         stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"

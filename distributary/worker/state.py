@@ -126,6 +126,7 @@ class WorkerState(TransitionEngine):
         self.in_flight_peers: dict[str, set[WorkerTask]] = {}
         self._ready: list = []
         self._constrained: deque[WorkerTask] = deque()
+        self._rejoining: deque[WorkerTask] = deque()  # seceded tasks waiting for a slot
         self._fetch: list = []
         self._counter = itertools.count()
         self._out: list[ins.Instruction] = []
@@ -136,6 +137,7 @@ class WorkerState(TransitionEngine):
             ev.ExecuteFailure: self._handle_execute_failure,
             ev.RescheduleTask: self._handle_reschedule,
             ev.Secede: self._handle_secede,
+            ev.Rejoin: self._handle_rejoin,
             ev.GatherDepSuccess: self._handle_gather_success,
             ev.GatherDepFailure: self._handle_gather_failure,
             ev.GatherDepError: self._handle_gather_error,
@@ -161,6 +163,7 @@ class WorkerState(TransitionEngine):
             ("executing", "released"): self._executing_to_released,
             ("executing", "long-running"): self._executing_to_long_running,
             ("long-running", "memory"): self._executing_to_memory,
+            ("long-running", "executing"): self._long_running_to_executing,
             ("long-running", "released"): self._executing_to_released,
             ("cancelled", "released"): self._cancelled_to_released,
             ("cancelled", "executing"): self._cancelled_to_resumed,
@@ -311,6 +314,14 @@ class WorkerState(TransitionEngine):
             return {}
         return {ts.key: "long-running"}
 
+    def _handle_rejoin(self, event: ev.Rejoin) -> Recs:
+        ts = self.tasks.get(event.key)
+        if ts is None or ts not in self.long_running:  # it holds its thread still
+            self._out.append(ins.Rejoined(event.stimulus_id, event.key))
+        else:
+            self._rejoining.append(ts)  # served first when a slot frees
+        return {}
+
     def _handle_gather_success(self, event: ev.GatherDepSuccess) -> Recs:
         recs: Recs = {}
         arrived = []
@@ -456,7 +467,9 @@ class WorkerState(TransitionEngine):
     # ------------------------------------------------------------------ scheduling
 
     def _ensure_computing(self, stimulus_id: str) -> None:
-        if self.paused:
+        while self._rejoining and len(self.executing) < self.nthreads:
+            self._rejoin(self._rejoining.popleft(), stimulus_id)
+        if self.paused or self._rejoining:
             return
         while self._constrained and len(self.executing) < self.nthreads:
             ts = self._constrained[0]
@@ -475,6 +488,15 @@ class WorkerState(TransitionEngine):
                 self._constrained.append(ts)
                 continue
             self._start(ts, stimulus_id)
+
+    def _rejoin(self, ts: WorkerTask, stimulus_id: str) -> None:
+        """A seceded task takes a slot again."""
+        if ts.state == "long-running":
+            self._run({ts.key: "executing"}, stimulus_id)
+        elif ts in self.long_running:  # cancelled meanwhile: it still runs, in a slot
+            self.long_running.discard(ts)
+            self._take_thread(ts)
+        self._out.append(ins.Rejoined(stimulus_id, ts.key))
 
     def _start(self, ts: WorkerTask, stimulus_id: str) -> None:
         self._run({ts.key: "executing"}, stimulus_id)
@@ -520,6 +542,11 @@ class WorkerState(TransitionEngine):
             self._out.append(ins.GatherDep(stimulus_id, peer, tuple(m.key for m in batch), total))
         for item in skipped:
             heapq.heappush(self._fetch, item)
+
+    def _take_thread(self, ts: WorkerTask) -> None:
+        self.executing.add(ts)
+        for resource, amount in (ts.resources or {}).items():
+            self.available_resources[resource] -= amount
 
     def _release_thread(self, ts: WorkerTask) -> None:
         if ts in self.executing:
@@ -574,10 +601,14 @@ class WorkerState(TransitionEngine):
 
     def _ready_to_executing(self, ts: WorkerTask, stimulus_id: str) -> Recs:
         ts.state = "executing"
-        self.executing.add(ts)
-        for resource, amount in (ts.resources or {}).items():
-            self.available_resources[resource] -= amount
+        self._take_thread(ts)
         self._out.append(ins.Execute(stimulus_id, ts.key, ts.run_id))
+        return {}
+
+    def _long_running_to_executing(self, ts: WorkerTask, stimulus_id: str) -> Recs:
+        self.long_running.discard(ts)
+        ts.state = "executing"
+        self._take_thread(ts)
         return {}
 
     def _executing_to_long_running(self, ts: WorkerTask, stimulus_id: str) -> Recs:
@@ -698,6 +729,8 @@ class WorkerState(TransitionEngine):
                 assert ts in dep.dependents, (ts, dep)
         for ts in self.executing:
             assert ts.state in ("executing", "cancelled"), ts
+        for ts in self._rejoining:
+            assert ts in self.long_running, ts
         held = sum(ts.nbytes for ts in self.tasks.values() if ts.state == "memory")
         assert self.nbytes == held, (self.nbytes, held)
         assert len(self.executing) <= self.nthreads or self.paused
