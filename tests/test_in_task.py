@@ -95,7 +95,7 @@ def test_a_chain_of_fifty_nested_tasks(pc):
 @pytest.mark.timeout(60)
 def test_one_client_per_worker_process_reused(pc, processes):
     results = pc.gather([pc.submit(which_client, pure=False) for _ in range(6)])
-    for pid, first, second, address in results:
+    for _pid, first, second, address in results:
         assert first == second and address == processes.scheduler_address
     by_pid: dict = {}
     for pid, first, _, _ in results:
