@@ -218,7 +218,7 @@ class Client:
             self.pool.routes[self.scheduler_address] = scheduler.inproc_address
         route = self.pool.routes.get(self.scheduler_address, self.scheduler_address)
         comm = await connect(route, timeout=self._timeout)
-        await comm.write({**rq.RegisterClient(self.id).to_message(), "reply": False})
+        await comm.write(rq.RegisterClient(self.id))
         reply = await asyncio.wait_for(comm.read(), self._timeout)
         try:
             rq.decode_reply(rq.RegisterClient, reply)

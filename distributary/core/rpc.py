@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from distributary.comm import Comm, CommClosedError, connect, normalize_address
-from distributary.protocol.requests import Request, decode_reply
+from distributary.protocol.requests import Request, decode_reply, wants_reply
 
 __all__ = ["ConnectionPool"]
 
@@ -138,22 +138,18 @@ class ConnectionPool:
         no class declares, as a test sends) gets its reply as it came.  With
         ``"reply": False`` in a dict nothing is read and None is returned.
         """
-        if isinstance(msg, Request):
-            cls: type[Request] = type(msg)
-            msg = msg.to_message()
-        else:
-            cls = Request
+        cls = type(msg) if isinstance(msg, Request) else Request
         if timeout is None:
             reply = await self._call(addr, msg)
         else:
             reply = await asyncio.wait_for(self._call(addr, msg), timeout)
         return decode_reply(cls, reply)
 
-    async def _call(self, addr: str, msg: dict) -> Any:
+    async def _call(self, addr: str, msg: Request | dict) -> Any:
         comm = await self.connect(addr)
         try:
-            await comm.write(msg)
-            reply = await comm.read() if msg.get("reply", True) else None
+            await comm.write(msg)  # (a request in memory travels as itself)
+            reply = await comm.read() if wants_reply(msg) else None
         except BaseException:
             comm.abort()
             self.reuse(addr, comm)

@@ -21,6 +21,7 @@ from typing import Any
 from distributary.comm import Comm, CommClosedError, Listener, listen
 from distributary.protocol import error_message
 from distributary.protocol.message import Catalogue
+from distributary.protocol.requests import Request, wants_reply
 
 __all__ = ["Server"]
 
@@ -85,14 +86,14 @@ class Server:
                     msg = await comm.read()
                 except CommClosedError:
                     return
-                if not isinstance(msg, dict):
+                if not isinstance(msg, dict | Request):
                     result: Any = error_message(
                         ValueError(f"Expected a dict with an 'op' key, got {_describe(msg)}")
                     )
                     if not await self._reply(comm, result):
                         return
                     continue
-                op = msg.get("op")
+                op = msg.op if isinstance(msg, Request) else msg.get("op")
                 error: Exception | None = None
                 if not isinstance(op, str) or op not in self._requests:
                     error = ValueError(f"Unknown operation {op!r}")
@@ -113,7 +114,7 @@ class Server:
                                 exc_info=error,
                             )
                         return
-                if not msg.get("reply", True):
+                if not wants_reply(msg):
                     if error is not None:
                         logger.error(
                             "Operation %r from %s failed (no reply wanted)",

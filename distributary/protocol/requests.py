@@ -26,9 +26,14 @@ OK = Literal["OK"]
 
 
 class Request(Message):
-    """Base of the requests; ``reply_type`` is the type of the answer."""
+    """Base of the requests; ``reply_type`` is the type of the answer.
+
+    With ``reply = False`` the server does not answer with what the handler returns:
+    the handler takes the connection over (it becomes a stream) and answers itself.
+    """
 
     reply_type: ClassVar[Any] = Any
+    reply: ClassVar[bool] = True
 
 
 class Reply(msgspec.Struct, frozen=True):
@@ -39,10 +44,18 @@ class Reply(msgspec.Struct, frozen=True):
         return msgspec.structs.asdict(self)
 
 
+def wants_reply(msg: Request | dict) -> bool:
+    """Whether the server answers ``msg`` (a request, or a dict naming an op) with
+    what its handler returns (a dict may say ``"reply": False``)."""
+    return type(msg).reply if isinstance(msg, Request) else msg.get("reply", True)
+
+
 def decode_reply(request: type[Request], reply: Any) -> Any:
     """``reply`` as ``request`` declares it; an error reply raises its exception."""
     if reply.__class__ is dict and reply.get("status") == "error":
         raise rebuild_exception(reply)
+    if reply.__class__ is request.reply_type:  # (made in this process, in memory)
+        return reply
     try:
         return msgspec.convert(reply, request.reply_type)
     except msgspec.ValidationError as exc:
@@ -104,6 +117,7 @@ class RegisterWorker(Request):
 
     op: ClassVar[str] = "register-worker"
     reply_type: ClassVar[Any] = Registered
+    reply: ClassVar[bool] = False
 
     address: str
     nthreads: int
@@ -118,6 +132,7 @@ class RegisterClient(Request):
 
     op: ClassVar[str] = "register-client"
     reply_type: ClassVar[Any] = Registered
+    reply: ClassVar[bool] = False
 
     client: str
 

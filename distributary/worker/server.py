@@ -224,7 +224,7 @@ class Worker(ServerNode):
                 resources=self.resources,
                 nanny=self.nanny,
             )
-            await comm.write({**register.to_message(), "reply": False})
+            await comm.write(register)
             reply = await comm.read()
         except BaseException:
             comm.abort()
