@@ -617,6 +617,15 @@ def test_futures_of_with_a_client_raises_for_a_cancelled_future(c):
     assert futures_of([kept], client=c) == [kept]
 
 
+def test_fire_and_forget_runs_after_its_client_closed(cluster):
+    gate, flag = new_event(), new_event()
+    with Client(cluster, set_as_default=False) as gone:
+        fire_and_forget(gone.submit(set_event, flag, gone.submit(wait_for, gate)))
+    EVENTS[gate].set()  # the tasks can finish only now, with no client left
+    poll(EVENTS[flag].is_set)
+    poll(lambda: not cluster.scheduler.tasks)
+
+
 def test_blocking_refcount_and_fire_and_forget(c, cluster):
     s = cluster.scheduler
     f = c.submit(inc, 1)
