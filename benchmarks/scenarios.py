@@ -136,6 +136,54 @@ def tree_reduction(lib: ModuleType, client: Any, quick: bool) -> Figures:
 
 
 @scenario(
+    "lock-round-trips",
+    headline="per_s",
+    unit="round trips/s",
+    higher_is_better=True,
+    details=("seconds",),
+)
+def lock_round_trips(lib: ModuleType, client: Any, quick: bool) -> Figures:
+    """``lock.acquire(); lock.release()`` of one named Lock from the client, in a loop."""
+    rounds = 100 if quick else 1_000
+    lock = lib.Lock("benchmark-lock")  # (the client is the default one)
+    for _ in range(10):  # warm-up
+        lock.acquire()
+        lock.release()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        if not lock.acquire():
+            raise AssertionError("acquire returned False")
+        lock.release()
+    seconds = time.perf_counter() - start
+    if lock.locked():
+        raise AssertionError("the lock is still held")
+    return {"per_s": rounds / seconds, "seconds": seconds, "rounds": rounds}
+
+
+@scenario(
+    "queue-put-get",
+    headline="items_per_s",
+    unit="items/s",
+    higher_is_better=True,
+    details=("seconds",),
+)
+def queue_put_get(lib: ModuleType, client: Any, quick: bool) -> Figures:
+    """``queue.put(i)`` of 2,000 items from the client, then as many ``queue.get()``."""
+    items = 200 if quick else 2_000
+    queue = lib.Queue("benchmark-queue")
+    queue.put(-1)
+    queue.get()  # warm-up
+    start = time.perf_counter()
+    for i in range(items):
+        queue.put(i)
+    got = [queue.get() for _ in range(items)]
+    seconds = time.perf_counter() - start
+    if got != list(range(items)):
+        raise AssertionError("the queue gave the items back out of order or changed")
+    return {"items_per_s": items / seconds, "seconds": seconds, "items": items}
+
+
+@scenario(
     "cluster-lifecycle",
     headline="total_s",
     unit="s",

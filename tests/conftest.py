@@ -76,6 +76,11 @@ def gen_cluster(nthreads: tuple = (1, 1), protocols: tuple = ("tcp",), timeout: 
     return decorator
 
 
+def second_client(s: Scheduler) -> Client:
+    """Another asynchronous client of ``s`` (await it; close it), not the default."""
+    return Client(s.address, asynchronous=True, set_as_default=False)
+
+
 def _leaks(before: set[int]) -> list[str]:
     found = [
         f"thread {t.name!r}"

@@ -17,7 +17,7 @@ import threading
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import apoll, gen_cluster, poll
+from conftest import apoll, gen_cluster, poll, second_client
 
 from distributary import Client, Future, futures_of
 from distributary.protocol import Serialize
@@ -38,10 +38,6 @@ EVENTS: dict[str, threading.Event] = {}
 def held_anywhere(key, s, *workers) -> bool:
     """Whether the scheduler knows the key or a worker holds its data."""
     return key in s.tasks or any(key in w.data for w in workers)
-
-
-def second_client(s) -> Client:
-    return Client(s.address, asynchronous=True, set_as_default=False)
 
 
 # ---------------------------------------------------------------------- round trips

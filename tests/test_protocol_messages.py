@@ -10,7 +10,9 @@ import msgspec
 import pytest
 
 from distributary.protocol import error_message
+from distributary.protocol import locks as lk
 from distributary.protocol import requests as rq
+from distributary.protocol import shared as sh
 from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
 from distributary.protocol.message import Catalogue, Key, Message, StreamMessage
 from distributary.protocol.wire import ProtocolError, dumps_message, loads_message
@@ -23,10 +25,20 @@ CATALOGUES["scheduler"] = Catalogue(
     *(rq.Identity, rq.Terminate, rq.RegisterWorker, rq.RegisterClient, rq.WhoHas, rq.Story),
     *(rq.WorkerKilled, rq.WorkersToClose, rq.RetireWorkers, rq.Restart, rq.WaitForWorkers),
     *(rq.PublishPut, rq.PublishGet, rq.PublishList, rq.PublishDelete),
+    *(rq.RunOnWorkers, rq.RunFunction),
+    *(lk.LockAcquire, lk.LockRelease, lk.LockLocked, lk.MultiLockAcquire, lk.MultiLockRelease),
+    *(lk.SemaphoreRegister, lk.SemaphoreAcquire, lk.SemaphoreRelease, lk.SemaphoreRefresh),
+    *(lk.SemaphoreValue, lk.SemaphoreClose),
+    *(sh.QueueCreate, sh.QueuePut, sh.QueueGet, sh.QueueSize),
+    *(sh.VariableSet, sh.VariableGet, sh.VariableDelete, sh.PubSubGet),
+    *(sh.EventSet, sh.EventClear, sh.EventIsSet, sh.EventWait),
 )
-CATALOGUES["worker"] = Catalogue(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker)
+CATALOGUES["worker"] = Catalogue(
+    rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction
+)
 CATALOGUES["nanny"] = Catalogue(
-    *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully)
+    *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully),
+    rq.RunFunction,
 )
 CLASSES = [(name, cls) for name, cat in CATALOGUES.items() for cls in cat.classes]
 IDS = [f"{name}:{cls.op}" for name, cls in CLASSES]
@@ -165,14 +177,23 @@ def test_every_message_is_declared_once():
     ops = [(side, cls.op) for side, cls in CLASSES]
     assert len(ops) == len(set(ops))
     requests = {cls for side, cls in CLASSES if issubclass(cls, rq.Request)}
-    declared = {v for v in vars(rq).values() if isinstance(v, type) and issubclass(v, rq.Request)}
-    assert requests == declared - {rq.Request}  # every request is served by someone
+    declared = {
+        cls for cls in _all_subclasses(rq.Request) if cls.__module__.startswith("distributary.")
+    }
+    assert requests == declared  # every request is served by someone
     for _, cls in CLASSES:  # a stream message knows its peer; a request has none
         assert bool(cls.peer_fields) == issubclass(cls, StreamMessage), cls
     for _, cls in CLASSES:
         assert issubclass(cls, Message)
         assert cls.__struct_config__.frozen and "__slots__" in cls.__dict__
         assert cls.__doc__
+
+
+def _all_subclasses(cls: type) -> set[type]:
+    found = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= _all_subclasses(sub)
+    return found
 
 
 @pytest.mark.parametrize(

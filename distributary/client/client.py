@@ -674,6 +674,43 @@ class Client:
             cluster.retire_workers, self._call_scheduler, workers, close_workers, **kwargs
         )
 
+    def run(
+        self,
+        function: Callable,
+        *args: Any,
+        workers: Any = None,
+        wait: bool = True,
+        nanny: bool = False,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``function(*args, **kwargs)`` on every worker (or those in ``workers``:
+        addresses or names), in its event loop; ``{address: result}``.
+
+        A function taking ``dask_worker`` gets the worker (the nanny with
+        ``nanny=True``).  A coroutine function is awaited there, or only started with
+        ``wait=False`` (None is returned).  What a worker raises is raised here
+        (``on_error="raise"``), returned in place of its result ("return"), or that
+        worker left out ("ignore").
+        """
+        if isinstance(workers, str):
+            workers = [workers]
+        request = cluster.run_request(
+            function,
+            args,
+            kwargs,
+            workers=None if workers is None else tuple(workers),
+            nanny=nanny,
+            wait=wait,
+        )
+        return self.sync(cluster.run, self._call_scheduler, request, on_error)
+
+    def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run ``function(*args, **kwargs)`` in the scheduler's event loop and return
+        what it gives; a function taking ``dask_scheduler`` gets the scheduler."""
+        request = cluster.run_request(function, args, kwargs)
+        return self.sync(cluster.run_on_scheduler, self._call_scheduler, request)
+
     def write_scheduler_file(self, scheduler_file: str) -> None:
         """Write the scheduler's address to a JSON file that ``Client(scheduler_file=...)``,
         workers and nannies can read."""

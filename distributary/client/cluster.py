@@ -11,10 +11,12 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from dask.utils import parse_timedelta
+from dask.utils import funcname, parse_timedelta
 
 from distributary.client.structures import collect_futures
 from distributary.protocol import requests as rq
+from distributary.protocol.errors import RemoteError
+from distributary.protocol.serialize import deserialize, serialize
 
 SchedulerCall = Callable[..., Awaitable[Any]]
 
@@ -79,6 +81,55 @@ async def wait_for_workers(call: SchedulerCall, n_workers: int, timeout: Any = N
     """Until at least ``n_workers`` workers have joined (the scheduler answers then);
     TimeoutError after ``timeout``."""
     await call(rq.WaitForWorkers(n_workers, timeout))
+
+
+_ON_ERROR = ("raise", "return", "ignore")
+
+
+def run_request(function: Any, args: tuple, kwargs: dict, **options: Any) -> rq.Request:
+    """The request to run ``function`` remotely: ``RunOnWorkers`` given ``options``
+    (workers, nanny, wait), else ``RunFunction`` (on the scheduler); each part pickled
+    here, so that what cannot be pickled is a TypeError naming it at once."""
+    if not callable(function):
+        raise TypeError(f"run needs a callable, not {type(function).__name__}")
+    parts = {}
+    for name, value in (("function", function), ("args", args), ("kwargs", kwargs)):
+        try:
+            parts[name] = serialize(value)
+        except Exception as exc:
+            raise TypeError(f"Could not pickle the {name} of {funcname(function)}: {exc}") from exc
+    if options:
+        return rq.RunOnWorkers(**parts, **options)
+    return rq.RunFunction(**parts)
+
+
+async def run(
+    call: SchedulerCall, request: rq.RunOnWorkers, on_error: str
+) -> dict[str, Any] | None:
+    """What the function gave on each worker, by address (None without ``wait``).
+
+    ``on_error``: "raise" the first error, "return" it in place of the result, or
+    "ignore" that worker.
+    """
+    if on_error not in _ON_ERROR:
+        raise ValueError(f"on_error must be one of {_ON_ERROR}, not {on_error!r}")
+    results = {}
+    for address, ran in (await call(request)).items():
+        if ran.error is None:
+            results[address] = deserialize(ran.result)
+        elif on_error == "raise":
+            raise RemoteError.from_reply(ran.error).rebuild()
+        elif on_error == "return":
+            results[address] = RemoteError.from_reply(ran.error).rebuild()
+    return results if request.wait else None
+
+
+async def run_on_scheduler(call: SchedulerCall, request: rq.RunFunction) -> Any:
+    """What the function gave on the scheduler; what it raised is raised here."""
+    ran = await call(request)
+    if ran.error is not None:
+        raise RemoteError.from_reply(ran.error).rebuild()
+    return deserialize(ran.result)
 
 
 def write_scheduler_file(path: str, address: str | None, info: dict) -> None:

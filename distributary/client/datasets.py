@@ -1,11 +1,11 @@
 """Published datasets, client side: ``Client.publish_dataset``, ``get_dataset`` and friends.
 
-A published value is pickled here, with every :class:`Future` in it pickled as a
-persistent reference to its key (:class:`_DatasetPickler`): the bytes name keys only,
-and the pickler reports exactly which keys they name.  The scheduler stores the bytes
+A published value is pickled here with every :class:`Future` in it as a reference to
+its key (:mod:`distributary.client.values`): the bytes name keys only, and the
+pickler reports exactly which keys they name.  The scheduler stores the bytes
 and makes a pseudo-client want those keys (see :mod:`distributary.scheduler.datasets`).
 
-``get_dataset`` unpickles with :class:`_DatasetUnpickler`, which turns each reference
+``get_dataset`` unpickles with ``FutureUnpickler``, which turns each reference
 back into a Future of *this* client (not of the default client), and then tells the
 scheduler on the client's ordered stream that this client wants those keys; they stay
 alive while its futures do, even once the dataset is unpublished.
@@ -18,16 +18,11 @@ request only once that message has arrived, so the futures created just before (
 
 from __future__ import annotations
 
-import io
-import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
-from distributary.client.future import Future
+from distributary.client.values import FutureUnpickler, dumps_with_futures
 from distributary.protocol import requests as rq
-from distributary.protocol.serialize import OUT_OF_BAND_THRESHOLD, Serialized
 
 if TYPE_CHECKING:
     from distributary.client.client import Client
@@ -37,84 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["NO_DEFAULT", "DatasetRequests", "Datasets"]
 
 NO_DEFAULT = "__no_default__"  # get_dataset without a default raises KeyError
-_FUTURE_TAG = "distributary-future"
-_MAIN_MARKER = b"__main__"
-
-
-# ---------------------------------------------------------------------- pickling
-
-
-def _make_pickler(base: type) -> type:
-    class Pickler(base):  # type: ignore[misc, valid-type]
-        """Pickle futures as persistent references to their keys, and collect those."""
-
-        def __init__(self, file: Any, buffers: list) -> None:
-            def buffer_callback(buf: pickle.PickleBuffer) -> bool:
-                raw = buf.raw()
-                if raw.nbytes < OUT_OF_BAND_THRESHOLD:
-                    return True  # small: in band
-                buffers.append(raw)
-                return False
-
-            super().__init__(file, protocol=5, buffer_callback=buffer_callback)
-            self.keys: dict = {}
-
-        def persistent_id(self, obj: Any) -> Any:
-            if isinstance(obj, Future):
-                self.keys[obj.key] = None
-                return (_FUTURE_TAG, obj.key)
-            return None
-
-    return Pickler
-
-
-_DatasetPickler = _make_pickler(pickle.Pickler)
-_DatasetCloudPickler = _make_pickler(cloudpickle.Pickler)
-_DatasetPickler.__name__ = _DatasetPickler.__qualname__ = "_DatasetPickler"
-_DatasetCloudPickler.__name__ = _DatasetCloudPickler.__qualname__ = "_DatasetCloudPickler"
-
-
-def dumps_dataset(value: Any) -> tuple[Serialized, list]:
-    """Pickle ``value`` into frames; return them and the keys of the futures inside.
-
-    The standard pickler first (fast), cloudpickle when it fails or when the value
-    refers to ``__main__`` (which another process cannot import).
-    """
-    error: Exception | None = None
-    for pickler in (_DatasetPickler, _DatasetCloudPickler):
-        file = io.BytesIO()
-        buffers: list = []
-        try:
-            p = pickler(file, buffers)
-            p.dump(value)
-        except Exception as exc:
-            error = exc
-            continue
-        frames = [file.getvalue(), *buffers]
-        if pickler is _DatasetPickler and _MAIN_MARKER in frames[0]:
-            continue
-        return Serialized(frames), list(p.keys)
-    raise TypeError(
-        f"Could not serialize dataset of type {type(value).__name__}: {error}"
-    ) from error
-
-
-class _DatasetUnpickler(pickle.Unpickler):
-    """Unpickle a dataset, making its futures futures of ``client``."""
-
-    def __init__(self, frames: list, client: FutureOwner) -> None:
-        super().__init__(io.BytesIO(frames[0]), buffers=frames[1:])
-        self.client = client
-        self.futures: dict[Any, Future] = {}
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, tuple) and len(pid) == 2 and pid[0] == _FUTURE_TAG):
-            raise pickle.UnpicklingError(f"Unknown persistent reference {pid!r:.100}")
-        key = pid[1]
-        future = self.futures.get(key)
-        if future is None:  # one Future per key: shared references stay shared
-            future = self.futures[key] = Future(key, self.client)
-        return future
 
 
 # ---------------------------------------------------------------------- requests
@@ -165,7 +82,7 @@ class DatasetRequests:
         data = []
         keys = []
         for value in values:
-            frames, value_keys = dumps_dataset(value)
+            frames, value_keys = dumps_with_futures(value)
             data.append(frames)
             keys.append(value_keys)
         uid = self._outbox.flush_marker()
@@ -199,7 +116,7 @@ class DatasetRequests:
             wanted.update(dict.fromkeys(reply.keys))
             if error is not None:
                 continue
-            unpickler = _DatasetUnpickler(reply.data.frames, self._owner)
+            unpickler = FutureUnpickler(reply.data.frames, self._owner)
             try:
                 outs.append(unpickler.load())
             except Exception as exc:

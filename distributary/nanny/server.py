@@ -41,6 +41,7 @@ from dask.utils import format_bytes, parse_timedelta
 
 from distributary.comm.addressing import parse_address
 from distributary.core import ConnectionPool, Server
+from distributary.core.run import run_function
 from distributary.nanny.process import WorkerProcess, WorkerProcessDied, _worker_environment
 from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol import requests as rq
@@ -136,6 +137,7 @@ class Nanny(ServerNode):
                 rq.Terminate: self._handle_terminate,
                 rq.CloseGracefully: self._handle_close_gracefully,
                 rq.Identity: self._handle_identity,
+                rq.RunFunction: self._handle_run,
             },
         )
         self._lock = asyncio.Lock()
@@ -356,6 +358,9 @@ class Nanny(ServerNode):
     async def _handle_close_gracefully(self, comm: Any, msg: rq.CloseGracefully) -> str:
         await self.close_gracefully()
         return "OK"
+
+    async def _handle_run(self, comm: Any, msg: rq.RunFunction) -> rq.Ran:
+        return await run_function(msg, self, "dask_worker")
 
     def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
         return {

@@ -85,6 +85,14 @@ class Data(Reply):
     data: dict[Key, Any]
 
 
+class Ran(Reply):
+    """What a function run on a server gave: its pickled result, or the error reply of
+    what it raised."""
+
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
 class Stored(Reply):
     """What a worker now keeps: the size and the type name of each value."""
 
@@ -100,6 +108,20 @@ class Identity(Request):
 
     op: ClassVar[str] = "identity"
     reply_type: ClassVar[Any] = dict[str, Any]
+
+
+class RunFunction(Request):
+    """Run ``function(*args, **kwargs)`` (each pickled) here, in the server's event loop
+    (awaited if a coroutine function, unless not ``wait``), passing the server as
+    ``dask_worker`` (a worker or a nanny) or ``dask_scheduler`` if it takes that."""
+
+    op: ClassVar[str] = "run"
+    reply_type: ClassVar[Any] = Ran
+
+    function: Any
+    args: Any
+    kwargs: Any
+    wait: bool = True
 
 
 class Terminate(Request):
@@ -205,6 +227,21 @@ class Restart(Request):
 
     timeout: Seconds = 30
     wait_for_workers: bool = True
+
+
+class RunOnWorkers(Request):
+    """Run a function on these workers (addresses or names; all when None), or on their
+    nannies, as :class:`RunFunction` says: what each gave, by worker address."""
+
+    op: ClassVar[str] = "run-on-workers"
+    reply_type: ClassVar[Any] = dict[str, Ran]
+
+    function: Any
+    args: Any
+    kwargs: Any
+    workers: tuple[Any, ...] | None = None
+    nanny: bool = False
+    wait: bool = True
 
 
 class WaitForWorkers(Request):

@@ -42,7 +42,7 @@ __all__ = [
     "AddWorker",
     "CancelKeys",
     "CancelRetirement",
-    "Event",
+    "AnyEvent",
     "ClientDesiresKeys",
     "ClientReleasesKeys",
     "FireAndForget",
@@ -144,4 +144,4 @@ class Restart(SchedulerEvent):
     """
 
 
-Event = SchedulerEvent | FromWorker | FromClient
+AnyEvent = SchedulerEvent | FromWorker | FromClient

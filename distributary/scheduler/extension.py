@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from distributary.core import ConnectionPool
-    from distributary.scheduler.events import Event
+    from distributary.scheduler.events import AnyEvent
     from distributary.scheduler.records import WorkerRecord
     from distributary.scheduler.state import SchedulerState
 
@@ -34,7 +34,7 @@ class SchedulerContext(Protocol):
     state: SchedulerState  # to read; changed only through handle()
     pool: ConnectionPool  # to call workers and nannies
 
-    def handle(self, *events: Event) -> None:
+    def handle(self, *events: AnyEvent) -> None:
         """Hand events to the state machine and carry out what it answers."""
 
     def is_connected(self, peer: str) -> bool:

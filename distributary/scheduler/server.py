@@ -36,8 +36,16 @@ from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.extension import SchedulerExtension
 from distributary.scheduler.flushes import StreamFlushes
 from distributary.scheduler.lifecycle import WorkerLifecycle
+from distributary.scheduler.locks import LockExtension
+from distributary.scheduler.named_events import EventExtension
+from distributary.scheduler.pubsub import PubSubExtension
+from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
+from distributary.scheduler.remote import RemoteExecution
+from distributary.scheduler.semaphores import SemaphoreExtension
+from distributary.scheduler.shared import SharedValues
 from distributary.scheduler.state import SchedulerState
+from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
 
 logger = logging.getLogger("distributary.scheduler")
@@ -104,7 +112,27 @@ class Scheduler(ServerNode):
         self.flushes = StreamFlushes(self)
         self.datasets = DatasetExtension(self)
         self.lifecycle = WorkerLifecycle(self)
-        self.extensions: list[SchedulerExtension] = [self.flushes, self.datasets, self.lifecycle]
+        self.remote = RemoteExecution(self)
+        self.locks = LockExtension(self)
+        self.semaphores = SemaphoreExtension(self)
+        self.shared_values = SharedValues(self)
+        self.queues = QueueExtension(self, self.shared_values)
+        self.variables = VariableExtension(self, self.shared_values)
+        self.named_events = EventExtension(self)
+        self.pubsub = PubSubExtension(self)
+        self.extensions: list[SchedulerExtension] = [
+            self.flushes,
+            self.datasets,
+            self.lifecycle,
+            self.remote,
+            self.locks,
+            self.semaphores,
+            self.shared_values,
+            self.queues,
+            self.variables,
+            self.named_events,
+            self.pubsub,
+        ]
         for extension in self.extensions:
             self.add_extension(extension)
 
@@ -221,7 +249,7 @@ class Scheduler(ServerNode):
 
     # ------------------------------------------------------------------ state machine
 
-    def handle(self, *events: ev.Event) -> None:
+    def handle(self, *events: ev.AnyEvent) -> None:
         """Hand events to the state machine and carry out what it answers: messages
         go out on their peers' streams, the rest to the extension that takes them."""
         if not events:

@@ -139,7 +139,7 @@ class SchedulerState(TransitionEngine):
 
     # ------------------------------------------------------------------ entry point
 
-    def handle(self, *events: ev.Event) -> list[ins.SchedulerInstruction]:
+    def handle(self, *events: ev.AnyEvent) -> list[ins.SchedulerInstruction]:
         """Apply events in order; return the instructions they produce."""
         for event in events:
             if isinstance(event, ev.FromClient) and event.seq:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distributary.scheduler.extension import SchedulerContext
 
 TIMED_OUT = object()  # what wait() returns when the timeout passed first
 
@@ -61,6 +64,11 @@ class WaitQueue:
                 return waiter
         return None
 
+    def serve_waiter(self, waiter: Waiter, value: Any = True) -> None:
+        """Hand ``value`` to this request (still waiting), wherever it is in the queue."""
+        waiter.future.set_result(value)
+        self._remove(waiter)
+
     def serve_all(self, value: Any = True) -> None:
         """Hand ``value`` to every request waiting."""
         while self.serve(value) is not None:
@@ -96,3 +104,16 @@ class WaitQueue:
             self._waiters.remove(waiter)
         except ValueError:
             pass
+
+
+def check_connected(scheduler: SchedulerContext, client: str | None) -> None:
+    """RuntimeError if ``client`` (the sender of a request that may wait) is not
+    connected: its requests would wait for nobody, as a leaving client's are dropped."""
+    if client is not None and not scheduler.is_connected(client):
+        raise RuntimeError(f"Client {client!r} is not connected to the scheduler")
+
+
+def caller_gone(scheduler: SchedulerContext, comm: Any, client: str | None) -> bool:
+    """Whether the answer to a request can no longer reach its caller: its connection
+    closed (an asynchronous caller gave up), or its client left."""
+    return comm.closed() or (client is not None and not scheduler.is_connected(client))

@@ -12,7 +12,7 @@ from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, 
 __all__ = [
     "AcquireReplicas",
     "ComputeTask",
-    "Event",
+    "AnyEvent",
     "ExecuteFailure",
     "ExecuteSuccess",
     "FreeKeys",
@@ -123,4 +123,4 @@ class PauseChange(WorkerEvent):
     paused: bool
 
 
-Event = WorkerEvent | ToWorker
+AnyEvent = WorkerEvent | ToWorker

@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.config
@@ -29,6 +28,7 @@ from dask.sizeof import sizeof
 
 from distributary.comm import CommClosedError, connect
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
+from distributary.core.run import run_function
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
@@ -42,6 +42,7 @@ from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
 from distributary.worker.state import WorkerState
+from distributary.worker.threads import TaskThreads
 
 logger = logging.getLogger("distributary.worker")
 
@@ -139,9 +140,8 @@ class Worker(ServerNode):
             max_peers_in_flight=dask.config.get("distributed.worker.connections.outgoing"),
             validate=validate,
         )
-        self.executor = executor or ThreadPoolExecutor(
-            self.nthreads, thread_name_prefix="distributary-task"
-        )
+        # (the state machine decides how many tasks run: the threads set no limit)
+        self.executor = executor or TaskThreads()
         self._own_executor = executor is None
         self._rejoins: dict[Any, threading.Event] = {}  # seceded task -> its wake-up
         # The client that tasks here use (get_client), made on first use and closed
@@ -154,6 +154,7 @@ class Worker(ServerNode):
                 rq.GetData: self._handle_get_data,
                 rq.UpdateData: self._handle_update_data,
                 rq.Identity: self._handle_identity,
+                rq.RunFunction: self._handle_run,
                 rq.CloseWorker: self._handle_close,
             },
         )
@@ -321,7 +322,7 @@ class Worker(ServerNode):
             logger.info("Lost the scheduler at %s; closing", self.scheduler_address)
             self._spawn(self.close(reason="scheduler-connection-lost"))
 
-    def _handle_all(self, events: list[ev.Event]) -> None:
+    def _handle_all(self, events: list[ev.AnyEvent]) -> None:
         self._handle(*events)
 
     def _send(self, msg: Message) -> None:
@@ -351,7 +352,7 @@ class Worker(ServerNode):
 
     # ------------------------------------------------------------------ the state machine
 
-    def _handle(self, *events: ev.Event) -> None:
+    def _handle(self, *events: ev.AnyEvent) -> None:
         for instruction in self.state.handle(*events):
             if isinstance(instruction, ins.FromWorker):
                 self._send(instruction)
@@ -421,8 +422,8 @@ class Worker(ServerNode):
         return current_task_key()
 
     def secede_current_task(self, key: Any) -> None:
-        """Called from a task's thread: that task stops counting against the thread pool."""
-        self._resize_pool(+1)
+        """Called from a task's thread: that task stops counting against the thread pool
+        (it keeps its thread; the next task gets another)."""
         self.loop.call_soon_threadsafe(self._handle, ev.Secede(f"secede-{key}", key))
 
     def rejoin_current_task(self, key: Any) -> None:
@@ -430,14 +431,6 @@ class Worker(ServerNode):
         woken = self._rejoins[key] = threading.Event()
         self.loop.call_soon_threadsafe(self._handle, ev.Rejoin(f"rejoin-{key}", key))
         woken.wait()
-        self._resize_pool(-1)
-
-    def _resize_pool(self, change: int) -> None:
-        if self._own_executor:
-            # A seceded task keeps its thread: the pool may start one more for the tasks
-            # the state machine now sends (idle threads are reused first).
-            with self.executor._shutdown_lock:
-                self.executor._max_workers += change
 
     async def _gather_dep(self, instruction: ins.GatherDep) -> None:
         stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"
@@ -478,6 +471,9 @@ class Worker(ServerNode):
         types = {key: type(value).__qualname__ for key, value in values.items()}
         self._handle(ev.UpdateData(f"update-data-{uuid.uuid4().hex[:8]}", values, nbytes, types))
         return rq.Stored(nbytes, types)
+
+    async def _handle_run(self, comm: Any, msg: rq.RunFunction) -> rq.Ran:
+        return await run_function(msg, self, "dask_worker")
 
     def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
         return {

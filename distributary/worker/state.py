@@ -179,7 +179,7 @@ class WorkerState(TransitionEngine):
 
     # ------------------------------------------------------------------ entry point
 
-    def handle(self, *events: ev.Event) -> list[ins.Instruction]:
+    def handle(self, *events: ev.AnyEvent) -> list[ins.Instruction]:
         """Apply events in order; return the instructions they produce."""
         stimulus_id = ""
         for event in events:
