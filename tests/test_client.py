@@ -27,6 +27,7 @@ from distributary import (
     Client,
     Future,
     FutureCancelledError,
+    Reschedule,
     TimeoutError,
     Worker,
     as_completed,
@@ -98,6 +99,13 @@ def fail_once(name):
     if ATTEMPTS[name] == 1:
         raise RuntimeError(f"first attempt of {name}")
     return "second time lucky"
+
+
+def reschedule_once(name):
+    ATTEMPTS[name] += 1
+    if ATTEMPTS[name] == 1:
+        raise Reschedule()
+    return ATTEMPTS[name]
 
 
 def worker_address(_=None):
@@ -615,6 +623,12 @@ def test_futures_of_with_a_client_raises_for_a_cancelled_future(c):
     with pytest.raises(FutureCancelledError, match="not wanted"):
         futures_of([kept, cancelled], client=c)
     assert futures_of([kept], client=c) == [kept]
+
+
+def test_a_task_raising_reschedule_runs_again(c):
+    name = new_event()
+    assert c.submit(reschedule_once, name).result() == 2
+    assert ATTEMPTS[name] == 2
 
 
 def test_fire_and_forget_runs_after_its_client_closed(cluster):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import pickle
 import time
-from pathlib import Path
 
 import pytest
 from conftest import apoll, gen_cluster, second_client
 from lock_holder import start_holder
 
-from distributary import Client, LocalCluster, Lock, MultiLock
+from distributary import Client, LocalCluster, Lock, MultiLock, Variable
 
 
 def nothing_left(table) -> bool:
@@ -166,24 +165,25 @@ def test_a_lock_passed_to_a_task_is_the_same_named_lock(c):
     assert not lock.locked()
 
 
-def locked_increment(path: str, _: int) -> None:
-    """In a task: add one to the number in the file ``path``, under a Lock."""
+def locked_increment(_: int) -> None:
+    """In a task: add one to the Variable "counter", under a Lock."""
+    counter = Variable("counter")
     with Lock("counter"):
-        value = int(Path(path).read_text())
+        value = counter.get()
         time.sleep(0.001)  # widens the window in which an unlocked update would be lost
-        Path(path).write_text(str(value + 1))
+        counter.set(value + 1)
 
 
 @pytest.mark.timeout(60)
-def test_no_update_is_lost_under_a_lock_across_worker_processes(tmp_path):
-    counter = tmp_path / "counter"
-    counter.write_text("0")
+def test_no_update_is_lost_under_a_lock_across_worker_processes():
     with (
         LocalCluster(processes=True, n_workers=2, threads_per_worker=1) as cluster,
         Client(cluster) as client,
     ):
-        client.gather(client.map(locked_increment, [str(counter)] * 20, range(20)))
-        assert int(counter.read_text()) == 20
+        counter = Variable("counter", client=client)
+        counter.set(0)
+        client.gather(client.map(locked_increment, range(20)))
+        assert counter.get() == 20
         assert nothing_left(cluster.scheduler.locks.locks)
 
 
