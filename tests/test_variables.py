@@ -184,6 +184,8 @@ def test_names_pickling_and_bad_arguments(c):
     x = pickle.loads(pickle.dumps(Variable("x")))
     assert x.name == "x" and repr(x) == "<Variable: 'x'>"
     Variable("x", maxsize=0)  # accepted, as dask.distributed documents it
+    with pytest.raises(ValueError, match="maxsize must be 0, not 3"):
+        Variable("x", maxsize=3)
     with pytest.raises(TypeError, match="name"):
         Variable({1})
     with pytest.raises(TypeError, match="colour"):

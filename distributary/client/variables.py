@@ -28,9 +28,9 @@ class Variable(SharedObject):
     made up.  The value is any picklable object; the futures inside it keep their data
     until the variable is set to something else or deleted, and come out as futures
     of the client that gets them.  Values travel through the scheduler: share big data
-    as the futures of ``client.scatter``.  ``maxsize`` is accepted as dask.distributed
-    documents it, and ignored (a variable holds one value).  With an asynchronous
-    client the methods return awaitables.
+    as the futures of ``client.scatter``.  ``maxsize`` is as dask.distributed documents
+    it: 0 (a variable holds one value; another size is a ValueError).  With an
+    asynchronous client the methods return awaitables.
 
     >>> x = Variable("x")  # doctest: +SKIP
     >>> x.set(123)  # doctest: +SKIP
@@ -41,6 +41,8 @@ class Variable(SharedObject):
     prefix = "variable"
 
     def __init__(self, name: Any = None, client: Client | None = None, maxsize: int = 0):
+        if maxsize != 0:
+            raise ValueError(f"A Variable holds one value: maxsize must be 0, not {maxsize!r}")
         super().__init__(name, client)
 
     def set(self, value: Any, timeout: Any = "30 s") -> Any:
