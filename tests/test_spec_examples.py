@@ -254,6 +254,13 @@ class _Proc:
             pytest.fail(f"process {self.pid} still running after {timeout} s:\n{self.stderr()}")
 
 
+def _default_sigint() -> None:
+    # As a program started from a terminal has it, even when these tests run where
+    # SIGINT is ignored (a shell's background job): Python then never raises
+    # KeyboardInterrupt, and the Ctrl-C test would hang.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def _process(path: pathlib.Path, new_session: bool = False) -> Iterator[_Proc]:
     """Start ``python path``; on the way out, kill whatever of it still runs."""
@@ -266,6 +273,7 @@ def _process(path: pathlib.Path, new_session: bool = False) -> Iterator[_Proc]:
             stderr=ferr,
             cwd=path.parent,
             start_new_session=new_session,
+            preexec_fn=_default_sigint,
         )
     proc = _Proc(popen, out, err)
     seen: dict[int, psutil.Process] = {}
