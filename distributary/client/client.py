@@ -64,14 +64,11 @@ def get_client(
     wanted = normalize_address(address) if address is not None else None
     if worker is not None and wanted in (None, normalize_address(worker.scheduler_address)):
         return _client_of(worker, timeout)
-    try:
-        client = default_client()
-    except ValueError:
-        if wanted is None:
-            raise
-    else:
-        if wanted in (None, client.scheduler_address):
-            return client
+    if wanted is None:
+        return default_client()  # (ValueError if there is none)
+    client = registry.default_client_or_none()
+    if client is not None and client.scheduler_address == wanted:
+        return client
     return Client(wanted, timeout=timeout, set_as_default=False)
 
 
@@ -81,10 +78,7 @@ def _client_of(worker: Any, timeout: Any) -> Client:
         client = worker.task_client
         if client is None or client.status == "closed":
             scheduler = normalize_address(worker.scheduler_address)
-            try:
-                default = default_client()
-            except ValueError:
-                default = None
+            default = registry.default_client_or_none()
             if default is not None and default.scheduler_address == scheduler:
                 return default
             client = worker.task_client = Client(

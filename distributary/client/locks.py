@@ -14,20 +14,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from dask.utils import parse_timedelta
-
 from distributary.client.client import Client
-from distributary.client.shared import ClientBound, ask
+from distributary.client.shared import ClientBound, ask, wait_seconds
 from distributary.protocol import locks as lk
 
 __all__ = ["Lock", "MultiLock"]
-
-
-def wait_seconds(timeout: Any) -> float | None:
-    """How long an acquire may wait: ``timeout`` (seconds, or text such as "200ms") as
-    seconds, not below zero; None for no limit."""
-    seconds = parse_timedelta(timeout)
-    return None if seconds is None else max(0.0, seconds)
 
 
 def _blocking_wait(blocking: bool, timeout: Any) -> float | None:

@@ -38,6 +38,14 @@ def default_client() -> Client:
     return client
 
 
+def default_client_or_none() -> Client | None:
+    """The default client, or None if there is none."""
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
 def make_default(client: Client) -> None:
     """Make ``client`` the default client, and dask's scheduler."""
     global _default_client

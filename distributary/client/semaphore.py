@@ -20,8 +20,8 @@ import dask.config
 from dask.utils import parse_timedelta
 
 from distributary.client.client import Client
-from distributary.client.locks import SharedPrimitive, wait_seconds
-from distributary.client.shared import ask
+from distributary.client.locks import SharedPrimitive
+from distributary.client.shared import ask, wait_seconds
 from distributary.protocol import locks as lk
 
 __all__ = ["Semaphore"]

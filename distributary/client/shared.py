@@ -121,12 +121,23 @@ def _is_key(name: Any) -> bool:
 def seconds(timeout: Any) -> float | None:
     """A timeout in seconds (from a number, a timedelta or dask's "200ms"), or None;
     ValueError for a negative one."""
-    if timeout is None:
-        return None
-    value = timeout if isinstance(timeout, int | float) else parse_timedelta(timeout)
-    if value < 0:
+    value = _parsed_seconds(timeout)
+    if value is not None and value < 0:
         raise ValueError(f"timeout must not be negative, got {timeout!r}")
     return value
+
+
+def wait_seconds(timeout: Any) -> float | None:
+    """How long an acquire may wait: ``timeout`` as seconds, not below zero; None for
+    no limit."""
+    value = _parsed_seconds(timeout)
+    return None if value is None else max(0.0, value)
+
+
+def _parsed_seconds(timeout: Any) -> float | None:
+    if timeout is None or isinstance(timeout, int | float):
+        return timeout
+    return parse_timedelta(timeout)
 
 
 def dumps_value(value: Any) -> tuple[Serialized, tuple]:
