@@ -325,8 +325,9 @@ def test_public_names_resolve_lazily():
         """
     )
     assert result.returncode == 0, result.stderr
-    client_module = "distributary.client.client"
-    assert result.stdout.split() == ["False", client_module, client_module, "True"]
+    assert result.stdout.split() == [
+        "False", "distributary.client.client", "distributary.client.in_task", "True"
+    ]
 
 
 # ---------------------------------------------------------------------- signatures

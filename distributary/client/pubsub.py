@@ -12,7 +12,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from distributary.client.client import get_client
+from distributary.client.in_task import get_client
 from distributary.client.shared import check_name, seconds
 from distributary.protocol import shared as sh
 from distributary.protocol.serialize import serialize

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from dask.utils import parse_timedelta
 
-from distributary.client.client import get_client
+from distributary.client.in_task import get_client
 from distributary.client.values import FutureUnpickler, dumps_with_futures
 from distributary.protocol.requests import Request
 from distributary.protocol.serialize import Serialized
