@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from benchmarks.tasks import add, first_started, inc, mark_and_sleep, noop, stamped_inc
+from benchmarks.tasks import (
+    add,
+    first_started,
+    inc,
+    mark_and_sleep,
+    noop,
+    sleep_50ms,
+    stamped_inc,
+)
 
 Figures = dict[str, float]
 ScenarioFn = Callable[[ModuleType, Any, bool], Figures]
@@ -206,6 +214,32 @@ def cluster_lifecycle(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> F
     closed = time.perf_counter()
     start_s, close_s = started - start, closed - closing
     return {"total_s": start_s + close_s, "start_s": start_s, "close_s": close_s}
+
+
+@scenario(
+    "unbalanced-map",
+    headline="makespan_s",
+    unit="s",
+    higher_is_better=False,
+    details=("workers_used",),
+    own_cluster=True,
+)
+def unbalanced_map(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """80 tasks of 50 ms placed on the first of four one-thread workers, with
+    ``allow_other_workers=True``: 1 s if the load is balanced, 4 s if it is not."""
+    n = 20 if quick else 80
+    with connected(lib, {**kwargs, "n_workers": 4}) as (_, client):
+        first = sorted(client.scheduler_info()["workers"])[0]
+        client.submit(sleep_50ms, -1, workers=[first], pure=False).result()  # (warm-up)
+        start = time.perf_counter()
+        futures = client.map(
+            sleep_50ms, range(n), workers=[first], allow_other_workers=True, pure=False
+        )
+        if client.gather(futures) != list(range(n)):
+            raise AssertionError("wrong results")
+        makespan = time.perf_counter() - start
+        used = {w for holders in client.who_has(futures).values() for w in holders}
+    return {"makespan_s": makespan, "workers_used": len(used)}
 
 
 @scenario(

@@ -15,6 +15,14 @@ def noop(x: object) -> None:
     """Do nothing."""
 
 
+def sleep_50ms(x: int) -> int:
+    """Sleep 50 ms; return ``x``."""
+    import time
+
+    time.sleep(0.05)
+    return x
+
+
 def mark_and_sleep(directory: str, seconds: float) -> None:
     """Leave a file named ``<pid>-<time started>`` in ``directory``, then sleep until
     ``seconds`` have passed or a file named ``stop`` appears there."""

@@ -24,7 +24,7 @@ def chain(length: int) -> dict:
 def parts_of(nodes: dict, wanted: set, size: int) -> list[tuple[list, list]]:
     return [
         ([task.key for task in tasks], want)
-        for tasks, want in graph_parts(nodes, list(nodes), wanted, 0, {}, None, size)
+        for tasks, want in graph_parts(nodes, list(nodes), wanted, (0,), {}, None, size)
     ]
 
 
@@ -40,8 +40,12 @@ def test_parts_follow_dask_order_and_keep_what_later_parts_need():
 def test_priorities_are_dask_order_across_parts():
     nodes = convert_legacy_graph({"a": (inc, 1), "b": (inc, 2), "c": (add, "a", "b")})
     order = dask.order.order(nodes)
-    tasks = [t for part, _ in graph_parts(nodes, list(nodes), {"c"}, 3, {}, None, 1) for t in part]
-    assert [t.priority for t in tasks] == sorted((-3, order[k]) for k in nodes)
+    tasks = [
+        t
+        for part, _ in graph_parts(nodes, list(nodes), {"c"}, (-3, 7.5), {}, None, 1)
+        for t in part
+    ]
+    assert [t.priority for t in tasks] == sorted((-3, 7.5, order[k]) for k in nodes)
     assert {t.key: t.dependencies for t in tasks}["c"] in (("a", "b"), ("b", "a"))
 
 

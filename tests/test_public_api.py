@@ -326,7 +326,10 @@ def test_public_names_resolve_lazily():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
-        "False", "distributary.client.client", "distributary.client.in_task", "True"
+        "False",
+        "distributary.client.client",
+        "distributary.client.in_task",
+        "True",
     ]
 
 

@@ -319,20 +319,16 @@ def test_dependency_in_memory_from_an_earlier_graph():
     assert s.tasks == {}
 
 
-def test_graph_in_parts_shares_one_place_in_the_order():
-    """Later parts of a graph (``continues``) keep its generation, even when another
-    client's graph arrived in between; a new graph of the same client does not."""
+def test_tasks_keep_the_priorities_their_clients_gave():
+    """The client says each task's place in line (user priority, submission window,
+    graph order), so the parts of a graph and the graphs of several clients compare."""
     s = state()
-    first = s.handle(graph("c", spec("a", priority=(0, 0))))
-    s.handle(graph("other", spec("o", priority=(0, 0))))
-    part = ev.UpdateGraph(
-        sid(), (spec("b", "a", priority=(0, 1)),), wanted=("b",), continues=True, client="c"
-    )
-    s.handle(part)
-    s.handle(graph("c", spec("n", priority=(0, 0))))
-    a, b, o, n = (s.tasks[k].priority for k in "abon")
-    assert a[:2] == b[:2] and a < b < o < n
-    assert not first  # (no workers yet: nothing to run)
+    s.handle(graph("c", spec("a", priority=(0, 1.5, 0))))
+    s.handle(graph("other", spec("o", priority=(0, 1.5, 1))))
+    s.handle(graph("c", spec("b", "a", priority=(0, 1.5, 2)), spec("n", priority=(-1, 9.0, 0))))
+    a, o, b, n = (s.tasks[k].priority for k in "aobn")
+    assert (a, o, b, n) == ((0, 1.5, 0), (0, 1.5, 1), (0, 1.5, 2), (-1, 9.0, 0))
+    assert n < a < o < b
 
 
 # ---------------------------------------------------------------------- queuing
@@ -1614,6 +1610,7 @@ class _Cluster:
         self.graphs = itertools.count()
         self.acquiring: list[tuple] = []  # (worker, key) copies asked for a retirement
         self.retired: list[str] = []  # workers the state says may leave
+        self.steals: list[tuple] = []  # steal requests not answered: (address, key, run_id)
         self.clock = 0.0
 
     # -- plumbing
@@ -1636,6 +1633,11 @@ class _Cluster:
                 run_id = self.running.pop((i.worker, key), None)
                 if run_id is not None and self.rng.random() < 0.3:
                     self.late.append((i.worker, key, run_id))  # it finished meanwhile
+        elif isinstance(i, ins.StealRequest):
+            assert self.running.get((i.worker, i.key)) == i.run_id, i  # asked of its worker
+            thief = s.stealing.in_flight[s.tasks[i.key]][0]
+            assert thief.status == "running" and thief is not s.workers[i.worker], i
+            self.steals.append((i.worker, i.key, i.run_id))
         elif isinstance(i, ins.AcquireReplicas):
             assert s.workers[i.worker].status == "running", i
             self.acquiring.extend((i.worker, key) for key in i.who_has)
@@ -1722,6 +1724,15 @@ class _Cluster:
             self.handle(
                 ev.TaskFinished(sid(), worker=address, key=key, run_id=run_id, nbytes=nbytes)
             )
+
+    def answer_steal(self) -> None:
+        """A worker answers a steal request: it gives the task back if it has not
+        started it (still that run, and at random)."""
+        address, key, run_id = self.steals.pop(self.rng.randrange(len(self.steals)))
+        accepted = self.running.get((address, key)) == run_id and self.rng.random() < 0.7
+        if accepted:
+            del self.running[(address, key)]
+        self.handle(ev.StealResponse(sid(), key, run_id, accepted, worker=address))
 
     def report_late(self) -> None:
         address, key, run_id = self.late.pop(self.rng.randrange(len(self.late)))
@@ -1875,6 +1886,7 @@ class _Cluster:
             (6, self.submit),
             (40 if self.running else 0, self.report),
             (4 if self.late else 0, self.report_late),
+            (10 if self.steals else 0, self.answer_steal),
             (4 if len(self.live) < _NWORKERS else 0, self.add_free_worker),
             (3 if self.live else 0, self.remove_worker),
             (3 if self.live else 0, self.pause_or_resume),
@@ -1913,6 +1925,8 @@ class _Cluster:
         for _ in range(100_000):
             while self.late:
                 self.report_late()
+            while self.steals:
+                self.answer_steal()
             if not self.running:
                 break
             (address, key), run_id = next(iter(self.running.items()))

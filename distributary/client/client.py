@@ -22,7 +22,7 @@ from distributary.client import cluster, registry
 from distributary.client.collections import GraphRunner
 from distributary.client.datasets import NO_DEFAULT, DatasetRequests, Datasets
 from distributary.client.future import Future
-from distributary.client.graphs import part_size, task_options
+from distributary.client.graphs import SubmissionWindows, no_actors, part_size, task_options
 from distributary.client.outbox import Outbox
 from distributary.client.registry import default_client
 from distributary.client.state import ClientState, FutureState
@@ -84,6 +84,7 @@ class Client:
         self._stream_task: asyncio.Task | None = None
         self.pool = ConnectionPool(limit=connection_limit, role="client")
         self._graphs = GraphRunner(self, self._outbox, self.gather)
+        self._windows = SubmissionWindows()
         self._transfer = DataTransfer(
             self, self._outbox, self.pool, self._call_scheduler, self._timeout
         )
@@ -281,10 +282,12 @@ class Client:
         """Run ``func(*args, **kwargs)`` on the cluster; return a Future of its result."""
         if not callable(func):
             raise TypeError(f"First argument to submit must be callable, got {func!r}")
+        no_actors(actor or actors)
         if key is None:
             key = _make_key(func, args, kwargs, pure)
         options = task_options(workers, resources, retries, allow_other_workers)
-        return self._submit_calls(func, [args], [key], kwargs, (-priority,), options)[0]
+        order = self._windows.priority(priority, fifo_timeout)
+        return self._submit_calls(func, [args], [key], kwargs, order, options)[0]
 
     def map(
         self,
@@ -313,6 +316,7 @@ class Client:
             raise TypeError(f"First argument to map must be callable, got {func!r}")
         if not iterables:
             raise ValueError("map needs at least one iterable")
+        no_actors(actor or actors)
         calls = list(zip(*iterables))
         if isinstance(key, list | tuple):
             if len(key) != len(calls):
@@ -327,7 +331,8 @@ class Client:
                 keys = [f"{name}-{uuid.uuid4().hex}" for _ in calls]
         options = task_options(workers, resources, retries, allow_other_workers)
         size = batch_size or part_size()
-        return self._submit_calls(func, calls, keys, kwargs, (-priority,), options, size)
+        order = self._windows.priority(priority, fifo_timeout)
+        return self._submit_calls(func, calls, keys, kwargs, order, options, size)
 
     def _submit_calls(
         self,
@@ -459,6 +464,7 @@ class Client:
         ``keys`` may be nested lists; the results come back in the same shape.
         With ``sync=False`` the futures come back instead.
         """
+        no_actors(actors)
         return self._graphs.get(
             dsk,
             keys,
@@ -467,7 +473,7 @@ class Client:
             allow_other_workers=allow_other_workers,
             resources=resources,
             retries=retries,
-            priority=priority,
+            priority=self._windows.priority(priority, fifo_timeout),
         )
 
     def compute(
@@ -489,6 +495,7 @@ class Client:
 
         A list gives a list; with ``sync=True`` the results instead of futures.
         """
+        no_actors(actors)
         return self._graphs.compute(
             collections,
             sync=sync,
@@ -497,7 +504,7 @@ class Client:
             allow_other_workers=allow_other_workers,
             resources=resources,
             retries=retries,
-            priority=priority,
+            priority=self._windows.priority(priority, fifo_timeout),
             traverse=traverse,
         )
 
@@ -515,6 +522,7 @@ class Client:
         **kwargs: Any,
     ) -> Any:
         """Start computing dask collections; return them backed by futures on the cluster."""
+        no_actors(actors)
         return self._graphs.persist(
             collections,
             optimize_graph=optimize_graph,
@@ -522,7 +530,7 @@ class Client:
             allow_other_workers=allow_other_workers,
             resources=resources,
             retries=retries,
-            priority=priority,
+            priority=self._windows.priority(priority, fifo_timeout),
         )
 
     # ------------------------------------------------------------------ datasets

@@ -52,7 +52,7 @@ class GraphRunner:
         self,
         graph: Any,
         keys: list,
-        priority: int = 0,
+        priority: tuple = (0,),
         workers: Any = None,
         allow_other_workers: bool | None = None,
         resources: dict | None = None,
@@ -114,7 +114,7 @@ class GraphRunner:
         allow_other_workers: bool | None,
         resources: dict | None,
         retries: int | None,
-        priority: int,
+        priority: tuple,
     ) -> Any:
         """``Client.get``: the results (or futures) of ``keys``, shaped like ``keys``."""
         wanted = list(flatten([keys]))  # [keys]: a lone tuple key is one key, not a list
@@ -134,7 +134,7 @@ class GraphRunner:
         allow_other_workers: Any,
         resources: dict | None,
         retries: int | None,
-        priority: int,
+        priority: tuple,
         traverse: bool,
     ) -> Any:
         """``Client.compute``: a future (or result) per collection."""
@@ -174,7 +174,7 @@ class GraphRunner:
         allow_other_workers: Any,
         resources: dict | None,
         retries: int | None,
-        priority: int,
+        priority: tuple,
     ) -> Any:
         """``Client.persist``: the collections, backed by futures on the cluster."""
         single = not isinstance(collections, list | tuple)

@@ -10,12 +10,15 @@ dependencies on data already on the cluster.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import dask.config
 import dask.order
 from dask._task_spec import Alias, GraphNode, TaskRef, convert_legacy_graph
+from dask.utils import parse_timedelta
 
 from distributary.protocol.client_messages import TaskSpec
 from distributary.protocol.tasks import dumps_node
@@ -25,6 +28,33 @@ def part_size() -> int:
     """Tasks per ``update-graph`` message (``distributed.client.graph-part-tasks``): a big
     graph goes out in parts, so that its first tasks start while the rest is pickled."""
     return max(int(dask.config.get("distributed.client.graph-part-tasks")), 1)
+
+
+class SubmissionWindows:
+    """The place in line of a client's work (dask.distributed's ``fifo_timeout``).
+
+    Work submitted within ``fifo_timeout`` of the start of the current window shares
+    its place: its tasks go by user priority, then graph order.  Work submitted later
+    opens a new window, and earlier windows go first, so one long computation does
+    not make work submitted after it wait for ever, nor jump ahead of it.  Windows are
+    stamped with the wall clock, so the work of several clients queues in the same line.
+    """
+
+    def __init__(self) -> None:
+        self._start = -math.inf
+
+    def priority(self, user_priority: int, fifo_timeout: Any) -> tuple[int, float]:
+        """The first part of the priority of the tasks of a submission made now."""
+        now = time.time()
+        if now > self._start + parse_timedelta(fifo_timeout):
+            self._start = now
+        return (-user_priority, self._start)
+
+
+def no_actors(actors: Any) -> None:
+    """Actors are not supported yet: say so rather than run the tasks as plain ones."""
+    if actors:
+        raise NotImplementedError("distributary does not support actors yet (actor=/actors=)")
 
 
 def task_options(workers: Any, resources: Any, retries: Any, allow_other_workers: bool) -> dict:
@@ -102,7 +132,7 @@ def graph_parts(
     nodes: dict,
     send: Iterable,
     wanted: set,
-    user_priority: int,
+    priority: tuple,
     options: dict,
     per_key: dict | None,
     size: int,
@@ -116,6 +146,8 @@ def graph_parts(
     A part is pickled only when it is asked for, so the first can be sent early.
 
     Every task gets ``options``; the tasks named in ``per_key`` get theirs on top.
+    A task's priority is ``priority`` (see :class:`SubmissionWindows`) and its place in
+    dask's order.
     """
     if per_key:
         per_key = _through_aliases(per_key, nodes)
@@ -131,7 +163,7 @@ def graph_parts(
             task = {
                 "key": key,
                 "payload": dumps_node(node),
-                "priority": (-user_priority, order[key]),
+                "priority": (*priority, order[key]),
                 **options,
             }
             if per_key and key in per_key:

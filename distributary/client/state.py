@@ -128,7 +128,6 @@ class PendingGraph:
         self.built: list[Draft] = []  # parts built and not yet taken by the outbox
         self.asked: set = set()  # every key the built messages ask the scheduler to keep
         self.kept_for_later: dict[Key, int] = {}  # other keys asked for: the seq that did
-        self.parts = 0  # built so far
         self.done = False
         self.error: RemoteError | None = None  # errs the wanted keys of the parts never built
 
@@ -212,10 +211,8 @@ class ClientState:
 
     def add_part(self, graph: PendingGraph, tasks: list[TaskSpec], want: list[Key]) -> None:
         """The next part of ``graph`` is built: its tasks, and the keys it asks to keep."""
-        part = Draft(UpdateGraph, tasks=tuple(tasks), wanted=tuple(want), continues=graph.parts > 0)
-        graph.built.append(part)
+        graph.built.append(Draft(UpdateGraph, tasks=tuple(tasks), wanted=tuple(want)))
         graph.asked.update(want)
-        graph.parts += 1
 
     def acquire(self, key: Key) -> FutureState:
         """Take a reference on a key named from elsewhere (an unpickled Future): if

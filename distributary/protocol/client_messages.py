@@ -47,15 +47,14 @@ class TaskSpec(msgspec.Struct, frozen=True):
 class UpdateGraph(FromClient):
     """The client submits tasks and wants the keys in ``wanted``.
 
-    ``continues``: these tasks are the next part of the client's previous graph, sent in
-    parts so that its first tasks can start early; they share its place in the order.
+    A big graph comes in several of these, so that its first tasks can start early;
+    the tasks' priorities (given by the client) keep their place in the order.
     """
 
     op: ClassVar[str] = "update-graph"
 
     tasks: tuple[TaskSpec, ...]
     wanted: tuple[Key, ...] = ()
-    continues: bool = False
 
 
 class ClientDesiresKeys(FromClient):

@@ -55,6 +55,16 @@ class AcquireReplicas(ToWorker):
     nbytes: dict[Key, int]
 
 
+class StealRequest(ToWorker):
+    """Give this task back if it has not started (work stealing); the worker answers
+    with :class:`StealResponse`."""
+
+    op: ClassVar[str] = "steal-request"
+
+    key: Key
+    run_id: int
+
+
 # ---------------------------------------------------------------------- worker -> scheduler
 
 
@@ -98,6 +108,17 @@ class TaskRescheduled(FromWorker):
 
     key: Key
     run_id: int
+
+
+class StealResponse(FromWorker):
+    """The answer to a :class:`StealRequest`: ``accepted`` if the worker dropped the task
+    before it started, so that another worker may run it."""
+
+    op: ClassVar[str] = "steal-response"
+
+    key: Key
+    run_id: int
+    accepted: bool
 
 
 class LongRunning(FromWorker):

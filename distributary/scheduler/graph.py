@@ -15,7 +15,7 @@ from distributary.scheduler.records import TaskRecord, linked
 
 
 def read_graph(
-    tasks: dict[Any, TaskRecord], specs: Iterable[TaskSpec], generation: int
+    tasks: dict[Any, TaskRecord], specs: Iterable[TaskSpec]
 ) -> tuple[list[TaskRecord], set[TaskRecord]]:
     """Records for the specs of tasks this scheduler does not hold yet, filled and
     linked to their dependencies; returns them, and those made new here.
@@ -38,17 +38,16 @@ def read_graph(
         fresh.append((ts, spec))
     functions: dict[bytes, bytes] = {}
     for ts, spec in fresh:  # a second pass: dependencies may come after dependents
-        _fill(tasks, ts, spec, generation)
+        _fill(tasks, ts, spec)
         payload = ts.payload
         if type(payload) is dict and type(payload.get("func")) is bytes:
             payload["func"] = functions.setdefault(payload["func"], payload["func"])
     return [ts for ts, _ in fresh], created
 
 
-def _fill(tasks: dict[Any, TaskRecord], ts: TaskRecord, spec: TaskSpec, generation: int) -> None:
+def _fill(tasks: dict[Any, TaskRecord], ts: TaskRecord, spec: TaskSpec) -> None:
     ts.payload = spec.payload
-    prio = spec.priority
-    ts.priority = (prio[0], generation, *prio[1:])
+    ts.priority = spec.priority
     ts.retries = spec.retries
     ts.loose_restrictions = spec.allow_other_workers
     ts.worker_restrictions = set(spec.workers) if spec.workers else None

@@ -17,7 +17,13 @@ from distributary.protocol.client_messages import (
     Restarted,
     ToClient,
 )
-from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, FreeKeys, ToWorker
+from distributary.protocol.worker_messages import (
+    AcquireReplicas,
+    ComputeTask,
+    FreeKeys,
+    StealRequest,
+    ToWorker,
+)
 
 __all__ = [
     "AcquireReplicas",
@@ -34,6 +40,7 @@ __all__ = [
     "RetirementFailed",
     "SchedulerIdle",
     "SchedulerInstruction",
+    "StealRequest",
     "ToClient",
     "ToWorker",
     "WorkerRetired",

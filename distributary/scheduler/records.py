@@ -224,12 +224,11 @@ FIRE_AND_FORGET = "fire-and-forget"  # the pseudo-client that wants keys until t
 class ClientRecord:
     """A client as the scheduler tracks it: the keys it holds futures for."""
 
-    __slots__ = ("client_id", "wants_what", "generation", "last_seq")
+    __slots__ = ("client_id", "wants_what", "last_seq")
 
     def __init__(self, client_id: str):
         self.client_id = client_id
         self.wants_what: set[TaskRecord] = set()
-        self.generation = 0  # of the client's latest graph, which later parts continue
         self.last_seq = 0  # of the client's last message handled: the ``ack`` of reports
 
     def __repr__(self) -> str:

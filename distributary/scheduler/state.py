@@ -47,6 +47,7 @@ from distributary.scheduler.records import (
     WorkerRecord,
     linked,
 )
+from distributary.scheduler.stealing import WorkStealing
 from distributary.scheduler.validation import validate_state
 from distributary.transitions import TransitionEngine
 
@@ -68,6 +69,7 @@ class SchedulerState(TransitionEngine):
         validate: bool = False,
         worker_ttl: float | None = None,
         idle_timeout: float | None = None,
+        work_stealing: bool = True,
     ):
         super().__init__(transition_log_length)
         self.allowed_failures = allowed_failures
@@ -86,10 +88,10 @@ class SchedulerState(TransitionEngine):
         self.workers_by_host: dict[str, set[str]] = {}
         self.durations: dict[str, float] = {}
         self.retiring: dict[str, Retirement] = {}  # by worker address
+        self.stealing = WorkStealing(work_stealing)
         self._queue: list = []
         self._queue_counter = itertools.count()
         self._run_ids = itertools.count(1)  # unique across records: a key may come back
-        self._generation = 0
         self._out: list[ins.SchedulerInstruction] = []
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             ev.AddClient: self._handle_add_client,
@@ -115,6 +117,7 @@ class SchedulerState(TransitionEngine):
             ev.LongRunning: self._handle_long_running,
             ev.AddKeys: self._handle_add_keys,
             ev.MissingData: self._handle_missing_data,
+            ev.StealResponse: partial(self.stealing.answered, self),
         }
         self._table: dict[tuple[TaskState, TaskState], Callable[[TaskRecord, str], Recs]] = {
             ("released", "waiting"): self._released_to_waiting,
@@ -147,6 +150,8 @@ class SchedulerState(TransitionEngine):
             recs = self._handlers[type(event)](event)
             if recs or (self._queue and self.idle):
                 self._run(recs, event.stimulus_id)
+            if self.stealing.pending:
+                self.stealing.balance(self, event.stimulus_id)
             if self.validate_each_step:
                 self.validate()
         out, self._out = self._out, []
@@ -192,10 +197,7 @@ class SchedulerState(TransitionEngine):
 
     def _handle_update_graph(self, event: ev.UpdateGraph) -> Recs:
         cs = self._client(event.client)
-        if not event.continues:
-            self._generation += 1
-            cs.generation = self._generation
-        fresh, created = read_graph(self.tasks, event.tasks, cs.generation)
+        fresh, created = read_graph(self.tasks, event.tasks)
         recs: Recs = {}
         lost = self._forget_lost(created, recs, event.stimulus_id) if created else NO_KEYS
         new = [ts for ts in fresh if ts.key not in lost]
@@ -505,6 +507,8 @@ class SchedulerState(TransitionEngine):
         self.idle.pop(ws.address, None)
         if ws.has_room() and ws.address in self.workers:
             self.idle[ws.address] = ws
+        if ws.occupied != ws.nthreads:  # (a thread free, or tasks waiting for one)
+            self.stealing.pending = True
 
     def fill_slots(self, ws: WorkerRecord) -> Recs:
         """Recommend queued tasks for the room this worker has."""
@@ -578,10 +582,11 @@ class SchedulerState(TransitionEngine):
         ws = decide_worker(self, ts)
         if ws is None:
             return {ts.key: "queued" if ts.is_queueable and self.workers else "no-worker"}
-        self._assign(ts, ws, stimulus_id)
+        self.assign(ts, ws, stimulus_id)
         return {}
 
-    def _assign(self, ts: TaskRecord, ws: WorkerRecord, stimulus_id: str) -> None:
+    def assign(self, ts: TaskRecord, ws: WorkerRecord, stimulus_id: str) -> None:
+        """Send the task to ``ws`` to run: a new run of it."""
         ts.state = "processing"
         ts.processing_on = ws
         ts.run_id = next(self._run_ids)
@@ -621,7 +626,7 @@ class SchedulerState(TransitionEngine):
         if ws is None:
             heapq.heappush(self._queue, (ts.priority, next(self._queue_counter), ts))
             return {}
-        self._assign(ts, ws, stimulus_id)
+        self.assign(ts, ws, stimulus_id)
         return {}
 
     def _no_worker_to_processing(self, ts: TaskRecord, stimulus_id: str) -> Recs:
@@ -632,7 +637,7 @@ class SchedulerState(TransitionEngine):
                 return self._waiting_to_queued(ts, stimulus_id)
             return {}
         del self.unrunnable[ts]
-        self._assign(ts, ws, stimulus_id)
+        self.assign(ts, ws, stimulus_id)
         return {}
 
     def _waiting_to_erred(self, ts: TaskRecord, stimulus_id: str) -> Recs:
@@ -643,7 +648,7 @@ class SchedulerState(TransitionEngine):
         return self._to_erred(ts, stimulus_id)
 
     def _processing_to_erred(self, ts: TaskRecord, stimulus_id: str) -> Recs:
-        recs = self._unassign(ts)
+        recs = self.unassign(ts)
         recs.update(self._to_erred(ts, stimulus_id))
         return recs
 
@@ -675,7 +680,8 @@ class SchedulerState(TransitionEngine):
             del self.clients[FIRE_AND_FORGET]
         return True
 
-    def _unassign(self, ts: TaskRecord) -> Recs:
+    def unassign(self, ts: TaskRecord) -> Recs:
+        """Take the task off its worker; recommend queued tasks for the room made."""
         ws = ts.processing_on
         ts.processing_on = None
         if ws is None:
@@ -688,7 +694,7 @@ class SchedulerState(TransitionEngine):
         return self.fill_slots(ws)
 
     def _processing_to_memory(self, ts: TaskRecord, stimulus_id: str) -> Recs:
-        recs = self._unassign(ts)
+        recs = self.unassign(ts)
         ts.state = "memory"
         ready = []
         for dependent in ts.dependents:
@@ -713,7 +719,7 @@ class SchedulerState(TransitionEngine):
 
     def _processing_to_released(self, ts: TaskRecord, stimulus_id: str) -> Recs:
         ws = ts.processing_on
-        recs = self._unassign(ts)
+        recs = self.unassign(ts)
         if ws is not None and ws.address in self.workers:
             self.emit(ins.FreeKeys(stimulus_id, (ts.key,), worker=ws.address))
         ts.state = "released"

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from distributary.protocol.errors import RemoteError
-from distributary.protocol.worker_messages import AcquireReplicas, ComputeTask, FreeKeys, ToWorker
+from distributary.protocol.worker_messages import (
+    AcquireReplicas,
+    ComputeTask,
+    FreeKeys,
+    StealRequest,
+    ToWorker,
+)
 
 __all__ = [
     "AcquireReplicas",
@@ -16,6 +22,7 @@ __all__ = [
     "ExecuteFailure",
     "ExecuteSuccess",
     "FreeKeys",
+    "StealRequest",
     "GatherDepError",
     "GatherDepFailure",
     "GatherDepSuccess",

@@ -133,6 +133,7 @@ class WorkerState(TransitionEngine):
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             ev.ComputeTask: self._handle_compute_task,
             ev.FreeKeys: self._handle_free_keys,
+            ev.StealRequest: self._handle_steal_request,
             ev.ExecuteSuccess: self._handle_execute_success,
             ev.ExecuteFailure: self._handle_execute_failure,
             ev.RescheduleTask: self._handle_reschedule,
@@ -248,12 +249,24 @@ class WorkerState(TransitionEngine):
         recs: Recs = {}
         for key in event.keys:
             ts = self.tasks.get(key)
-            if ts is None or ts.state == "cancelled":
-                continue
-            ts.run_id = 0
-            ts.payload = None
-            ts.replica = False
-            recs[key] = "forgotten"
+            if ts is not None and ts.state != "cancelled":
+                self._forget(ts, recs)
+        return recs
+
+    def _forget(self, ts: WorkerTask, recs: Recs) -> None:
+        ts.run_id = 0
+        ts.payload = None
+        ts.replica = False
+        recs[ts.key] = "forgotten"
+
+    def _handle_steal_request(self, event: ev.StealRequest) -> Recs:
+        """Give the task back if it has not started here (and is still that run)."""
+        ts = self.tasks.get(event.key)
+        accepted = ts is not None and ts.run_id == event.run_id and ts.state in ("waiting", "ready")
+        self._out.append(ins.StealResponse(event.stimulus_id, event.key, event.run_id, accepted))
+        recs: Recs = {}
+        if accepted:
+            self._forget(ts, recs)
         return recs
 
     def _executing_task(self, key: Any) -> WorkerTask | None:
