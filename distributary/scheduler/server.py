@@ -340,6 +340,8 @@ class Scheduler(ServerNode):
                 nanny=msg.nanny,
                 host=get_address_host(address),
                 time=time.time(),
+                pid=msg.pid,
+                local_directory=msg.local_directory,
             )
         )
         await comm.write(rq.Registered(self.id))

@@ -224,6 +224,8 @@ class Worker(ServerNode):
                 memory_limit=self.memory_limit,
                 resources=self.resources,
                 nanny=self.nanny,
+                pid=os.getpid(),
+                local_directory=self.local_directory,
             )
             await comm.write(register)
             reply = await comm.read()
