@@ -74,7 +74,7 @@ class Scheduler(ServerNode):
         validate: bool = False,
         **kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(logger)
         config = dask.config.get
         if allowed_failures is None:
             allowed_failures = config("distributed.scheduler.allowed-failures")
