@@ -1,7 +1,8 @@
 """What the Scheduler, Worker and Nanny share: start, close and wait like dask.distributed's.
 
 Each is created, then awaited (or entered with ``async with``) to start, and closed with
-``await node.close()``; ``await node.finished()`` waits until it has closed.
+``await node.close()``; ``await node.finished()`` waits until it has closed.  While it
+runs it keeps its logger's recent records, and answers for them and for its versions.
 """
 
 from __future__ import annotations
@@ -9,23 +10,33 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import logging
 import socket
 import uuid
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psutil
 from dask.utils import parse_bytes
 
 from distributary.comm.addressing import get_address_host_port, normalize_address, parse_address
+from distributary.protocol.introspection import GetLogs, GetVersions
+from distributary.utils.logs import RecentLogs
 from distributary.utils.process import cpu_count
+from distributary.utils.versions import get_versions
 
 
 class ServerNode:
-    """Awaitable lifecycle: ``init -> starting -> running -> closing -> closed``."""
+    """Awaitable lifecycle: ``init -> starting -> running -> closing -> closed``.
 
-    def __init__(self) -> None:
+    ``logger`` is the node's logger, whose records it keeps while it runs.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
         self.id = f"{type(self).__name__}-{uuid.uuid4()}"
         self.status = "init"
+        self._logger_name = logger.name
+        self._logs = RecentLogs()
         self._start_lock: asyncio.Lock | None = None
         self._closed_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -45,6 +56,7 @@ class ServerNode:
             if self.status == "init":
                 self.loop = asyncio.get_running_loop()
                 self.status = "starting"
+                self._logs.attach(self._logger_name)
                 try:
                     await self._start()
                 except BaseException:
@@ -74,8 +86,26 @@ class ServerNode:
                 await self._close()
         finally:
             self.status = "closed"
+            self._logs.detach()
             if self._closed_event is not None:
                 self._closed_event.set()
+
+    def get_logs(self, n: int | None = None) -> list[tuple[str, str]]:
+        """This node's recent log records as ``(level, message)``, newest first (the ``n``
+        newest, if given; at most ``distributed.admin.log-length`` are kept)."""
+        return self._logs.recent(n)
+
+    def versions(self, packages: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+        """The Python, platform and package versions here (those checked, and
+        ``packages``): ``{"host": {...}, "packages": {...}}``."""
+        return get_versions(packages or ())
+
+    def node_handlers(self) -> dict[type, Callable]:
+        """The requests every node answers: its logs and its versions."""
+        return {
+            GetLogs: lambda comm, msg: self.get_logs(msg.n),
+            GetVersions: lambda comm, msg: self.versions(msg.packages),
+        }
 
     async def finished(self) -> None:
         """Wait until the node has closed."""

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from distributary.protocol import error_message
+from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
 from distributary.protocol import requests as rq
 from distributary.protocol import shared as sh
@@ -32,13 +33,16 @@ CATALOGUES["scheduler"] = Catalogue(
     *(sh.QueueCreate, sh.QueuePut, sh.QueueGet, sh.QueueSize),
     *(sh.VariableSet, sh.VariableGet, sh.VariableDelete, sh.PubSubGet),
     *(sh.EventSet, sh.EventClear, sh.EventIsSet, sh.EventWait),
+    *(ri.GetLogs, ri.GetVersions, ri.HasWhat, ri.Processing, ri.NThreads, ri.NBytes),
+    *(ri.ClusterCallStack, ri.WorkerLogs, ri.ClusterVersions, ri.LogEvent, ri.GetEvents),
 )
 CATALOGUES["worker"] = Catalogue(
-    rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction
+    *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),
+    *(ri.GetLogs, ri.GetVersions, ri.CallStack),
 )
 CATALOGUES["nanny"] = Catalogue(
     *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully),
-    rq.RunFunction,
+    *(rq.RunFunction, ri.GetLogs, ri.GetVersions),
 )
 CLASSES = [(name, cls) for name, cat in CATALOGUES.items() for cls in cat.classes]
 IDS = [f"{name}:{cls.op}" for name, cls in CLASSES]

@@ -18,7 +18,7 @@ import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client import cluster, registry
+from distributary.client import cluster, introspection, registry
 from distributary.client.collections import GraphRunner
 from distributary.client.datasets import NO_DEFAULT, DatasetRequests, Datasets
 from distributary.client.future import Future
@@ -573,18 +573,67 @@ class Client:
     # ------------------------------------------------------------------ the cluster
 
     def scheduler_info(self, **kwargs: Any) -> Any:
-        """The scheduler's identity and its workers."""
-        return self.sync(cluster.scheduler_info, self._call_scheduler)
+        """The scheduler's identity and its workers, by address (``n_workers=``: the first n)."""
+        return self.sync(introspection.scheduler_info, self._call_scheduler, **kwargs)
 
     def nthreads(self, workers: Any = None, **kwargs: Any) -> Any:
-        """Threads of each worker, by address."""
-        return self.sync(cluster.nthreads, self._call_scheduler)
+        """Threads of each worker (of ``workers``: addresses or names), by address."""
+        return self.sync(introspection.nthreads, self._call_scheduler, workers, **kwargs)
 
     ncores = nthreads
 
     def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
         """The workers holding each future's data."""
-        return self.sync(cluster.who_has, self._call_scheduler, futures, self.futures)
+        return self.sync(
+            introspection.who_has, self._call_scheduler, futures, self.futures, **kwargs
+        )
+
+    def has_what(self, workers: Any = None, **kwargs: Any) -> Any:
+        """The keys held by each worker (of ``workers``: addresses or names), by address."""
+        return self.sync(introspection.has_what, self._call_scheduler, workers, **kwargs)
+
+    def processing(self, workers: Any = None) -> Any:
+        """The keys being processed by each worker (of ``workers``), by address."""
+        return self.sync(introspection.processing, self._call_scheduler, workers)
+
+    def nbytes(self, keys: Any = None, summary: bool = True, **kwargs: Any) -> Any:
+        """Bytes of each key held (of ``keys``); with ``summary``, by prefix: ``{"inc": 84}``."""
+        return self.sync(introspection.nbytes, self._call_scheduler, keys, summary, **kwargs)
+
+    def call_stack(self, futures: Any = None, keys: Any = None) -> Any:
+        """The Python stacks of the tasks running now (of ``futures``, collections or
+        ``keys``, and what they wait for; all if neither), by worker and key."""
+        return self.sync(introspection.call_stack, self._call_scheduler, futures, keys)
+
+    def get_versions(self, check: bool = False, packages: Any = None) -> Any:
+        """Versions of the scheduler, workers and client (and of ``packages``); a mismatch
+        warns (VersionMismatchWarning), or with ``check=True`` raises ValueError."""
+        return self.sync(introspection.get_versions, self._call_scheduler, check, packages)
+
+    def get_scheduler_logs(self, n: int | None = None) -> Any:
+        """The scheduler's recent log records, ``(level, message)``, newest first."""
+        return self.sync(introspection.scheduler_logs, self._call_scheduler, n)
+
+    def get_worker_logs(self, n: Any = None, workers: Any = None, nanny: bool = False) -> Any:
+        """Each worker's (or its nanny's) recent log records, newest first, by address."""
+        return self.sync(introspection.worker_logs, self._call_scheduler, n, workers, nanny)
+
+    def log_event(self, topic: Any, msg: Any) -> Any:
+        """Log ``msg`` (plain data) with the time on the scheduler, under ``topic`` (or each)."""
+        return self.sync(introspection.log_event, self._call_scheduler, topic, msg)
+
+    def get_events(self, topic: str | None = None) -> Any:
+        """The ``(time, msg)`` events of ``topic``; of every topic, by topic, when None."""
+        return self.sync(introspection.get_events, self._call_scheduler, topic)
+
+    def story(self, *keys: Any) -> Any:
+        """The scheduler's log of these keys' (or futures') transitions, oldest first."""
+        return self.sync(introspection.story, self._call_scheduler, keys)
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's address: none yet, so ``""`` with a cluster object, else None."""
+        return getattr(self.cluster, "dashboard_link", None)
 
     def restart(self, timeout: Any = 30, wait_for_workers: bool = True, **kwargs: Any) -> Any:
         """Restart the cluster: kill all work, delete all data, start new worker processes.
@@ -657,7 +706,7 @@ class Client:
         workers and nannies can read."""
         if self.scheduler_file is not None and self.scheduler_file == scheduler_file:
             return
-        info = self.sync(cluster.scheduler_info, self._call_scheduler)
+        info = self.sync(introspection.scheduler_info, self._call_scheduler)
         cluster.write_scheduler_file(scheduler_file, self.scheduler_address, info)
         self.scheduler_file = scheduler_file
 

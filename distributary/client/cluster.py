@@ -1,4 +1,5 @@
-"""The cluster as a client sees it: its workers, and restarting or retiring them.
+"""The cluster as a client changes it: restarting or retiring its workers, running
+functions on them.
 
 Each function makes one kind of request to the scheduler through ``call`` (an rpc
 call to the client's scheduler: ``await call(msg)``).
@@ -8,35 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client.structures import collect_futures
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
 from distributary.protocol.serialize import deserialize, serialize
 
 SchedulerCall = Callable[..., Awaitable[Any]]
-
-
-async def scheduler_info(call: SchedulerCall) -> dict:
-    """The scheduler's identity and its workers."""
-    return await call(rq.Identity())
-
-
-async def nthreads(call: SchedulerCall) -> dict:
-    """Threads of each worker, by address."""
-    info = await scheduler_info(call)
-    return {addr: w["nthreads"] for addr, w in info["workers"].items()}
-
-
-async def who_has(call: SchedulerCall, futures: Any, held: Iterable) -> dict:
-    """The workers holding the data of each future in ``futures`` (of each key ``held``
-    by the client, if ``futures`` is None)."""
-    keys = [f.key for f in collect_futures(futures)] if futures is not None else list(held)
-    return await call(rq.WhoHas(tuple(keys)))
 
 
 async def restart(

@@ -15,9 +15,9 @@ from typing import Any
 from dask.base import tokenize
 from dask.utils import parse_timedelta
 
-from distributary.client.cluster import scheduler_info
 from distributary.client.future import Future
 from distributary.client.interface import FutureOwner
+from distributary.client.introspection import scheduler_info
 from distributary.client.outbox import Outbox
 from distributary.client.state import FutureState
 from distributary.client.structures import collect_futures, substitute_results

@@ -88,7 +88,7 @@ class Nanny(ServerNode):
         silence_logs: int | None = None,
         **worker_kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(logger)
         self.scheduler_address = self._scheduler_address(
             scheduler_ip, scheduler_port, scheduler_file
         )
@@ -138,6 +138,7 @@ class Nanny(ServerNode):
                 rq.CloseGracefully: self._handle_close_gracefully,
                 rq.Identity: self._handle_identity,
                 rq.RunFunction: self._handle_run,
+                **self.node_handlers(),
             },
         )
         self._lock = asyncio.Lock()

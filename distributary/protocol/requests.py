@@ -135,7 +135,7 @@ class Terminate(Request):
 
 
 class RegisterWorker(Request):
-    """A worker joins; the connection becomes its stream."""
+    """A worker joins; the connection becomes its stream.  ``pid`` is its process's."""
 
     op: ClassVar[str] = "register-worker"
     reply_type: ClassVar[Any] = Registered
@@ -147,6 +147,8 @@ class RegisterWorker(Request):
     memory_limit: int | None = None
     resources: dict[str, int | float] | None = None
     nanny: str | None = None
+    pid: int = 0
+    local_directory: str = ""
 
 
 class RegisterClient(Request):

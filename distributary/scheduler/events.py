@@ -98,6 +98,8 @@ class AddWorker(SchedulerEvent):
     nanny: str | None = None
     host: str = ""
     time: float = 0.0
+    pid: int = 0
+    local_directory: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ class SchedulerContext(Protocol):
 
     state: SchedulerState  # to read; changed only through handle()
     pool: ConnectionPool  # to call workers and nannies
+    id: str
+    address: str  # where workers and clients connect
 
     def handle(self, *events: AnyEvent) -> None:
         """Hand events to the state machine and carry out what it answers."""
@@ -49,8 +51,13 @@ class SchedulerContext(Protocol):
         """Close the stream of this worker or client (its reader then removes it);
         False if there is none."""
 
-    def coerce_address(self, address: str) -> str:
-        """A worker's address from its address, name or host:port."""
+    def coerce_address(self, addr: Any, resolve: bool = True) -> str:
+        """A worker's address from its address, name or host:port (a host name resolved
+        to its IP address with ``resolve``)."""
+
+    def workers_list(self, workers: Any) -> list[str]:
+        """The addresses of the workers named by address, name or host (all when None);
+        ValueError naming those not found."""
 
     def worker_info(self, ws: WorkerRecord) -> dict:
         """What the scheduler knows of a worker, as plain values."""

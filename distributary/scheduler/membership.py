@@ -38,6 +38,8 @@ def add_worker(state: SchedulerState, event: ev.AddWorker) -> Recs:
         state.worker_saturation,
     )
     ws.last_seen = event.time
+    ws.pid = event.pid
+    ws.local_directory = event.local_directory
     state.workers[ws.address] = ws
     if ws.name is not None:
         state.workers_by_name[ws.name] = ws.address

@@ -139,7 +139,9 @@ def linked(ts: TaskRecord, attribute: str) -> set[TaskRecord]:
 
 
 class WorkerRecord:
-    """A worker as the scheduler tracks it.
+    """A worker as the scheduler tracks it: where it is (``address``, ``host``, its
+    process's ``pid``, its ``nanny``'s address, its ``local_directory``), what it has
+    (``nthreads``, ``memory_limit``, ``resources``) and its ``status``.
 
     ``status``: ``running``; ``paused`` (memory pressure); ``closing_gracefully`` (being
     retired: its data is copied elsewhere); ``closing`` (restarting or leaving).  Only a
@@ -162,6 +164,8 @@ class WorkerRecord:
         "slots",
         "last_seen",
         "memory",
+        "pid",
+        "local_directory",
     )
 
     def __init__(
@@ -192,6 +196,20 @@ class WorkerRecord:
         )
         self.last_seen = 0.0
         self.memory = MemoryState()
+        self.pid = 0
+        self.local_directory = ""
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        """The worker's memory as it last reported it, in bytes, named as dask.distributed
+        names it."""
+        memory = self.memory
+        return {
+            "memory": memory.process,
+            "managed_bytes": memory.managed,
+            "spilled_bytes": memory.spilled,
+            "unmanaged_bytes": memory.unmanaged,
+        }
 
     @property
     def occupied(self) -> int:

@@ -16,6 +16,7 @@ from distributary.core.run import run_function
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
+from distributary.scheduler.introspection import nannies
 
 
 class RemoteExecution(SchedulerExtension):
@@ -31,20 +32,9 @@ class RemoteExecution(SchedulerExtension):
 
     async def run_on_workers(self, comm: Any, msg: rq.RunOnWorkers) -> dict[str, rq.Ran]:
         """Run the function on each worker named (or on its nanny); by worker address."""
-        workers = self.scheduler.state.workers
-        if msg.workers is None:
-            addresses = list(workers)
-        else:
-            addresses = [self.scheduler.coerce_address(w) for w in msg.workers]
-            unknown = [a for a in addresses if a not in workers]
-            if unknown:
-                raise ValueError(f"No such worker(s): {', '.join(map(str, unknown))}")
-        if msg.nanny:
-            missing = [a for a in addresses if not workers[a].nanny]
-            if missing:
-                raise ValueError(f"Worker(s) without a nanny: {', '.join(missing)}")
+        addresses = self.scheduler.workers_list(msg.workers)
+        targets = nannies(self.scheduler.state.workers, addresses) if msg.nanny else addresses
         run = rq.RunFunction(msg.function, msg.args, msg.kwargs, wait=msg.wait)
-        targets = [workers[a].nanny if msg.nanny else a for a in addresses]
         ran = await asyncio.gather(*(self._run_on(target, run) for target in targets))
         return dict(zip(addresses, ran))
 

@@ -32,9 +32,11 @@ from distributary.protocol.serialize import Serialize, Serialized
 from distributary.protocol.worker_messages import FROM_WORKER, Unregister
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler import introspection
 from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.extension import SchedulerExtension
 from distributary.scheduler.flushes import StreamFlushes
+from distributary.scheduler.introspection import Introspection
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.named_events import EventExtension
@@ -74,7 +76,7 @@ class Scheduler(ServerNode):
         validate: bool = False,
         **kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(logger)
         config = dask.config.get
         if allowed_failures is None:
             allowed_failures = config("distributed.scheduler.allowed-failures")
@@ -94,10 +96,10 @@ class Scheduler(ServerNode):
             handlers={
                 rq.RegisterWorker: self._handle_register_worker,
                 rq.RegisterClient: self._handle_register_client,
-                rq.Identity: self._handle_identity,
                 rq.WhoHas: self._handle_who_has,
                 rq.Story: self._handle_story,
                 rq.Terminate: self._handle_terminate,
+                **self.node_handlers(),
             },
         )
         self.worker_streams: dict[str, BatchedSend] = {}
@@ -121,6 +123,7 @@ class Scheduler(ServerNode):
         self.variables = VariableExtension(self, self.shared_values)
         self.named_events = EventExtension(self)
         self.pubsub = PubSubExtension(self)
+        self.introspection = Introspection(self)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -133,6 +136,7 @@ class Scheduler(ServerNode):
             self.variables,
             self.named_events,
             self.pubsub,
+            self.introspection,
         ]
         for extension in self.extensions:
             self.add_extension(extension)
@@ -166,6 +170,51 @@ class Scheduler(ServerNode):
         """What happened to these keys: ``(key, start, finish, stimulus_id)`` entries."""
         return self.state.story(*keys)
 
+    transition_story = story
+
+    def identity(self, comm: Any = None) -> dict:
+        """The scheduler's type, id, address, start time and workers (by address)."""
+        return self.introspection.identity()
+
+    async def broadcast(
+        self,
+        comm: Any = None,
+        msg: Any = None,
+        workers: Any = None,
+        hosts: Any = None,
+        nanny: bool = False,
+        serializers: Any = None,
+        on_error: str = "raise",
+    ) -> dict[str, Any]:
+        """Send the request ``msg`` to the workers named (addresses, names or hosts; all
+        by default) or their nannies; their replies by worker address (see
+        ``Introspection.broadcast``)."""
+        if serializers is not None:
+            raise NotImplementedError("broadcast(serializers=...) is not supported yet")
+        return await self.introspection.broadcast(msg, workers, hosts, nanny, on_error)
+
+    async def get_worker_logs(
+        self, n: int | None = None, workers: Any = None, nanny: bool = False
+    ) -> dict[str, list]:
+        """Each worker's (or its nanny's) recent logs, newest first, by worker address."""
+        return await self.introspection.worker_logs(n, workers, nanny)
+
+    def workers_list(self, workers: Any) -> list[str]:
+        """The addresses of the workers named by address, name or host (all when None)."""
+        return self.introspection.workers_list(workers)
+
+    def coerce_hostname(self, host: Any) -> Any:
+        """The host of the worker named ``host``, else ``host``."""
+        return self.introspection.coerce_hostname(host)
+
+    def log_event(self, topic: Any, msg: Any) -> None:
+        """Keep ``msg`` (plain data), with the time, under ``topic`` (or several)."""
+        self.introspection.log_event(topic, msg)
+
+    def get_events(self, topic: str | None = None) -> Any:
+        """The ``(time, msg)`` events of ``topic``; of every topic, by topic, when None."""
+        return self.introspection.get_events(topic)
+
     async def retire_workers(
         self,
         workers: list[str] | None = None,
@@ -194,34 +243,17 @@ class Scheduler(ServerNode):
         """Forget all tasks and data, restart the worker processes, wait for them to return."""
         await self.lifecycle.restart(timeout, wait_for_workers)
 
-    def coerce_address(self, address: Any) -> str:
-        """A worker's address from its address or name."""
-        if address in self.state.workers_by_name:
-            return self.state.workers_by_name[address]
-        return normalize_address(address)
+    def coerce_address(self, addr: Any, resolve: bool = True) -> str:
+        """A worker's address from its address (``host:port``, a tuple), or its name;
+        with ``resolve`` a host name in it becomes the host's IP address."""
+        if addr in self.state.workers_by_name:
+            return self.state.workers_by_name[addr]
+        address = normalize_address(addr)
+        return introspection.resolve(address) if resolve else address
 
     def worker_info(self, ws: WorkerRecord) -> dict:
         """What the scheduler knows of a worker, as plain values."""
-        memory = ws.memory
-        return {
-            "name": ws.name,
-            "nthreads": ws.nthreads,
-            "memory_limit": ws.memory_limit,
-            "resources": ws.resources,
-            "nanny": ws.nanny,
-            "host": ws.host,
-            "status": ws.status,
-            "nbytes": ws.nbytes,
-            "processing": len(ws.processing),
-            "stored": len(ws.has_what),
-            "last_seen": ws.last_seen,
-            "metrics": {
-                "memory": memory.process,
-                "managed_bytes": memory.managed,
-                "spilled_bytes": memory.spilled,
-                "unmanaged_bytes": memory.unmanaged,
-            },
-        }
+        return introspection.worker_info(ws)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -341,6 +373,8 @@ class Scheduler(ServerNode):
                 nanny=msg.nanny,
                 host=get_address_host(address),
                 time=time.time(),
+                pid=msg.pid,
+                local_directory=msg.local_directory,
             )
         )
         await comm.write(rq.Registered(self.id))
@@ -374,14 +408,6 @@ class Scheduler(ServerNode):
             stream.abort()
             if self.status == "running":
                 self.handle(ev.RemoveClient(f"remove-client-{client}", client))
-
-    def _handle_identity(self, comm: Any, msg: rq.Identity) -> dict:
-        return {
-            "type": "Scheduler",
-            "id": self.id,
-            "address": self.address,
-            "workers": {ws.address: self.worker_info(ws) for ws in self.state.workers.values()},
-        }
 
     def _handle_who_has(self, comm: Any, msg: rq.WhoHas) -> dict:
         tasks = self.state.tasks

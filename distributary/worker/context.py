@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from distributary.worker.server import Worker
 
 _task_context = threading.local()
+_running: dict[int, tuple[Worker, Any]] = {}  # thread id -> the worker and key running there
 
 
 def set_task_context(worker: Worker | None, key: Any = None) -> None:
@@ -18,6 +19,15 @@ def set_task_context(worker: Worker | None, key: Any = None) -> None:
     _task_context.worker = worker
     _task_context.key = key
     _task_context.seceded = False
+    if worker is None:
+        _running.pop(threading.get_ident(), None)
+    else:
+        _running[threading.get_ident()] = (worker, key)
+
+
+def running_tasks(worker: Worker) -> dict[int, Any]:
+    """The keys of the tasks that ``worker`` runs now, by the id of their thread."""
+    return {thread: key for thread, (w, key) in dict(_running).items() if w is worker}
 
 
 def get_worker() -> Worker:

@@ -32,12 +32,14 @@ from distributary.core.run import run_function
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
+from distributary.protocol.introspection import CallStack
 from distributary.protocol.message import Message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
+from distributary.worker import introspection
 from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
@@ -96,7 +98,7 @@ class Worker(ServerNode):
         lifetime_restart: bool | None = None,
         **kwargs: Any,
     ):
-        super().__init__()
+        super().__init__(logger)
         self.scheduler_address = self._scheduler_address(
             scheduler_ip, scheduler_port, scheduler_file
         )
@@ -156,6 +158,8 @@ class Worker(ServerNode):
                 rq.Identity: self._handle_identity,
                 rq.RunFunction: self._handle_run,
                 rq.CloseWorker: self._handle_close,
+                CallStack: lambda comm, msg: self.get_call_stack(msg.keys),
+                **self.node_handlers(),
             },
         )
         self.batched: BatchedSend | None = None
@@ -224,6 +228,8 @@ class Worker(ServerNode):
                 memory_limit=self.memory_limit,
                 resources=self.resources,
                 nanny=self.nanny,
+                pid=os.getpid(),
+                local_directory=self.local_directory,
             )
             await comm.write(register)
             reply = await comm.read()
@@ -420,6 +426,16 @@ class Worker(ServerNode):
     def get_current_task(self) -> Any:
         """The key of the task running in the calling thread (None outside a task)."""
         return current_task_key()
+
+    def get_call_stack(self, keys: Any = None) -> dict:
+        """The Python stack of each task running here (of ``keys`` only, unless None),
+        by key: the lines of ``traceback.format_stack``."""
+        return introspection.call_stacks(self, keys)
+
+    def log_event(self, topic: Any, msg: Any) -> None:
+        """Log ``msg`` (plain data) on the scheduler under ``topic`` (a string or a list
+        of them), with the time; tasks call ``get_worker().log_event(...)``."""
+        self.loop.call_soon_threadsafe(self._send, introspection.log_event_message(topic, msg))
 
     def secede_current_task(self, key: Any) -> None:
         """Called from a task's thread: that task stops counting against the thread pool
