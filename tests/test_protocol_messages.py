@@ -11,6 +11,7 @@ import pytest
 
 from distributary.protocol import error_message
 from distributary.protocol import locks as lk
+from distributary.protocol import plugins as pl
 from distributary.protocol import requests as rq
 from distributary.protocol import shared as sh
 from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
@@ -32,13 +33,16 @@ CATALOGUES["scheduler"] = Catalogue(
     *(sh.QueueCreate, sh.QueuePut, sh.QueueGet, sh.QueueSize),
     *(sh.VariableSet, sh.VariableGet, sh.VariableDelete, sh.PubSubGet),
     *(sh.EventSet, sh.EventClear, sh.EventIsSet, sh.EventWait),
+    *(pl.RegisterSchedulerPlugin, pl.UnregisterSchedulerPlugin, pl.GetPlugins),
+    *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
 )
 CATALOGUES["worker"] = Catalogue(
-    rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction
+    *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),
+    *(pl.PluginAdd, pl.PluginRemove),
 )
 CATALOGUES["nanny"] = Catalogue(
     *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully),
-    rq.RunFunction,
+    *(rq.RunFunction, pl.PluginAdd, pl.PluginRemove),
 )
 CLASSES = [(name, cls) for name, cat in CATALOGUES.items() for cls in cat.classes]
 IDS = [f"{name}:{cls.op}" for name, cls in CLASSES]
