@@ -279,6 +279,9 @@ async def test_register_worker_plugin_keeps_working_with_plugins_of_any_class(c,
     with pytest.warns(UserWarning, match="nanny=True is ignored: Recorder is a worker plugin"):
         await c.register_worker_plugin(Recorder("legacy"), name="legacy", nanny=True)
     assert a.plugins["legacy"].calls == [("setup", a.address)]
+    # A NannyPlugin goes to the nannies (these workers have none).
+    assert await c.register_worker_plugin(Environment("x")) == {}
+    assert await c.unregister_worker_plugin("environment", nanny=True) == {}
 
 
 def test_a_worker_sets_up_the_plugins_it_is_given():
