@@ -2,7 +2,8 @@
 
 A subclass fills ``_table`` with ``(start, finish) -> method``; each method moves one
 task and returns further recommendations ``{key: finish}``.  A pair missing from the
-table goes through ``released``.  Every transition is logged, bounded, for ``story``.
+table goes through ``released``.  Every transition is logged, bounded, for ``story``,
+and told to the ``observers`` (plain callables: the plugins' transition hooks), if any.
 Pure: no I/O, no clock.
 """
 
@@ -43,6 +44,9 @@ class TransitionEngine:
 
     def __init__(self, transition_log_length: int):
         self.transition_log: deque = deque(maxlen=transition_log_length)
+        # Each called with (key, start, finish, stimulus_id) after every transition; an
+        # observer must not raise, nor change the state.
+        self.observers: list[Callable[[Any, str, str, str], None]] = []
 
     def story(self, *keys: Any) -> list[tuple]:
         """The logged transitions ``(key, start, finish, stimulus_id)`` of these keys."""
@@ -72,4 +76,16 @@ class TransitionEngine:
         else:
             raise InvalidTransition(ts.key, start, finish, self.story(ts.key))
         self.transition_log.append((ts.key, start, ts.state, stimulus_id))
+        if self.observers:
+            self._notify(ts.key, start, ts.state, stimulus_id)
         return recs
+
+    def log(self, key: Any, start: str, finish: str, stimulus_id: str) -> None:
+        """Log (and tell the observers of) a move made outside the table."""
+        self.transition_log.append((key, start, finish, stimulus_id))
+        if self.observers:
+            self._notify(key, start, finish, stimulus_id)
+
+    def _notify(self, key: Any, start: str, finish: str, stimulus_id: str) -> None:
+        for observer in self.observers:
+            observer(key, start, finish, stimulus_id)

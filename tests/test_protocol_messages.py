@@ -12,6 +12,7 @@ import pytest
 from distributary.protocol import error_message
 from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
+from distributary.protocol import plugins as pl
 from distributary.protocol import requests as rq
 from distributary.protocol import shared as sh
 from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
@@ -35,14 +36,16 @@ CATALOGUES["scheduler"] = Catalogue(
     *(sh.EventSet, sh.EventClear, sh.EventIsSet, sh.EventWait),
     *(ri.GetLogs, ri.GetVersions, ri.HasWhat, ri.Processing, ri.NThreads, ri.NBytes),
     *(ri.ClusterCallStack, ri.WorkerLogs, ri.ClusterVersions, ri.LogEvent, ri.GetEvents),
+    *(pl.RegisterSchedulerPlugin, pl.UnregisterSchedulerPlugin, pl.GetPlugins),
+    *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
 )
 CATALOGUES["worker"] = Catalogue(
     *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),
-    *(ri.GetLogs, ri.GetVersions, ri.CallStack),
+    *(ri.GetLogs, ri.GetVersions, ri.CallStack, pl.PluginAdd, pl.PluginRemove),
 )
 CATALOGUES["nanny"] = Catalogue(
     *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully),
-    *(rq.RunFunction, ri.GetLogs, ri.GetVersions),
+    *(rq.RunFunction, ri.GetLogs, ri.GetVersions, pl.PluginAdd, pl.PluginRemove),
 )
 CLASSES = [(name, cls) for name, cat in CATALOGUES.items() for cls in cat.classes]
 IDS = [f"{name}:{cls.op}" for name, cls in CLASSES]

@@ -18,7 +18,7 @@ import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client import cluster, introspection, registry
+from distributary.client import cluster, introspection, plugins, registry
 from distributary.client.collections import GraphRunner
 from distributary.client.datasets import NO_DEFAULT, DatasetRequests, Datasets
 from distributary.client.future import Future
@@ -700,6 +700,47 @@ class Client:
         what it gives; a function taking ``dask_scheduler`` gets the scheduler."""
         request = cluster.run_request(function, args, kwargs)
         return self.sync(cluster.run_on_scheduler, self._call_scheduler, request)
+
+    def register_plugin(
+        self, plugin: Any, name: str | None = None, idempotent: bool | None = None
+    ) -> Any:
+        """Register a SchedulerPlugin on the scheduler, or a WorkerPlugin (NannyPlugin) on
+        every worker (nanny) there is and will be; it replaces a plugin of its name, unless
+        ``idempotent`` (default: its own ``idempotent``).  An error of ``setup`` is raised."""
+        return self.sync(plugins.register, self._call_scheduler, plugin, name, idempotent)
+
+    def register_scheduler_plugin(
+        self, plugin: Any, name: str | None = None, idempotent: bool | None = None
+    ) -> Any:
+        """Register a SchedulerPlugin (as ``register_plugin`` does)."""
+        call = self._call_scheduler
+        return self.sync(plugins.register_scheduler_plugin, call, plugin, name, idempotent)
+
+    def register_worker_plugin(
+        self, plugin: Any = None, name: str | None = None, nanny: bool | None = None
+    ) -> Any:
+        """Register a worker plugin on every worker there is and will be (a nanny plugin:
+        on every nanny); ``{address: {"status": "OK"}}``.  See ``register_plugin``."""
+        return self.sync(plugins.register_worker_plugin, self._call_scheduler, plugin, name, nanny)
+
+    def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
+        """Unregister a worker (``nanny=True``: nanny) plugin; each worker tears it down."""
+        return self.sync(plugins.unregister_worker_plugin, self._call_scheduler, name, nanny)
+
+    def unregister_scheduler_plugin(self, name: str) -> Any:
+        """Unregister a scheduler plugin (its ``close`` is called)."""
+        return self.sync(plugins.unregister_scheduler_plugin, self._call_scheduler, name)
+
+    def register_worker_callbacks(self, setup: Callable | None = None) -> Any:
+        """Run ``setup`` on every worker there is and will be (given the worker as
+        ``dask_worker`` if it takes that)."""
+        return self.sync(plugins.register_worker_callbacks, self._call_scheduler, setup)
+
+    def upload_file(self, filename: str, load: bool = True) -> Any:
+        """Send a .py, .zip or .egg file to the scheduler and to every worker there is and
+        will be: saved in its directory, put on ``sys.path`` and, with ``load``, imported
+        (again), so that tasks can import it.  An error loading it is raised here."""
+        return self.sync(plugins.upload_file, self._call_scheduler, filename, load)
 
     def write_scheduler_file(self, scheduler_file: str) -> None:
         """Write the scheduler's address to a JSON file that ``Client(scheduler_file=...)``,

@@ -25,7 +25,7 @@ async def run_function(request: rq.RunFunction, server: Any, name: str) -> rq.Ra
         function = deserialize(request.function)
         args = tuple(deserialize(request.args))
         kwargs = dict(deserialize(request.kwargs))
-        if _takes(function, name):
+        if takes(function, name):
             kwargs[name] = server
         if inspect.iscoroutinefunction(function):
             if not request.wait:
@@ -40,7 +40,8 @@ async def run_function(request: rq.RunFunction, server: Any, name: str) -> rq.Ra
     return rq.Ran(result=Serialize(result))
 
 
-def _takes(function: Any, name: str) -> bool:
+def takes(function: Any, name: str) -> bool:
+    """Whether ``function`` has a parameter ``name``."""
     try:
         return name in inspect.signature(function).parameters
     except (TypeError, ValueError):  # (a builtin without a signature)

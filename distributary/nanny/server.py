@@ -42,6 +42,7 @@ from dask.utils import format_bytes, parse_timedelta
 from distributary.comm.addressing import parse_address
 from distributary.core import ConnectionPool, Server
 from distributary.core.run import run_function
+from distributary.nanny.plugins import NannyPlugins
 from distributary.nanny.process import WorkerProcess, WorkerProcessDied, _worker_environment
 from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol import requests as rq
@@ -129,6 +130,7 @@ class Nanny(ServerNode):
         )
         self.process: WorkerProcess | None = None
         self.pool = ConnectionPool(role="nanny")
+        self._plugins = NannyPlugins(self)
         self.server = Server(
             handlers={
                 rq.Instantiate: self._handle_instantiate,
@@ -139,6 +141,7 @@ class Nanny(ServerNode):
                 rq.Identity: self._handle_identity,
                 rq.RunFunction: self._handle_run,
                 **self.node_handlers(),
+                **self._plugins.handlers,
             },
         )
         self._lock = asyncio.Lock()
@@ -153,6 +156,11 @@ class Nanny(ServerNode):
         return self.server.address
 
     @property
+    def plugins(self) -> dict:
+        """The nanny plugins set up here, by name."""
+        return self._plugins.plugins
+
+    @property
     def worker_address(self) -> str | None:
         """The address of the worker this nanny runs, if one is running."""
         return self.process.worker_address if self.process is not None else None
@@ -161,6 +169,7 @@ class Nanny(ServerNode):
 
     async def _start(self) -> None:
         await self.server.listen(self._listen_address)
+        await self._plugins.start()  # (before the worker process starts)
         await self.instantiate()
         if self.memory_limit and self.memory_terminate_fraction:
             self._background_task(self._watch_memory())
@@ -190,6 +199,7 @@ class Nanny(ServerNode):
         await asyncio.gather(*others, return_exceptions=True)
         async with self._lock:
             await self._stop_process(self._close_timeout)
+        await self._plugins.close()
         await self.server.close()
         await self.pool.close()
 

@@ -11,6 +11,7 @@ reply (:meth:`RemoteError.reply`).
 from __future__ import annotations
 
 import copy
+import copyreg
 import functools
 import traceback
 from dataclasses import dataclass
@@ -62,12 +63,20 @@ def _safe_str(exc: BaseException, func: Any = str) -> str:
 
 def _transferable(exc: BaseException) -> BaseException:
     """``exc`` if it survives a pickle round trip, else a stand-in keeping its text."""
+    if isinstance(exc, SyntaxError):
+        # dask installs tblib's reducer for every exception class, which rebuilds a
+        # SyntaxError without its message; rebuilt from its arguments, it keeps it.
+        copyreg.pickle(type(exc), _rebuilt_from_args)
     try:
         if isinstance(serialize(exc).deserialize(), BaseException):
             return exc
     except Exception:
         pass
     return remote_exception(type(exc).__name__, _safe_str(exc))
+
+
+def _rebuilt_from_args(exc: BaseException) -> tuple:
+    return type(exc), exc.args
 
 
 def _traceback_of(exc: BaseException) -> Traceback | None:

@@ -27,15 +27,18 @@ from distributary.protocol.worker_messages import (
 
 __all__ = [
     "AcquireReplicas",
+    "ClientAdded",
     "ClientRemoved",
     "ClusterRestarted",
     "ComputeTask",
     "ForServer",
     "FreeKeys",
+    "GraphUpdated",
     "KeyCancelled",
     "KeyErred",
     "KeyInMemory",
     "KeyLost",
+    "Notice",
     "Restarted",
     "RetirementFailed",
     "SchedulerIdle",
@@ -43,6 +46,8 @@ __all__ = [
     "StealRequest",
     "ToClient",
     "ToWorker",
+    "WorkerAdded",
+    "WorkerRemoved",
     "WorkerRetired",
     "WorkerSilent",
 ]
@@ -68,6 +73,44 @@ class RetirementFailed(ForServer):
 
     addresses: tuple
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(ForServer):
+    """Base of the instructions that only tell what happened (for the plugins): there is
+    nothing to carry out."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerAdded(Notice):
+    """A worker joined (``nanny``: the address of its nanny, if it has one)."""
+
+    address: str
+    nanny: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRemoved(Notice):
+    """A worker is gone."""
+
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAdded(Notice):
+    """A client connected."""
+
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class GraphUpdated(Notice):
+    """A client's graph (or one part of it) was taken in: its ``tasks`` (specs) and the
+    keys it ``wanted``."""
+
+    client: str
+    tasks: tuple
+    wanted: tuple
 
 
 @dataclass(frozen=True, slots=True)

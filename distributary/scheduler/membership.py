@@ -45,6 +45,7 @@ def add_worker(state: SchedulerState, event: ev.AddWorker) -> Recs:
         state.workers_by_name[ws.name] = ws.address
     state.workers_by_host.setdefault(ws.host, set()).add(ws.address)
     state.update_idle(ws)
+    state.emit(ins.WorkerAdded(event.stimulus_id, ws.address, ws.nanny))
     recs = state.recommend_unrunnable()
     recs.update(state.fill_slots(ws))
     return recs
@@ -55,6 +56,7 @@ def remove_worker(state: SchedulerState, event: ev.RemoveWorker) -> Recs:
     if ws is None:
         return {}
     state.idle.pop(ws.address, None)
+    state.emit(ins.WorkerRemoved(event.stimulus_id, ws.address))
     if state.retiring.pop(ws.address, None) is not None:  # (gone: nothing left to move)
         state.emit(ins.WorkerRetired(event.stimulus_id, ws.address))
     if state.workers_by_name.get(ws.name) == ws.address:

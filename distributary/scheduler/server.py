@@ -40,6 +40,7 @@ from distributary.scheduler.introspection import Introspection
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.named_events import EventExtension
+from distributary.scheduler.plugins import PluginRegistry
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
@@ -124,6 +125,7 @@ class Scheduler(ServerNode):
         self.named_events = EventExtension(self)
         self.pubsub = PubSubExtension(self)
         self.introspection = Introspection(self)
+        self.plugin_registry = PluginRegistry(self)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -137,6 +139,7 @@ class Scheduler(ServerNode):
             self.named_events,
             self.pubsub,
             self.introspection,
+            self.plugin_registry,
         ]
         for extension in self.extensions:
             self.add_extension(extension)
@@ -165,6 +168,35 @@ class Scheduler(ServerNode):
     def tasks(self) -> dict:
         """The tasks' records, by key."""
         return self.state.tasks
+
+    @property
+    def plugins(self) -> dict:
+        """The scheduler plugins, by name."""
+        return self.plugin_registry.plugins
+
+    @property
+    def local_directory(self) -> str:
+        """The scheduler's own directory (made when first asked for, removed when it
+        closes): where ``Client.upload_file`` saves files."""
+        return self.plugin_registry.local_directory
+
+    def add_plugin(
+        self, plugin: Any = None, idempotent: bool = False, name: str | None = None, **kwargs: Any
+    ) -> None:
+        """Add a SchedulerPlugin as ``name`` (by default its ``name``, or one made for it),
+        in place of one of that name, unless ``idempotent`` and the name is taken.  Its
+        ``start`` is called when the scheduler starts, if it did not yet."""
+        self.plugin_registry.add(plugin, idempotent, name, **kwargs)
+
+    def remove_plugin(self, plugin: Any = None, name: str | None = None) -> None:
+        """Remove a scheduler plugin, given itself or its name (ValueError if absent)."""
+        self.plugin_registry.remove(plugin, name)
+
+    async def register_worker_plugin(self, comm: Any, plugin: Any, name: str | None = None) -> dict:
+        """Set ``plugin`` (a WorkerPlugin, or its pickle) up on every worker there is and
+        will be; ``{address: {"status": "OK"}}``, or the error of a worker whose
+        ``setup`` raised."""
+        return await self.plugin_registry.register_worker_plugin(plugin, name)
 
     def story(self, *keys: Any) -> list[tuple]:
         """What happened to these keys: ``(key, start, finish, stimulus_id)`` entries."""
@@ -268,9 +300,11 @@ class Scheduler(ServerNode):
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
         for extension in self.extensions:
             extension.start()
+        await self.plugin_registry.start_plugins()
         logger.info("Scheduler at: %s", self.address)
 
     async def _close(self) -> None:
+        await self.plugin_registry.close_plugins()
         for extension in self.extensions:
             extension.stop()
         for stream in [*self.worker_streams.values(), *self.client_streams.values()]:

@@ -178,6 +178,7 @@ class SchedulerState(TransitionEngine):
 
     def _handle_add_client(self, event: ev.AddClient) -> Recs:
         self.clients.setdefault(event.client, ClientRecord(event.client))
+        self.emit(ins.ClientAdded(event.stimulus_id, event.client))
         return {}
 
     def _handle_remove_client(self, event: ev.RemoveClient) -> Recs:
@@ -198,6 +199,7 @@ class SchedulerState(TransitionEngine):
     def _handle_update_graph(self, event: ev.UpdateGraph) -> Recs:
         cs = self._client(event.client)
         fresh, created = read_graph(self.tasks, event.tasks)
+        self.emit(ins.GraphUpdated(event.stimulus_id, cs.client_id, event.tasks, event.wanted))
         recs: Recs = {}
         lost = self._forget_lost(created, recs, event.stimulus_id) if created else NO_KEYS
         new = [ts for ts in fresh if ts.key not in lost]
@@ -234,7 +236,7 @@ class SchedulerState(TransitionEngine):
         of it was cancelled meanwhile); return their keys, to cancel for their clients."""
         lost, unlinked = forget_lost(self.tasks, created)
         for ts in lost:
-            self.transition_log.append((ts.key, "released", "forgotten", stimulus_id))
+            self.log(ts.key, "released", "forgotten", stimulus_id)
         for dep in unlinked:
             if dep.state == "released" and not dep.dependents and not self._is_needed(dep):
                 recs[dep.key] = "forgotten"
@@ -350,7 +352,7 @@ class SchedulerState(TransitionEngine):
                     self._add_replica(ts, ws)
             if ts.who_has and ts.state == "released":
                 ts.state = "memory"
-                self.transition_log.append((key, "released", "memory", event.stimulus_id))
+                self.log(key, "released", "memory", event.stimulus_id)
             if cs is not None:
                 ts.who_wants.add(cs.client_id)
                 cs.wants_what.add(ts)

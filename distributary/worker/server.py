@@ -43,6 +43,7 @@ from distributary.worker import introspection
 from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
+from distributary.worker.plugins import WorkerPlugins
 from distributary.worker.state import WorkerState
 from distributary.worker.threads import TaskThreads
 
@@ -63,7 +64,8 @@ class Worker(ServerNode):
     Past ``memory_target_fraction`` of ``memory_limit`` its results spill to disk under
     ``local_directory``; past ``memory_pause_fraction`` of the limit (in process memory)
     it pauses.  After ``lifetime`` (give or take ``lifetime_stagger``) it closes
-    gracefully, to be restarted by its nanny if ``lifetime_restart``.
+    gracefully, to be restarted by its nanny if ``lifetime_restart``.  ``plugins``
+    (WorkerPlugins) are set up as it starts, with those registered on the scheduler.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class Worker(ServerNode):
         lifetime: Any = None,
         lifetime_stagger: Any = None,
         lifetime_restart: bool | None = None,
+        plugins: Any = (),
         **kwargs: Any,
     ):
         super().__init__(logger)
@@ -151,6 +154,8 @@ class Worker(ServerNode):
         self.task_client: Any = None
         self.task_client_lock = threading.Lock()
         self.pool = ConnectionPool(role="worker")
+        self._plugins = WorkerPlugins(self)
+        self._given_plugins = tuple(plugins)
         self.server = Server(
             handlers={
                 rq.GetData: self._handle_get_data,
@@ -160,6 +165,7 @@ class Worker(ServerNode):
                 rq.CloseWorker: self._handle_close,
                 CallStack: lambda comm, msg: self.get_call_stack(msg.keys),
                 **self.node_handlers(),
+                **self._plugins.handlers,
             },
         )
         self.batched: BatchedSend | None = None
@@ -174,6 +180,11 @@ class Worker(ServerNode):
         """The results held by this worker, by key (a spilling buffer under a memory limit:
         ``data.memory`` and ``data.disk`` hold the results in memory and on disk)."""
         return self.state.data
+
+    @property
+    def plugins(self) -> dict:
+        """The worker plugins set up here, by name."""
+        return self._plugins.plugins
 
     @property
     def address(self) -> str:
@@ -196,6 +207,7 @@ class Worker(ServerNode):
         self.state.data = self.memory_manager.create_data(self.local_directory)
         comm = await self._register()
         self.batched = BatchedSend(comm)
+        await self._plugins.start(self._given_plugins)  # (before the first task is read)
         loop = asyncio.get_running_loop()
         self._stream_task = loop.create_task(self._read_stream(comm))
         self._periodic.append(loop.create_task(self._heartbeats()))
@@ -295,6 +307,7 @@ class Worker(ServerNode):
         task.add_done_callback(self._ongoing.discard)
 
     async def _close(self) -> None:
+        await self._plugins.close()
         if self._lifetime_timer is not None:
             self._lifetime_timer.cancel()
         for task in self._periodic:
