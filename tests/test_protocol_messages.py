@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
+from distributary.protocol import data as dt
 from distributary.protocol import error_message
 from distributary.protocol import locks as lk
 from distributary.protocol import requests as rq
@@ -32,6 +33,7 @@ CATALOGUES["scheduler"] = Catalogue(
     *(sh.QueueCreate, sh.QueuePut, sh.QueueGet, sh.QueueSize),
     *(sh.VariableSet, sh.VariableGet, sh.VariableDelete, sh.PubSubGet),
     *(sh.EventSet, sh.EventClear, sh.EventIsSet, sh.EventWait),
+    *(dt.Replicate, dt.Rebalance, dt.SetMetadata, dt.GetMetadata, dt.GetErredTask),
 )
 CATALOGUES["worker"] = Catalogue(
     rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction
