@@ -1,6 +1,6 @@
-"""Where data is held: replicate, rebalance, scatter to chosen workers, metadata, and the
-workers a restart brings back; real schedulers and workers over TCP (worker processes
-too)."""
+"""Where data is held: replicate and rebalance (and their pure plans), scatter to chosen
+workers, metadata, and the workers a restart brings back; real schedulers and workers
+over TCP (worker processes too)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import pytest
 from conftest import apoll, gen_cluster, poll
 
 from distributary import Client, LocalCluster
+from distributary.scheduler import events as ev
+from distributary.scheduler import instructions as ins
+from distributary.scheduler.replicas import CopyReplicas, DropReplicas, plan_copies, plan_moves
+from distributary.scheduler.state import SchedulerState
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,6 +47,48 @@ def has(key, dask_worker=None) -> bool:
 
 def ran(s, key) -> int:
     return [finish for _, _, finish, _ in s.story(key)].count("processing")
+
+
+# ---------------------------------------------------------------------- the pure plans
+
+A, B, C = "tcp://10.0.0.1:1", "tcp://10.0.0.2:2", "tcp://10.0.0.3:3"
+
+
+def pure_state(held: dict) -> SchedulerState:
+    """A state with workers A, B, C and the keys of ``held`` ({key: holders}) in memory."""
+    state = SchedulerState(validate=True)
+    state.handle(*(ev.AddWorker(f"add-{w}", w, 1) for w in (A, B, C)))
+    nbytes = dict.fromkeys(held, 100)
+    state.handle(ev.ScatterData("s", who_has=held, nbytes=nbytes, client="me"))
+    return state
+
+
+def test_drop_replicas_keeps_the_last_copy_and_tells_the_workers():
+    state = pure_state({"x": (A, B), "y": (A,)})
+    out = state.handle(DropReplicas("drop", {A: ["x", "y"], B: ["x"], C: ["nope"]}))
+    assert {ws.address for ws in state.tasks["x"].who_has} == {B}  # A's went, B's is last
+    assert {ws.address for ws in state.tasks["y"].who_has} == {A}
+    assert [(i.worker, i.keys) for i in out if isinstance(i, ins.FreeKeys)] == [(A, ("x",))]
+    assert state.workers[A].nbytes == 100 and state.workers[B].nbytes == 100
+
+
+def test_copy_replicas_asks_for_keys_in_memory_not_held_there():
+    state = pure_state({"x": (A,), "y": (B,)})
+    out = state.handle(CopyReplicas("copy", {C: ["x", "y", "nope"], A: ["x"]}))
+    (acquire,) = [i for i in out if isinstance(i, ins.AcquireReplicas)]
+    assert acquire.worker == C and acquire.who_has == {"x": (A,), "y": (B,)}
+    assert {ws.address for ws in state.tasks["x"].who_has} == {A}  # not until add-keys
+
+
+def test_plans_spread_copies_and_even_out_bytes():
+    state = pure_state({f"k{i}": (A,) for i in range(6)})
+    workers = list(state.workers.values())
+    tasks = list(state.tasks.values())
+    copies = plan_copies(tasks, workers, n=3, branching_factor=1)  # one new copy per holder
+    assert sorted(map(len, copies.values())) == [3, 3] and A not in copies
+    moves = plan_moves(None, workers)
+    assert len(moves) == 4 and {sender for _, sender, _ in moves} == {A}
+    assert sorted(recipient for _, _, recipient in moves) == [B, B, C, C]
 
 
 # ---------------------------------------------------------------------- replicate
