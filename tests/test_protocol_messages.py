@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import msgspec
 import pytest
 
+from distributary.protocol import data as dt
 from distributary.protocol import error_message
 from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
@@ -38,6 +39,7 @@ CATALOGUES["scheduler"] = Catalogue(
     *(ri.ClusterCallStack, ri.WorkerLogs, ri.ClusterVersions, ri.LogEvent, ri.GetEvents),
     *(pl.RegisterSchedulerPlugin, pl.UnregisterSchedulerPlugin, pl.GetPlugins),
     *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
+    *(dt.Replicate, dt.Rebalance, dt.SetMetadata, dt.GetMetadata, dt.GetErredTask),
 )
 CATALOGUES["worker"] = Catalogue(
     *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),

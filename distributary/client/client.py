@@ -18,9 +18,10 @@ import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client import cluster, introspection, plugins, registry
+from distributary.client import cluster, data, introspection, plugins, registry, replay
 from distributary.client.collections import GraphRunner
 from distributary.client.datasets import NO_DEFAULT, DatasetRequests, Datasets
+from distributary.client.executor import ClientExecutor
 from distributary.client.future import Future
 from distributary.client.graphs import SubmissionWindows, no_actors, part_size, task_options
 from distributary.client.outbox import Outbox
@@ -82,6 +83,7 @@ class Client:
         self._outbox = Outbox(self._core, self)
         self._restart_waiters: set[asyncio.Event] = set()  # set when a restart is reported
         self._stream_task: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None  # (start() of an asynchronous client)
         self.pool = ConnectionPool(limit=connection_limit, role="client")
         self._graphs = GraphRunner(self, self._outbox, self.gather)
         self._windows = SubmissionWindows()
@@ -89,6 +91,7 @@ class Client:
             self, self._outbox, self.pool, self._call_scheduler, self._timeout
         )
         self._datasets = DatasetRequests(self.id, self, self._outbox, self._call_scheduler)
+        self._placement = data.PlacementRequests(self.id, self._outbox, self._call_scheduler)
         self.scheduler_address: str | None = None
         self.scheduler_file = scheduler_file
         if scheduler_file is not None:
@@ -126,6 +129,8 @@ class Client:
         sync(self.loop, self._connect(address), None)
 
     async def _start(self) -> Client:
+        if self._starting is not None and self._starting is not asyncio.current_task():
+            return await self._starting
         if self.status == "running":
             return self
         self.loop = asyncio.get_running_loop()
@@ -184,7 +189,7 @@ class Client:
         """Close the client (and the LocalCluster it started, if any)."""
         if self.asynchronous:
             return self._close()
-        if self.status == "closed":
+        if self._runner is None:  # (closed; the scheduler may have gone first)
             return None
         try:
             sync(self.loop, self._close(), parse_timedelta(timeout) if timeout else None)
@@ -212,7 +217,10 @@ class Client:
 
     @classmethod
     def current(cls, allow_global: bool = True) -> Client:
-        """The default client of this process; ValueError if there is none."""
+        """The default client of this process; ValueError if there is none (always
+        without ``allow_global``: there is no client made current by a context)."""
+        if not allow_global:
+            raise ValueError("No clients found")
         return default_client()
 
     def sync(self, func: Callable, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
@@ -405,7 +413,10 @@ class Client:
     ) -> Any:
         """Move data to the workers; return Futures pointing to it.
 
-        A list gives a list of futures, a dict a dict, a single object one future.
+        A list gives a list of futures, a dict a dict, a single object one future.  Each
+        item goes to one of ``workers`` (all when None) in turn, or with ``broadcast`` to
+        each of them (to that many, given a number).  The data always goes straight to
+        the workers, whatever ``direct`` says (the scheduler never holds data).
         """
         # positionally: ``timeout=`` would be taken by ``sync`` itself
         return self.sync(self._transfer.scatter, data, workers, broadcast, hash, timeout)
@@ -639,7 +650,8 @@ class Client:
         """Restart the cluster: kill all work, delete all data, start new worker processes.
 
         Every future of this client is cancelled; the client stays usable.  Workers
-        without a nanny are closed.  With ``wait_for_workers``, return once as many
+        without a nanny are closed, and those of the client's LocalCluster (in-process
+        workers) are started anew.  With ``wait_for_workers``, return once as many
         workers as had nannies are back (TimeoutError after ``timeout``).
         """
         return self.sync(
@@ -649,6 +661,7 @@ class Client:
             wait_for_workers,
             self._restart_waiters,
             self._outbox.cancel_everything,
+            self.cluster,
         )
 
     def retire_workers(
@@ -751,9 +764,74 @@ class Client:
         cluster.write_scheduler_file(scheduler_file, self.scheduler_address, info)
         self.scheduler_file = scheduler_file
 
-    def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
-        """Block until at least ``n_workers`` workers have joined."""
+    def wait_for_workers(self, n_workers: int = 0, timeout: Any = None) -> Any:
+        """Block until at least ``n_workers`` workers have joined (TimeoutError after
+        ``timeout``)."""
         return self.sync(cluster.wait_for_workers, self._call_scheduler, n_workers, timeout)
+
+    # ------------------------------------------------------------------ data, and the rest
+
+    def replicate(
+        self,
+        futures: Any,
+        n: int | None = None,
+        workers: Any = None,
+        branching_factor: int = 2,
+        **kwargs: Any,
+    ) -> Any:
+        """Once done, copy the futures' data (worker to worker, a tree copy) onto ``n`` of
+        ``workers`` (all when None): one copy on each when ``n`` is None, extra ones dropped."""
+        return self.sync(self._placement.replicate, futures, n, workers, branching_factor, **kwargs)
+
+    def rebalance(self, futures: Any = None, workers: Any = None, **kwargs: Any) -> Any:
+        """Even out the bytes held among ``workers`` (all when None) by moving the data of
+        ``futures`` (any when None) from workers holding more than the mean to the others."""
+        return self.sync(self._placement.rebalance, futures, workers, **kwargs)
+
+    def set_metadata(self, key: Any, value: Any) -> Any:
+        """Keep a small plain value on the scheduler under ``key`` (a list: a nested path)."""
+        return self.sync(data.set_metadata, self._call_scheduler, key, value)
+
+    def get_metadata(self, keys: Any, default: Any = NO_DEFAULT) -> Any:
+        """The metadata at ``keys`` (see ``set_metadata``); ``default``, or KeyError."""
+        return self.sync(data.get_metadata, self._call_scheduler, keys, default)
+
+    def get_executor(self, **kwargs: Any) -> ClientExecutor:
+        """A concurrent.futures Executor running calls here with ``kwargs`` (of ``submit``)."""
+        return ClientExecutor(self, **kwargs)
+
+    def get_futures_error(self, future: Any) -> Any:
+        """``(function, args, kwargs, deps)`` of the task that made ``future`` fail."""
+        return self.sync(replay.futures_error, self._call_scheduler, future)
+
+    def recreate_error_locally(self, future: Any) -> Any:
+        """Run the task that made ``future`` fail here, with its inputs fetched: it raises
+        the same exception in this thread, where a debugger can step in."""
+        args = (self._call_scheduler, self, self._transfer.gather, future)
+        if self.asynchronous:
+            return replay.recreate_error_locally(*args)
+        return self.sync(replay.erred_call, *args)()
+
+    def normalize_collection(self, collection: Any) -> Any:
+        """``collection`` with the tasks this client holds futures of replaced by those."""
+        return data.normalize_collection(self, set(self._core.futures), collection)
+
+    get_restrictions = staticmethod(data.get_restrictions)
+
+    def shutdown(self) -> Any:
+        """Shut the scheduler and its workers down (through the client's cluster if it has
+        one), then close this client."""
+        if self.asynchronous:
+            return cluster.shutdown(self._call_scheduler, self.cluster, self._close)
+        self.sync(cluster.shutdown, self._call_scheduler, self.cluster, self._close)
+        return self.close()
+
+    def start(self, timeout: Any = None) -> None:
+        """Start connecting an ``asynchronous=True`` client not awaited yet (in the running
+        event loop: ``await client`` waits for it); a started client is left as it is."""
+        if self.status == "newly-created" and self._starting is None:
+            self._timeout = parse_timedelta(timeout) if timeout is not None else self._timeout
+            self._starting = asyncio.ensure_future(self._start())
 
     # ------------------------------------------------------------------ for its futures
 

@@ -27,8 +27,11 @@ async def restart(
     wait_for_workers: bool,
     waiters: set[asyncio.Event],
     cancel_everything: Callable[[str], None],
+    cluster: Any = None,
 ) -> None:
-    """Restart the cluster; return once the client's stream reported it.
+    """Restart the cluster; return once the client's stream reported it, and the client's
+    ``cluster`` object (if any) has started workers in place of those the restart
+    closed (its in-process workers, which have no nanny to restart them).
 
     The client sets every event in ``waiters`` when its stream reports a restart;
     without that report 5 s after the reply, ``cancel_everything`` is called.
@@ -47,6 +50,32 @@ async def restart(
             cancel_everything("scheduler-restart")
     finally:
         waiters.discard(reported)
+    if cluster is not None and hasattr(cluster, "worker_spec"):
+        await asyncio.wait_for(
+            _call_cluster(cluster, cluster.scale, len(cluster.worker_spec)), seconds
+        )
+
+
+async def shutdown(
+    call: SchedulerCall, cluster: Any, close_client: Callable[[], Awaitable]
+) -> None:
+    """Close the scheduler and its workers, and the client (``close_client``): through
+    the ``cluster`` object if there is one, else by asking the scheduler to close."""
+    if cluster is None:
+        await call(rq.Terminate())
+        await close_client()
+        return
+    await close_client()  # (first: losing the scheduler then is no surprise)
+    await _call_cluster(cluster, cluster.close)
+
+
+async def _call_cluster(cluster: Any, method: Callable, *args: Any) -> None:
+    """Call a method of a cluster object: awaited if it is asynchronous, else in a thread
+    (a blocking cluster waits for its work on this very event loop)."""
+    if cluster.asynchronous:
+        await method(*args)
+    else:
+        await asyncio.get_running_loop().run_in_executor(None, method, *args)
 
 
 async def retire_workers(
@@ -62,6 +91,8 @@ async def retire_workers(
 async def wait_for_workers(call: SchedulerCall, n_workers: int, timeout: Any = None) -> None:
     """Until at least ``n_workers`` workers have joined (the scheduler answers then);
     TimeoutError after ``timeout``."""
+    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0:
+        raise ValueError(f"n_workers must be a whole number of workers, not {n_workers!r}")
     await call(rq.WaitForWorkers(n_workers, timeout))
 
 

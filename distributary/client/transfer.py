@@ -21,6 +21,7 @@ from distributary.client.introspection import scheduler_info
 from distributary.client.outbox import Outbox
 from distributary.client.state import FutureState
 from distributary.client.structures import collect_futures, substitute_results
+from distributary.comm.addressing import normalize_address
 from distributary.core import ConnectionPool
 from distributary.exceptions import FutureLostError
 from distributary.protocol import requests as rq
@@ -112,9 +113,11 @@ class DataTransfer:
         return {key: deserialize(value) for key, value in reply.data.items()}
 
     async def scatter(
-        self, data: Any, workers: Any, broadcast: bool, hash: bool, timeout: Any
+        self, data: Any, workers: Any, broadcast: bool | int, hash: bool, timeout: Any
     ) -> Any:
-        """Move ``data`` to ``workers`` (or to all, or spread); futures of it, shaped like it."""
+        """Move ``data`` to ``workers`` (addresses, names or ``(host, port)``; all when
+        None): each item to the next worker in turn, or with ``broadcast`` to every one
+        (to that many, given a number); futures of it, shaped like it."""
         self._outbox.check_open()
         if isinstance(data, dict):
             items = dict(data)
@@ -125,10 +128,11 @@ class DataTransfer:
                 f"{type(v).__name__}-{tokenize(v) if hash else uuid.uuid4().hex}" for v in values
             ]
             items = dict(zip(names, values))
-        targets = await self._scatter_targets(workers, broadcast, timeout)
+        targets = await self._scatter_targets(workers, timeout)
+        copies = len(targets) if broadcast is True else min(max(int(broadcast), 1), len(targets))
         placement: dict[str, dict] = {}
         for i, (key, value) in enumerate(items.items()):
-            for worker in targets if broadcast else [targets[i % len(targets)]]:
+            for worker in (targets[(i + j) % len(targets)] for j in range(copies)):
                 placement.setdefault(worker, {})[key] = value
         who_has: dict = {}
         nbytes: dict = {}
@@ -155,7 +159,7 @@ class DataTransfer:
         result = list(futures.values())
         return result[0] if single else result
 
-    async def _scatter_targets(self, workers: Any, broadcast: bool, timeout: Any) -> list[str]:
+    async def _scatter_targets(self, workers: Any, timeout: Any) -> list[str]:
         deadline = asyncio.get_running_loop().time() + (
             parse_timedelta(timeout) if timeout is not None else self._timeout
         )
@@ -165,12 +169,21 @@ class DataTransfer:
             if workers is not None:
                 wanted = [workers] if isinstance(workers, str) else list(workers)
                 by_name = {w["name"]: a for a, w in available.items()}
-                targets = [by_name.get(w, w) for w in wanted]
+                targets = [by_name.get(w) or _address(w) for w in wanted]
                 targets = [t for t in targets if t in available]
             else:
                 targets = sorted(available)
             if targets:
                 return targets
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError("No workers to scatter data to")
+                among = "" if workers is None else f" among {workers!r}"
+                raise TimeoutError(f"No workers to scatter data to{among}")
             await asyncio.sleep(0.05)
+
+
+def _address(worker: Any) -> Any:
+    """A worker's address from an address or ``(host, port)`` (as given when it is not)."""
+    try:
+        return normalize_address(worker)
+    except (TypeError, ValueError):
+        return worker

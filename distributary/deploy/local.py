@@ -31,6 +31,7 @@ from distributary.worker.server import Worker
 logger = logging.getLogger("distributary.deploy")
 
 _EXIT_CLOSE_TIMEOUT = 10.0  # seconds a forgotten cluster may take to close at exit
+_GONE = ("closing", "closed")  # statuses of workers that are replaced
 
 
 class LocalCluster:
@@ -282,12 +283,16 @@ class LocalCluster:
         return None
 
     async def _correct_state(self) -> None:
-        """Start and close workers until they match ``worker_spec``."""
+        """Start and close workers until they match ``worker_spec`` (a worker that closed,
+        as a restart closes in-process workers, is started anew)."""
         if self._lock is None:  # not started: the spec applies when it starts
             return
         async with self._lock:
             if self.status in ("closing", "closed"):
                 return
+            gone = [name for name, node in self.workers.items() if node.status in _GONE]
+            if gone:
+                await _close_nodes(self.workers.pop(name) for name in gone)
             to_close = [name for name in self.workers if name not in self.worker_spec]
             if to_close:
                 await _close_nodes(self.workers.pop(name) for name in to_close)

@@ -39,12 +39,14 @@ from distributary.scheduler.flushes import StreamFlushes
 from distributary.scheduler.introspection import Introspection
 from distributary.scheduler.lifecycle import WorkerLifecycle
 from distributary.scheduler.locks import LockExtension
+from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
 from distributary.scheduler.remote import RemoteExecution
+from distributary.scheduler.replication import DataReplication
 from distributary.scheduler.semaphores import SemaphoreExtension
 from distributary.scheduler.shared import SharedValues
 from distributary.scheduler.state import SchedulerState
@@ -126,6 +128,7 @@ class Scheduler(ServerNode):
         self.pubsub = PubSubExtension(self)
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
+        self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -140,6 +143,7 @@ class Scheduler(ServerNode):
             self.pubsub,
             self.introspection,
             self.plugin_registry,
+            *(self.replication, self.metadata),
         ]
         for extension in self.extensions:
             self.add_extension(extension)
@@ -270,6 +274,31 @@ class Scheduler(ServerNode):
     def workers_to_close(self, **kwargs: Any) -> list:
         """Workers that can be closed at little cost (see ``WorkerLifecycle.workers_to_close``)."""
         return self.lifecycle.workers_to_close(**kwargs)
+
+    async def replicate(
+        self,
+        comm: Any = None,
+        keys: Any = None,
+        n: int | None = None,
+        workers: Any = None,
+        branching_factor: int = 2,
+        delete: bool = True,
+    ) -> dict:
+        """Have ``n`` copies of each key's data on ``workers`` (addresses or names; all
+        running workers when None), one on each of them when ``n`` is None; with
+        ``delete`` the copies beyond ``n`` there are dropped.  The workers fetch the
+        data from each other.  ``{"status": "OK"}``, or ``"partial-fail"`` with the
+        ``keys`` that hold no data."""
+        placed = await self.replication.replicate(keys or (), n, workers, branching_factor, delete)
+        return msgspec.structs.asdict(placed)
+
+    async def rebalance(self, comm: Any = None, keys: Any = None, workers: Any = None) -> dict:
+        """Even out the bytes held among ``workers`` (all running workers when None) by
+        moving the data of ``keys`` (any when None) from the workers holding more than
+        the mean to those holding less.  ``{"status": "OK"}``, or ``"partial-fail"``
+        with the ``keys`` that hold no data."""
+        placed = await self.replication.rebalance(keys, workers)
+        return msgspec.structs.asdict(placed)
 
     async def restart(self, timeout: float = 30, wait_for_workers: bool = True) -> None:
         """Forget all tasks and data, restart the worker processes, wait for them to return."""

@@ -35,7 +35,7 @@ from dask.utils import key_split
 from distributary.exceptions import FutureLostError
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
-from distributary.scheduler import membership
+from distributary.scheduler import membership, replicas
 from distributary.scheduler.graph import forget_lost, read_graph
 from distributary.scheduler.placement import decide_worker, urgent_last
 from distributary.scheduler.records import (
@@ -118,6 +118,8 @@ class SchedulerState(TransitionEngine):
             ev.AddKeys: self._handle_add_keys,
             ev.MissingData: self._handle_missing_data,
             ev.StealResponse: partial(self.stealing.answered, self),
+            replicas.CopyReplicas: partial(replicas.copy_replicas, self),
+            replicas.DropReplicas: partial(replicas.drop_replicas, self),
         }
         self._table: dict[tuple[TaskState, TaskState], Callable[[TaskRecord, str], Recs]] = {
             ("released", "waiting"): self._released_to_waiting,
