@@ -193,12 +193,12 @@ SIGNATURES = {  # as the spec (spec/002_*, spec/004_*) gives them
     Client.get_scheduler_logs: "(self, n=None)",
     Client.get_versions: "(self, check=False, packages=None)",  # ([]: the same)
     Client.get_worker_logs: "(self, n=None, workers=None, nanny=False)",
-    Client.has_what: "(self, workers=None, **kwargs)",
-    Client.nbytes: "(self, keys=None, summary=True, **kwargs)",
-    Client.ncores: "(self, workers=None, **kwargs)",
-    Client.nthreads: "(self, workers=None, **kwargs)",
+    Client.has_what: "(self, workers=None)",
+    Client.nbytes: "(self, keys=None, summary=True)",
+    Client.ncores: "(self, workers=None)",
+    Client.nthreads: "(self, workers=None)",
     Client.processing: "(self, workers=None)",
-    Client.scheduler_info: "(self, **kwargs)",
+    Client.scheduler_info: "(self, n_workers=-1)",
     Client.who_has: "(self, futures=None, **kwargs)",
     Scheduler.broadcast: (
         "(self, comm=None, msg=None, workers=None, hosts=None, nanny=False, serializers=None, "

@@ -183,3 +183,21 @@ async def test_actors_are_refused_with_a_clear_error(c, s, a):
     with pytest.raises(NotImplementedError, match="actors"):
         c.map(note, ["x"], actors=True)
     assert await c.submit(note, "still-fine") == "still-fine"
+
+
+@gen_cluster(nthreads=(1, 1))
+async def test_get_takes_the_older_restrictions_per_key(c, s, a, b):
+    graph = {"on-b": (where, 1), "loose": (where, 2), "free": (where, 3)}
+    restrictions = {"on-b": [b.address], "loose": ["nowhere"]}
+    got = c.get(
+        graph,
+        ["on-b", "loose", "free"],
+        restrictions=restrictions,
+        loose_restrictions=["loose"],
+        sync=False,
+    )
+    assert (await c.gather(got))[0] == b.address
+    with pytest.raises(TypeError, match="restrictions= is a dict"):
+        c.get(graph, ["free"], restrictions=[a.address])
+    with pytest.raises(ValueError, match="loose_restrictions="):
+        c.get(graph, ["free"], loose_restrictions=["free"])

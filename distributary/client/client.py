@@ -18,12 +18,27 @@ import dask.config
 from dask.base import tokenize
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client import cluster, data, introspection, plugins, registry, replay
+from distributary.client import (
+    cluster,
+    data,
+    introspection,
+    plugins,
+    registry,
+    replay,
+    unsupported,
+)
+from distributary.client.calls import scheduler_method
 from distributary.client.collections import GraphRunner
 from distributary.client.datasets import NO_DEFAULT, DatasetRequests, Datasets
 from distributary.client.executor import ClientExecutor
 from distributary.client.future import Future
-from distributary.client.graphs import SubmissionWindows, no_actors, part_size, task_options
+from distributary.client.graphs import (
+    SubmissionWindows,
+    no_actors,
+    part_size,
+    per_key_restrictions,
+    task_options,
+)
 from distributary.client.outbox import Outbox
 from distributary.client.registry import default_client
 from distributary.client.state import ClientState, FutureState
@@ -70,7 +85,7 @@ class Client:
         **kwargs: Any,
     ):
         self.id = f"{name or 'Client'}-{uuid.uuid4()}"
-        self.asynchronous = asynchronous
+        self._asynchronous = bool(asynchronous)
         self.status = "newly-created"
         self.cluster: Any = None
         self._own_cluster = False
@@ -222,6 +237,11 @@ class Client:
         if not allow_global:
             raise ValueError("No clients found")
         return default_client()
+
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the methods of this client return awaitables (``asynchronous=True``)."""
+        return self._asynchronous
 
     def sync(self, func: Callable, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
         """Run ``func`` (a coroutine function) on the client's loop and return its result.
@@ -460,6 +480,8 @@ class Client:
         keys: Any,
         workers: Any = None,
         allow_other_workers: bool | None = None,
+        restrictions: dict | None = None,
+        loose_restrictions: Any = None,
         resources: dict | None = None,
         sync: bool = True,
         asynchronous: bool | None = None,
@@ -473,7 +495,9 @@ class Client:
         """Compute the ``keys`` of a dask graph on the cluster (dask's scheduler ``get``).
 
         ``keys`` may be nested lists; the results come back in the same shape.
-        With ``sync=False`` the futures come back instead.
+        With ``sync=False`` the futures come back instead.  ``workers`` restricts every
+        task; the older ``restrictions={key: workers}`` some, and ``loose_restrictions``
+        names the keys whose restrictions are loose.
         """
         no_actors(actors)
         return self._graphs.get(
@@ -482,6 +506,7 @@ class Client:
             sync=sync,
             workers=workers,
             allow_other_workers=allow_other_workers,
+            per_key=per_key_restrictions(restrictions, loose_restrictions),
             resources=resources,
             retries=retries,
             priority=self._windows.priority(priority, fifo_timeout),
@@ -583,14 +608,8 @@ class Client:
 
     # ------------------------------------------------------------------ the cluster
 
-    def scheduler_info(self, **kwargs: Any) -> Any:
-        """The scheduler's identity and its workers, by address (``n_workers=``: the first n)."""
-        return self.sync(introspection.scheduler_info, self._call_scheduler, **kwargs)
-
-    def nthreads(self, workers: Any = None, **kwargs: Any) -> Any:
-        """Threads of each worker (of ``workers``: addresses or names), by address."""
-        return self.sync(introspection.nthreads, self._call_scheduler, workers, **kwargs)
-
+    scheduler_info = scheduler_method(introspection.scheduler_info)
+    nthreads = scheduler_method(introspection.nthreads)
     ncores = nthreads
 
     def who_has(self, futures: Any = None, **kwargs: Any) -> Any:
@@ -599,43 +618,15 @@ class Client:
             introspection.who_has, self._call_scheduler, futures, self.futures, **kwargs
         )
 
-    def has_what(self, workers: Any = None, **kwargs: Any) -> Any:
-        """The keys held by each worker (of ``workers``: addresses or names), by address."""
-        return self.sync(introspection.has_what, self._call_scheduler, workers, **kwargs)
-
-    def processing(self, workers: Any = None) -> Any:
-        """The keys being processed by each worker (of ``workers``), by address."""
-        return self.sync(introspection.processing, self._call_scheduler, workers)
-
-    def nbytes(self, keys: Any = None, summary: bool = True, **kwargs: Any) -> Any:
-        """Bytes of each key held (of ``keys``); with ``summary``, by prefix: ``{"inc": 84}``."""
-        return self.sync(introspection.nbytes, self._call_scheduler, keys, summary, **kwargs)
-
-    def call_stack(self, futures: Any = None, keys: Any = None) -> Any:
-        """The Python stacks of the tasks running now (of ``futures``, collections or
-        ``keys``, and what they wait for; all if neither), by worker and key."""
-        return self.sync(introspection.call_stack, self._call_scheduler, futures, keys)
-
-    def get_versions(self, check: bool = False, packages: Any = None) -> Any:
-        """Versions of the scheduler, workers and client (and of ``packages``); a mismatch
-        warns (VersionMismatchWarning), or with ``check=True`` raises ValueError."""
-        return self.sync(introspection.get_versions, self._call_scheduler, check, packages)
-
-    def get_scheduler_logs(self, n: int | None = None) -> Any:
-        """The scheduler's recent log records, ``(level, message)``, newest first."""
-        return self.sync(introspection.scheduler_logs, self._call_scheduler, n)
-
-    def get_worker_logs(self, n: Any = None, workers: Any = None, nanny: bool = False) -> Any:
-        """Each worker's (or its nanny's) recent log records, newest first, by address."""
-        return self.sync(introspection.worker_logs, self._call_scheduler, n, workers, nanny)
-
-    def log_event(self, topic: Any, msg: Any) -> Any:
-        """Log ``msg`` (plain data) with the time on the scheduler, under ``topic`` (or each)."""
-        return self.sync(introspection.log_event, self._call_scheduler, topic, msg)
-
-    def get_events(self, topic: str | None = None) -> Any:
-        """The ``(time, msg)`` events of ``topic``; of every topic, by topic, when None."""
-        return self.sync(introspection.get_events, self._call_scheduler, topic)
+    has_what = scheduler_method(introspection.has_what)
+    processing = scheduler_method(introspection.processing)
+    nbytes = scheduler_method(introspection.nbytes)
+    call_stack = scheduler_method(introspection.call_stack)
+    get_versions = scheduler_method(introspection.get_versions)
+    get_scheduler_logs = scheduler_method(introspection.get_scheduler_logs)
+    get_worker_logs = scheduler_method(introspection.get_worker_logs)
+    log_event = scheduler_method(introspection.log_event)
+    get_events = scheduler_method(introspection.get_events)
 
     def story(self, *keys: Any) -> Any:
         """The scheduler's log of these keys' (or futures') transitions, oldest first."""
@@ -664,96 +655,21 @@ class Client:
             self.cluster,
         )
 
-    def retire_workers(
-        self, workers: list[str] | None = None, close_workers: bool = True, **kwargs: Any
-    ) -> Any:
-        """Retire workers gracefully: their data moves to the others first, then they close.
+    retire_workers = scheduler_method(cluster.retire_workers)
 
-        ``workers`` are addresses (or use ``names=[...]``); with neither, the scheduler
-        picks workers that can go at little cost.  Returns ``{address: info}`` of the
-        workers retired.
-        """
-        return self.sync(
-            cluster.retire_workers, self._call_scheduler, workers, close_workers, **kwargs
-        )
+    run = scheduler_method(cluster.run)
 
-    def run(
-        self,
-        function: Callable,
-        *args: Any,
-        workers: Any = None,
-        wait: bool = True,
-        nanny: bool = False,
-        on_error: str = "raise",
-        **kwargs: Any,
-    ) -> Any:
-        """Run ``function(*args, **kwargs)`` on every worker (or those in ``workers``:
-        addresses or names), in its event loop; ``{address: result}``.
+    run_coroutine = run  # (dask.distributed's older name: run awaits coroutine functions)
 
-        A function taking ``dask_worker`` gets the worker (the nanny with
-        ``nanny=True``).  A coroutine function is awaited there, or only started with
-        ``wait=False`` (None is returned).  What a worker raises is raised here
-        (``on_error="raise"``), returned in place of its result ("return"), or that
-        worker left out ("ignore").
-        """
-        if isinstance(workers, str):
-            workers = [workers]
-        request = cluster.run_request(
-            function,
-            args,
-            kwargs,
-            workers=None if workers is None else tuple(workers),
-            nanny=nanny,
-            wait=wait,
-        )
-        return self.sync(cluster.run, self._call_scheduler, request, on_error)
+    run_on_scheduler = scheduler_method(cluster.run_on_scheduler)
 
-    def run_on_scheduler(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
-        """Run ``function(*args, **kwargs)`` in the scheduler's event loop and return
-        what it gives; a function taking ``dask_scheduler`` gets the scheduler."""
-        request = cluster.run_request(function, args, kwargs)
-        return self.sync(cluster.run_on_scheduler, self._call_scheduler, request)
-
-    def register_plugin(
-        self, plugin: Any, name: str | None = None, idempotent: bool | None = None
-    ) -> Any:
-        """Register a SchedulerPlugin on the scheduler, or a WorkerPlugin (NannyPlugin) on
-        every worker (nanny) there is and will be; it replaces a plugin of its name, unless
-        ``idempotent`` (default: its own ``idempotent``).  An error of ``setup`` is raised."""
-        return self.sync(plugins.register, self._call_scheduler, plugin, name, idempotent)
-
-    def register_scheduler_plugin(
-        self, plugin: Any, name: str | None = None, idempotent: bool | None = None
-    ) -> Any:
-        """Register a SchedulerPlugin (as ``register_plugin`` does)."""
-        call = self._call_scheduler
-        return self.sync(plugins.register_scheduler_plugin, call, plugin, name, idempotent)
-
-    def register_worker_plugin(
-        self, plugin: Any = None, name: str | None = None, nanny: bool | None = None
-    ) -> Any:
-        """Register a worker plugin on every worker there is and will be (a nanny plugin:
-        on every nanny); ``{address: {"status": "OK"}}``.  See ``register_plugin``."""
-        return self.sync(plugins.register_worker_plugin, self._call_scheduler, plugin, name, nanny)
-
-    def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
-        """Unregister a worker (``nanny=True``: nanny) plugin; each worker tears it down."""
-        return self.sync(plugins.unregister_worker_plugin, self._call_scheduler, name, nanny)
-
-    def unregister_scheduler_plugin(self, name: str) -> Any:
-        """Unregister a scheduler plugin (its ``close`` is called)."""
-        return self.sync(plugins.unregister_scheduler_plugin, self._call_scheduler, name)
-
-    def register_worker_callbacks(self, setup: Callable | None = None) -> Any:
-        """Run ``setup`` on every worker there is and will be (given the worker as
-        ``dask_worker`` if it takes that)."""
-        return self.sync(plugins.register_worker_callbacks, self._call_scheduler, setup)
-
-    def upload_file(self, filename: str, load: bool = True) -> Any:
-        """Send a .py, .zip or .egg file to the scheduler and to every worker there is and
-        will be: saved in its directory, put on ``sys.path`` and, with ``load``, imported
-        (again), so that tasks can import it.  An error loading it is raised here."""
-        return self.sync(plugins.upload_file, self._call_scheduler, filename, load)
+    register_plugin = scheduler_method(plugins.register_plugin)
+    register_scheduler_plugin = scheduler_method(plugins.register_scheduler_plugin)
+    register_worker_plugin = scheduler_method(plugins.register_worker_plugin)
+    unregister_worker_plugin = scheduler_method(plugins.unregister_worker_plugin)
+    unregister_scheduler_plugin = scheduler_method(plugins.unregister_scheduler_plugin)
+    register_worker_callbacks = scheduler_method(plugins.register_worker_callbacks)
+    upload_file = scheduler_method(plugins.upload_file)
 
     def write_scheduler_file(self, scheduler_file: str) -> None:
         """Write the scheduler's address to a JSON file that ``Client(scheduler_file=...)``,
@@ -764,10 +680,7 @@ class Client:
         cluster.write_scheduler_file(scheduler_file, self.scheduler_address, info)
         self.scheduler_file = scheduler_file
 
-    def wait_for_workers(self, n_workers: int = 0, timeout: Any = None) -> Any:
-        """Block until at least ``n_workers`` workers have joined (TimeoutError after
-        ``timeout``)."""
-        return self.sync(cluster.wait_for_workers, self._call_scheduler, n_workers, timeout)
+    wait_for_workers = scheduler_method(cluster.wait_for_workers)
 
     # ------------------------------------------------------------------ data, and the rest
 
@@ -788,21 +701,14 @@ class Client:
         ``futures`` (any when None) from workers holding more than the mean to the others."""
         return self.sync(self._placement.rebalance, futures, workers, **kwargs)
 
-    def set_metadata(self, key: Any, value: Any) -> Any:
-        """Keep a small plain value on the scheduler under ``key`` (a list: a nested path)."""
-        return self.sync(data.set_metadata, self._call_scheduler, key, value)
-
-    def get_metadata(self, keys: Any, default: Any = NO_DEFAULT) -> Any:
-        """The metadata at ``keys`` (see ``set_metadata``); ``default``, or KeyError."""
-        return self.sync(data.get_metadata, self._call_scheduler, keys, default)
+    set_metadata = scheduler_method(data.set_metadata)
+    get_metadata = scheduler_method(data.get_metadata)
 
     def get_executor(self, **kwargs: Any) -> ClientExecutor:
         """A concurrent.futures Executor running calls here with ``kwargs`` (of ``submit``)."""
         return ClientExecutor(self, **kwargs)
 
-    def get_futures_error(self, future: Any) -> Any:
-        """``(function, args, kwargs, deps)`` of the task that made ``future`` fail."""
-        return self.sync(replay.futures_error, self._call_scheduler, future)
+    get_futures_error = scheduler_method(replay.get_futures_error)
 
     def recreate_error_locally(self, future: Any) -> Any:
         """Run the task that made ``future`` fail here, with its inputs fetched: it raises
@@ -852,6 +758,11 @@ class Client:
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         self._outbox.add_done_callback(future, fn)
+
+    get_task_stream = unsupported.get_task_stream
+    profile = unsupported.profile
+    start_ipython_scheduler = unsupported.start_ipython_scheduler
+    start_ipython_workers = unsupported.start_ipython_workers
 
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"

@@ -14,11 +14,10 @@ from typing import Any
 
 from dask.utils import funcname, parse_timedelta
 
+from distributary.client.calls import SchedulerCall
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
 from distributary.protocol.serialize import deserialize, serialize
-
-SchedulerCall = Callable[..., Awaitable[Any]]
 
 
 async def restart(
@@ -79,18 +78,25 @@ async def _call_cluster(cluster: Any, method: Callable, *args: Any) -> None:
 
 
 async def retire_workers(
-    call: SchedulerCall, workers: list[str] | None, close_workers: bool, **kwargs: Any
+    call: SchedulerCall,
+    workers: list[str] | None = None,
+    close_workers: bool = True,
+    **kwargs: Any,
 ) -> dict:
-    """Retire workers gracefully; ``{address: info}`` of those retired.  ``kwargs`` are
-    those of :class:`~distributary.protocol.requests.RetireWorkers` (TypeError for
-    another)."""
+    """Retire workers gracefully: their data moves to the others first, then they close.
+
+    ``workers`` are addresses (or use ``names=[...]``); with neither, the scheduler
+    picks workers that can go at little cost.  Returns ``{address: info}`` of the
+    workers retired.  The other keywords are those of
+    :class:`~distributary.protocol.requests.RetireWorkers` (TypeError for another).
+    """
     named = None if workers is None else tuple(workers)
     return await call(rq.RetireWorkers(workers=named, close_workers=close_workers, **kwargs))
 
 
-async def wait_for_workers(call: SchedulerCall, n_workers: int, timeout: Any = None) -> None:
-    """Until at least ``n_workers`` workers have joined (the scheduler answers then);
-    TimeoutError after ``timeout``."""
+async def wait_for_workers(call: SchedulerCall, n_workers: int = 0, timeout: Any = None) -> None:
+    """Block until at least ``n_workers`` workers have joined (the scheduler answers
+    then); TimeoutError after ``timeout``."""
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0:
         raise ValueError(f"n_workers must be a whole number of workers, not {n_workers!r}")
     await call(rq.WaitForWorkers(n_workers, timeout))
@@ -117,15 +123,29 @@ def run_request(function: Any, args: tuple, kwargs: dict, **options: Any) -> rq.
 
 
 async def run(
-    call: SchedulerCall, request: rq.RunOnWorkers, on_error: str
+    call: SchedulerCall,
+    function: Any,
+    *args: Any,
+    workers: Any = None,
+    wait: bool = True,
+    nanny: bool = False,
+    on_error: str = "raise",
+    **kwargs: Any,
 ) -> dict[str, Any] | None:
-    """What the function gave on each worker, by address (None without ``wait``).
+    """Run ``function(*args, **kwargs)`` on every worker (or those in ``workers``:
+    addresses, names or hosts), in its event loop; ``{address: result}``.
 
-    ``on_error``: "raise" the first error, "return" it in place of the result, or
-    "ignore" that worker.
+    A function taking ``dask_worker`` gets the worker (the nanny with ``nanny=True``).
+    A coroutine function is awaited there, or only started with ``wait=False`` (None
+    is returned).  What a worker raises is raised here (``on_error="raise"``), returned
+    in place of its result ("return"), or that worker left out ("ignore").
     """
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {_ON_ERROR}, not {on_error!r}")
+    if isinstance(workers, str):
+        workers = [workers]
+    named = None if workers is None else tuple(workers)
+    request = run_request(function, args, kwargs, workers=named, nanny=nanny, wait=wait)
     results = {}
     for address, ran in (await call(request)).items():
         if ran.error is None:
@@ -137,9 +157,11 @@ async def run(
     return results if request.wait else None
 
 
-async def run_on_scheduler(call: SchedulerCall, request: rq.RunFunction) -> Any:
-    """What the function gave on the scheduler; what it raised is raised here."""
-    ran = await call(request)
+async def run_on_scheduler(call: SchedulerCall, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``function(*args, **kwargs)`` in the scheduler's event loop and return what it
+    gives (what it raises is raised here); a function taking ``dask_scheduler`` gets the
+    scheduler."""
+    ran = await call(run_request(function, args, kwargs))
     if ran.error is not None:
         raise RemoteError.from_reply(ran.error).rebuild()
     return deserialize(ran.result)

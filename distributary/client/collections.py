@@ -112,6 +112,7 @@ class GraphRunner:
         sync: bool,
         workers: Any,
         allow_other_workers: bool | None,
+        per_key: dict | None,
         resources: dict | None,
         retries: int | None,
         priority: tuple,
@@ -119,7 +120,7 @@ class GraphRunner:
         """``Client.get``: the results (or futures) of ``keys``, shaped like ``keys``."""
         wanted = list(flatten([keys]))  # [keys]: a lone tuple key is one key, not a list
         futures = self.graph_to_futures(
-            dsk, wanted, priority, workers, allow_other_workers, resources, retries
+            dsk, wanted, priority, workers, allow_other_workers, resources, retries, per_key
         )
         packed = _pack(keys, futures)
         return self._gather(packed) if sync else packed

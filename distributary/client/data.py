@@ -9,11 +9,11 @@ the client or the scheduler.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from dask.core import flatten
 
+from distributary.client.calls import SchedulerCall
 from distributary.client.collections import _restrictions
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
@@ -29,8 +29,6 @@ from distributary.protocol.data import (
 if TYPE_CHECKING:
     from distributary.client.interface import FutureOwner
     from distributary.client.outbox import Outbox
-
-SchedulerCall = Callable[..., Awaitable[Any]]
 
 
 def check_options(kwargs: dict, method: str) -> None:

@@ -70,6 +70,28 @@ def task_options(workers: Any, resources: Any, retries: Any, allow_other_workers
     return options
 
 
+def per_key_restrictions(restrictions: Any, loose_restrictions: Any) -> dict | None:
+    """The options of each key that ``Client.get``'s older ``restrictions={key: workers}``
+    and ``loose_restrictions=[key, ...]`` give (None when there are none)."""
+    if restrictions is None:
+        if loose_restrictions:
+            raise ValueError("loose_restrictions= names keys of restrictions=, which is None")
+        return None
+    if not isinstance(restrictions, Mapping):
+        raise TypeError(
+            f"restrictions= is a dict {{key: workers}}, not {type(restrictions).__name__} "
+            "(workers= restricts every task)"
+        )
+    loose = set(loose_restrictions or ())
+    return {
+        key: {
+            "workers": (workers,) if isinstance(workers, str) else tuple(workers),
+            "allow_other_workers": key in loose,
+        }
+        for key, workers in restrictions.items()
+    }
+
+
 class GraphError(ValueError):
     """The graph cannot be run: a missing dependency, a cycle or an unknown key."""
 

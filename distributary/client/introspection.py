@@ -9,16 +9,15 @@ the client's scheduler: ``await call(msg)``).  Workers are named by address or n
 from __future__ import annotations
 
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
+from distributary.client.calls import SchedulerCall
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
 from distributary.protocol import introspection as rq_i
 from distributary.protocol import requests as rq
 from distributary.utils import versions as v
-
-SchedulerCall = Callable[..., Awaitable[Any]]
 
 
 def _workers(workers: Any) -> tuple | None:
@@ -47,7 +46,7 @@ async def scheduler_info(call: SchedulerCall, n_workers: int = -1) -> dict:
 
 
 async def nthreads(call: SchedulerCall, workers: Any = None) -> dict[str, int]:
-    """The threads of each worker, by address."""
+    """The threads of each worker (of ``workers``: addresses, names or hosts), by address."""
     return await call(rq_i.NThreads(_workers(workers)))
 
 
@@ -59,12 +58,12 @@ async def who_has(call: SchedulerCall, futures: Any, held: Iterable) -> dict:
 
 
 async def has_what(call: SchedulerCall, workers: Any = None) -> dict[str, tuple]:
-    """The keys held by each worker, by address."""
+    """The keys held by each worker (of ``workers``), by address."""
     return await call(rq_i.HasWhat(_workers(workers)))
 
 
 async def processing(call: SchedulerCall, workers: Any = None) -> dict[str, tuple]:
-    """The keys being processed by each worker, by address."""
+    """The keys being processed by each worker (of ``workers``), by address."""
     return await call(rq_i.Processing(_workers(workers)))
 
 
@@ -89,7 +88,8 @@ async def call_stack(call: SchedulerCall, futures: Any = None, keys: Any = None)
 async def get_versions(
     call: SchedulerCall, check: bool = False, packages: Iterable[str] | None = None
 ) -> dict[str, Any]:
-    """The versions of the scheduler, of each worker and of this client.
+    """The versions of the scheduler, of each worker and of this client (and of
+    ``packages`` besides those checked).
 
     Packages whose versions differ (as :func:`~distributary.utils.versions.mismatches`
     tells) raise ValueError with ``check``, else a VersionMismatchWarning.
@@ -107,12 +107,12 @@ async def get_versions(
     return result
 
 
-async def scheduler_logs(call: SchedulerCall, n: int | None = None) -> tuple:
+async def get_scheduler_logs(call: SchedulerCall, n: int | None = None) -> tuple:
     """The scheduler's recent log records, ``(level, message)``, newest first."""
     return await call(rq_i.GetLogs(n))
 
 
-async def worker_logs(
+async def get_worker_logs(
     call: SchedulerCall, n: int | None = None, workers: Any = None, nanny: bool = False
 ) -> dict[str, tuple]:
     """Each worker's (or, with ``nanny``, its nanny's) recent log records, newest

@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from distributary.client.cluster import SchedulerCall
+from distributary.client.calls import SchedulerCall
 from distributary.plugins import (
     NannyPlugin,
     SchedulerPlugin,
@@ -36,11 +36,14 @@ def _kind(plugin: Any) -> str | None:
     return None
 
 
-async def register(
-    call: SchedulerCall, plugin: Any, name: str | None, idempotent: bool | None
+async def register_plugin(
+    call: SchedulerCall, plugin: Any, name: str | None = None, idempotent: bool | None = None
 ) -> Any:
-    """Register a scheduler, worker or nanny plugin, as its class says: None for a
-    scheduler plugin, else what each worker said (``{address: {"status": "OK"}}``)."""
+    """Register a SchedulerPlugin on the scheduler, or a WorkerPlugin (NannyPlugin) on
+    every worker (nanny) there is and will be: None for a scheduler plugin, else what
+    each worker said (``{address: {"status": "OK"}}``).  It replaces a plugin of its
+    name, unless ``idempotent`` (default: its own ``idempotent``).  An error of its
+    ``setup`` is raised here."""
     kind = _kind(plugin)
     if kind is None:
         raise TypeError(
@@ -54,7 +57,7 @@ async def register(
 
 
 async def register_scheduler_plugin(
-    call: SchedulerCall, plugin: Any, name: str | None, idempotent: bool | None
+    call: SchedulerCall, plugin: Any, name: str | None = None, idempotent: bool | None = None
 ) -> None:
     """Register a scheduler plugin (an object of another class with its hooks, too)."""
     if _kind(plugin) not in ("scheduler", None) or isinstance(plugin, type):
@@ -67,10 +70,11 @@ async def register_scheduler_plugin(
 
 
 async def register_worker_plugin(
-    call: SchedulerCall, plugin: Any, name: str | None, nanny: bool | None
+    call: SchedulerCall, plugin: Any = None, name: str | None = None, nanny: bool | None = None
 ) -> dict:
     """Register a worker or nanny plugin (as its class says; a plugin of neither class
-    is a worker plugin, or a nanny plugin with ``nanny=True``)."""
+    is a worker plugin, or a nanny plugin with ``nanny=True``) on every worker (nanny)
+    there is and will be; ``{address: {"status": "OK"}}``.  See ``register_plugin``."""
     kind = _kind(plugin)
     if kind == "scheduler" or plugin is None or isinstance(plugin, type):
         raise TypeError(f"register_worker_plugin takes a WorkerPlugin, not {_describe(plugin)}")
@@ -86,7 +90,9 @@ async def register_worker_plugin(
     return await _register_on_workers(call, plugin, name, idempotent, kind == "nanny")
 
 
-async def unregister_worker_plugin(call: SchedulerCall, name: str, nanny: bool | None) -> dict:
+async def unregister_worker_plugin(
+    call: SchedulerCall, name: str, nanny: bool | None = None
+) -> dict:
     """Unregister the worker (nanny) plugin ``name``, torn down where it is set up;
     what each worker said.  ValueError if there is no such plugin."""
     said = await call(pl.UnregisterWorkerPlugin(name, nanny=bool(nanny)))
@@ -98,18 +104,19 @@ async def unregister_scheduler_plugin(call: SchedulerCall, name: str) -> None:
     await call(pl.UnregisterSchedulerPlugin(name))
 
 
-async def register_worker_callbacks(call: SchedulerCall, setup: Any) -> dict:
-    """Run ``setup`` on every worker there is and will be."""
-    return await register(call, WorkerSetup(setup), None, None)
+async def register_worker_callbacks(call: SchedulerCall, setup: Any = None) -> dict:
+    """Run ``setup`` on every worker there is and will be (given the worker as
+    ``dask_worker`` if it takes that)."""
+    return await register_plugin(call, WorkerSetup(setup), None, None)
 
 
-async def upload_file(call: SchedulerCall, filename: str, load: bool) -> dict:
+async def upload_file(call: SchedulerCall, filename: str, load: bool = True) -> dict:
     """Send a file to the scheduler, then to every worker there is and will be; each
     saves it in its directory, puts it on ``sys.path`` and, with ``load``, imports it.
     What the scheduler or a worker raised loading it is raised here."""
     upload = UploadFile(filename, load=load)
-    await register(call, SchedulerUploadFile(upload), None, False)
-    return await register(call, upload, None, False)
+    await register_plugin(call, SchedulerUploadFile(upload), None, False)
+    return await register_plugin(call, upload, None, False)
 
 
 async def _register_on_workers(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dask._task_spec import Task
 
+from distributary.client.calls import SchedulerCall
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
 from distributary.protocol.data import ErredTask, GetErredTask
@@ -24,14 +25,13 @@ from distributary.protocol.tasks import loads_node, loads_task
 if TYPE_CHECKING:
     from distributary.client.interface import FutureOwner
 
-SchedulerCall = Callable[..., Awaitable[Any]]
 Gather = Callable[[Any], Awaitable[Any]]
 
 
-async def futures_error(call: SchedulerCall, futures: Any) -> tuple:
+async def get_futures_error(call: SchedulerCall, future: Any) -> tuple:
     """``(function, args, kwargs, deps)`` of the task blamed for the failure of the
     first erred future in ``futures``; the inputs appear as their keys."""
-    erred = await _erred_task(call, futures, wait=False)
+    erred = await _erred_task(call, future, wait=False)
     if "node" in erred.payload:
         node = loads_node(erred.payload)
         if isinstance(node, Task):
