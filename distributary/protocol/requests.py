@@ -66,10 +66,15 @@ def decode_reply(request: type[Request], reply: Any) -> Any:
 
 
 class Registered(Reply):
-    """A worker or a client is registered: the connection is its stream from now on."""
+    """A worker or a client is registered: the connection is its stream from now on.
+
+    A worker is given the worker plugins registered (``protocol.plugins.Plugin``
+    values), to set up before it reads its first task.
+    """
 
     id: str
     status: OK = "OK"
+    plugins: tuple[Any, ...] = ()
 
 
 class Dataset(Reply):

@@ -269,7 +269,11 @@ class PluginRegistry(SchedulerExtension):
         return await self._broadcast(pl.PluginRemove(msg.name, next(self._seq)), msg.nanny)
 
     def _handle_get_plugins(self, comm: Any, msg: pl.GetPlugins) -> tuple[pl.Plugin, ...]:
-        return tuple(self._pickled[msg.nanny].values())
+        return self.registered(msg.nanny)
+
+    def registered(self, nanny: bool = False) -> tuple[pl.Plugin, ...]:
+        """The worker (nanny) plugins registered, in the order they were."""
+        return tuple(self._pickled[nanny].values())
 
     async def _broadcast(self, request: Any, nanny: bool) -> dict[str, Ran]:
         """Send ``request`` to every worker (or its nanny); what each said, by worker."""

@@ -440,7 +440,7 @@ class Scheduler(ServerNode):
                 local_directory=msg.local_directory,
             )
         )
-        await comm.write(rq.Registered(self.id))
+        await comm.write(rq.Registered(self.id, plugins=self.plugin_registry.registered()))
         logger.info("Worker %s registered", address)
         self.lifecycle.workers_changed()
         safe = False

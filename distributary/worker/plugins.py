@@ -16,6 +16,8 @@ import asyncio
 import logging
 from typing import Any
 
+import msgspec
+
 from distributary.plugins import (
     WorkerPlugin,
     call_hook,
@@ -46,20 +48,24 @@ class PluginHost:
         self._acted: dict[str, int] = {}  # name -> the last registration or removal acted on
         self._lock = asyncio.Lock()
 
-    async def start(self, plugins: Any = ()) -> None:
-        """Set up ``plugins`` (given to the server) and those registered with the
-        scheduler (if it cannot be asked, those come with ``plugin-add`` later)."""
+    async def start(self, plugins: Any = (), registered: Any = None) -> None:
+        """Set up ``plugins`` (given to the server) and those ``registered`` with the
+        scheduler (``protocol.plugins.Plugin`` values; asked for if None; if the
+        scheduler cannot be asked, those come with ``plugin-add`` later)."""
         async with self._lock:
             for plugin in plugins:
                 await self._add(plugin_name(plugin), plugin)
-            try:
-                registered = await self.server.pool.call(
-                    self.server.scheduler_address, pl.GetPlugins(nanny=self.nanny)
-                )
-            except OSError as exc:
-                logger.warning("Could not ask the scheduler for its plugins: %r", exc)
-                return
+            if registered is None:
+                try:
+                    registered = await self.server.pool.call(
+                        self.server.scheduler_address, pl.GetPlugins(nanny=self.nanny)
+                    )
+                except OSError as exc:
+                    logger.warning("Could not ask the scheduler for its plugins: %r", exc)
+                    return
             for entry in registered:
+                if not isinstance(entry, pl.Plugin):  # (as it came over the wire)
+                    entry = msgspec.convert(entry, pl.Plugin)
                 if self._new(entry.name, entry.seq):
                     await self._add_pickled(entry.name, entry.plugin)
 

@@ -205,9 +205,10 @@ class Worker(ServerNode):
             prefix="worker-", dir=_scratch_directory(self._base_directory)
         )
         self.state.data = self.memory_manager.create_data(self.local_directory)
-        comm = await self._register()
+        comm, registered = await self._register()
         self.batched = BatchedSend(comm)
-        await self._plugins.start(self._given_plugins)  # (before the first task is read)
+        # (before the first task is read)
+        await self._plugins.start(self._given_plugins, registered.plugins)
         loop = asyncio.get_running_loop()
         self._stream_task = loop.create_task(self._read_stream(comm))
         self._periodic.append(loop.create_task(self._heartbeats()))
@@ -217,8 +218,9 @@ class Worker(ServerNode):
             self._lifetime_timer = loop.call_later(self.lifetime, self._lifetime_reached)
         logger.info("Worker at %s registered with %s", self.address, self.scheduler_address)
 
-    async def _register(self) -> Any:
-        """Connect to the scheduler and register; give up after ``death_timeout``."""
+    async def _register(self) -> tuple[Any, rq.Registered]:
+        """Connect to the scheduler and register (the stream, and the scheduler's
+        answer); give up after ``death_timeout``."""
         timeout = _timeout(self.death_timeout)
         try:
             return await asyncio.wait_for(self._connect_and_register(timeout), timeout)
@@ -249,11 +251,11 @@ class Worker(ServerNode):
             comm.abort()
             raise
         try:
-            rq.decode_reply(rq.RegisterWorker, reply)
+            registered = rq.decode_reply(rq.RegisterWorker, reply)
         except Exception as exc:
             await comm.close()
             raise ValueError(f"The scheduler refused this worker: {exc}") from None
-        return comm
+        return comm, registered
 
     async def close(
         self, *args: Any, nanny: bool = True, reason: str = "worker-close", **kwargs: Any
