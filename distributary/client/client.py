@@ -50,6 +50,7 @@ from distributary.core import BatchedSend, ConnectionPool, read_messages
 from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpec
 from distributary.protocol.tasks import dumps_task, register_reference_type
+from distributary.utils.keywords import check_client_keywords
 from distributary.utils.loop import LoopRunner, in_loop, sync
 from distributary.worker.context import out_of_the_pool_while_blocked
 
@@ -61,8 +62,11 @@ register_reference_type(Future)
 class Client:
     """Connect to a cluster and submit computation to it.
 
-    ``Client()`` starts a ``LocalCluster`` (closed with the client);
-    ``Client("tcp://host:port")`` or ``Client(cluster)`` connects to a running one.
+    ``Client()`` starts a ``LocalCluster`` (closed with the client; other keywords are
+    its); ``Client("tcp://host:port")`` or ``Client(cluster)`` connects to a running one.
+    ``loop`` and ``heartbeat_interval`` have no effect (the client runs its own loop and
+    its stream tells when the scheduler is gone); data always goes straight between the
+    client and the workers (``direct_to_workers``).
     """
 
     # A Client is an I/O shell around its ClientState: its ``Outbox`` (the state, its
@@ -84,6 +88,7 @@ class Client:
         connection_limit: int = 512,
         **kwargs: Any,
     ):
+        check_client_keywords(address, scheduler_file, security, direct_to_workers, kwargs)
         self.id = f"{name or 'Client'}-{uuid.uuid4()}"
         self._asynchronous = bool(asynchronous)
         self.status = "newly-created"

@@ -24,6 +24,7 @@ from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from distributary.nanny.server import Nanny
 from distributary.node import parse_memory_limit
 from distributary.scheduler.server import Scheduler
+from distributary.utils.keywords import LOCAL_CLUSTER_NOT_YET, check_keywords
 from distributary.utils.loop import LoopRunner
 from distributary.utils.process import cpu_count
 from distributary.worker.server import Worker
@@ -59,13 +60,28 @@ class LocalCluster:
         silence_logs: int | bool | None = logging.WARN,
         dashboard_address: str | None = ":8787",
         worker_dashboard_address: str | None = None,
+        diagnostics_port: Any = None,
+        services: dict | None = None,
+        worker_services: dict | None = None,
+        service_kwargs: dict | None = None,
         asynchronous: bool = False,
+        security: Any = None,
         protocol: str | None = None,
+        blocked_handlers: list | None = None,
         interface: str | None = None,
         worker_class: type | None = None,
         scheduler_kwargs: dict | None = None,
         **worker_kwargs: Any,
     ):
+        not_yet = {
+            "diagnostics_port": diagnostics_port,
+            "services": services,
+            "worker_services": worker_services,
+            "service_kwargs": service_kwargs,
+            "security": security,
+            "blocked_handlers": blocked_handlers,
+        }
+        check_keywords("LocalCluster", not_yet, LOCAL_CLUSTER_NOT_YET)
         if ip is not None:
             warnings.warn(
                 "The `ip` parameter is deprecated; use `host`", DeprecationWarning, stacklevel=2

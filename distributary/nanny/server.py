@@ -31,6 +31,7 @@ starts a new worker.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Coroutine
@@ -46,7 +47,9 @@ from distributary.nanny.plugins import NannyPlugins
 from distributary.nanny.process import WorkerProcess, WorkerProcessDied, _worker_environment
 from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol import requests as rq
+from distributary.utils.keywords import NANNY_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.worker.server import Worker
 
 logger = logging.getLogger("distributary.nanny")
 
@@ -89,6 +92,11 @@ class Nanny(ServerNode):
         silence_logs: int | None = None,
         **worker_kwargs: Any,
     ):
+        accepted = inspect.signature(worker_class or Worker).parameters
+        check_keywords(
+            "Nanny", {k: v for k, v in worker_kwargs.items() if k not in accepted}, NANNY_NOT_YET
+        )
+        worker_kwargs = {k: v for k, v in worker_kwargs.items() if k in accepted}
         super().__init__(logger)
         self.scheduler_address = self._scheduler_address(
             scheduler_ip, scheduler_port, scheduler_file

@@ -52,6 +52,7 @@ from distributary.scheduler.shared import SharedValues
 from distributary.scheduler.state import SchedulerState
 from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
+from distributary.utils.keywords import SCHEDULER_NOT_YET, check_keywords
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -79,6 +80,7 @@ class Scheduler(ServerNode):
         validate: bool = False,
         **kwargs: Any,
     ):
+        check_keywords("Scheduler", kwargs, SCHEDULER_NOT_YET)
         super().__init__(logger)
         config = dask.config.get
         if allowed_failures is None:

@@ -36,6 +36,7 @@ from distributary.protocol.introspection import CallStack
 from distributary.protocol.message import Message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
+from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
@@ -99,9 +100,13 @@ class Worker(ServerNode):
         lifetime_stagger: Any = None,
         lifetime_restart: bool | None = None,
         plugins: Any = (),
+        silence_logs: int | None = None,
         **kwargs: Any,
     ):
+        check_keywords("Worker", kwargs, WORKER_NOT_YET)
         super().__init__(logger)
+        if silence_logs:
+            logger.setLevel(silence_logs)
         self.scheduler_address = self._scheduler_address(
             scheduler_ip, scheduler_port, scheduler_file
         )
