@@ -77,3 +77,16 @@ def test_after_shutdown_nothing_more_is_taken():
     assert len(threads) == 0
     with pytest.raises(RuntimeError, match="shut down"):
         threads.submit(lambda: 2)
+
+
+@pytest.mark.timeout(30)
+def test_calls_one_after_another_reuse_one_thread():
+    """The next call, submitted as soon as the previous one's result is told (as the
+    worker submits its next task), finds the thread idle: no second thread starts."""
+    pool = TaskThreads()
+    try:
+        for i in range(200):
+            assert pool.submit(lambda i=i: i).result(timeout=5) == i
+        assert len(pool) == 1
+    finally:
+        pool.shutdown(wait=True)

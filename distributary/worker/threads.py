@@ -79,16 +79,28 @@ class TaskThreads:
                 if item is _STOP:
                     return
                 future, fn = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:
-                        future.set_exception(exc)
-                    del future, fn, item  # (what the call returned is not kept while idle)
+                del item
+                if not future.set_running_or_notify_cancel():
+                    del future, fn
+                    continue
+                try:
+                    result, error = fn(), None
+                except BaseException as exc:
+                    result, error = None, exc
+                del fn
+                # Idle before the result is told: the call submitted upon it (the next
+                # task) finds this thread free instead of starting another one.
                 with self._lock:
-                    if self._closed:
-                        return
-                    self._idle += 1
+                    closed = self._closed
+                    if not closed:
+                        self._idle += 1
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
+                del future, result, error  # (what the call gave is not kept while idle)
+                if closed:
+                    return
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
