@@ -80,13 +80,28 @@ def test_after_shutdown_nothing_more_is_taken():
 
 
 @pytest.mark.timeout(30)
-def test_calls_one_after_another_reuse_one_thread():
-    """The next call, submitted as soon as the previous one's result is told (as the
-    worker submits its next task), finds the thread idle: no second thread starts."""
+def test_a_call_submitted_upon_the_previous_result_reuses_its_thread():
+    """The worker submits its next task as soon as a result is told (from the future's
+    done callback, here run by the pool's thread itself): that thread is already idle
+    then, so no second thread starts."""
     pool = TaskThreads()
+    finished = threading.Event()
+    results = []
+
+    def then(i: int):
+        def callback(future):
+            results.append(future.result())
+            if i < 50:
+                pool.submit(lambda: i + 1).add_done_callback(then(i + 1))
+            else:
+                finished.set()
+
+        return callback
+
     try:
-        for i in range(200):
-            assert pool.submit(lambda i=i: i).result(timeout=5) == i
+        pool.submit(lambda: 0).add_done_callback(then(0))
+        assert finished.wait(10)
+        assert results == list(range(51))
         assert len(pool) == 1
     finally:
         pool.shutdown(wait=True)
