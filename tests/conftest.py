@@ -44,6 +44,18 @@ async def apoll(predicate: Callable[[], object], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
+@pytest.fixture
+def processes(request):
+    """``(cluster, client)``: a LocalCluster of one-thread worker processes under nannies
+    (two, or as many as the test's ``indirect`` parameter says) and a client of it."""
+    n_workers = getattr(request, "param", 2)
+    with (
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True) as cluster,
+        Client(cluster) as client,
+    ):
+        yield cluster, client
+
+
 def gen_cluster(nthreads: tuple = (1, 1), protocols: tuple = ("tcp",), timeout: float = 30):
     """Decorate ``async def test(c, s, *workers)``: run it against a fresh cluster.
 

@@ -257,15 +257,6 @@ def test_restart_of_in_process_workers_brings_as_many_back():
 # ---------------------------------------------------------------------- worker processes
 
 
-@pytest.fixture
-def processes():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
-        Client(cluster) as client,
-    ):
-        yield cluster, client
-
-
 def test_replicate_and_rebalance_between_worker_processes(processes):
     cluster, c = processes
     s = cluster.scheduler

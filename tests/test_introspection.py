@@ -21,7 +21,7 @@ import pytest
 from conftest import apoll, gen_cluster, poll
 from dask.sizeof import sizeof
 
-from distributary import Client, LocalCluster, Scheduler, Worker, get_worker
+from distributary import Client, Scheduler, Worker, get_worker
 from distributary.protocol.introspection import GetLogs
 from distributary.utils.logs import RecentLogs
 from distributary.utils.versions import VersionMismatchWarning, mismatches
@@ -71,15 +71,6 @@ class OldToolzWorker(Worker):
         found = super().versions(packages)
         found["packages"]["toolz"] = "0.0.1"
         return found
-
-
-@pytest.fixture
-def processes():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
-        Client(cluster) as client,
-    ):
-        yield cluster, client
 
 
 # ---------------------------------------------------------------------- keys and workers

@@ -14,7 +14,6 @@ from conftest import apoll, gen_cluster, poll, second_client
 import distributary
 from distributary import (
     Client,
-    LocalCluster,
     Nanny,
     NannyPlugin,
     Scheduler,
@@ -445,16 +444,8 @@ class FailsInTheProcess(WorkerPlugin):
         raise OSError(f"nothing here in {os.getpid()}")
 
 
-@pytest.fixture
-def processes():
-    with (
-        LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster,
-        Client(cluster) as client,
-    ):
-        yield cluster, client
-
-
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", [1], indirect=True)
 def test_worker_plugins_on_worker_processes_under_nannies(processes):
     cluster, c = processes
     c.register_plugin(WhereAmI())
@@ -471,6 +462,7 @@ def test_worker_plugins_on_worker_processes_under_nannies(processes):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("processes", [1], indirect=True)
 def test_nanny_plugins_are_set_up_before_the_worker_process_starts(processes):
     cluster, c = processes
     (old,) = cluster.scheduler.workers

@@ -9,8 +9,6 @@ import threading
 
 import pytest
 
-from distributary import Client, LocalCluster
-
 
 def pid() -> int:
     return os.getpid()
@@ -33,15 +31,6 @@ async def slowly(x: int, dask_worker=None) -> tuple:
 
 def scheduler_facts(dask_scheduler, extra: int = 0) -> tuple:
     return dask_scheduler.address, len(dask_scheduler.workers) + extra
-
-
-@pytest.fixture
-def processes():
-    with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster,
-        Client(cluster) as client,
-    ):
-        yield cluster, client
 
 
 @pytest.mark.timeout(60)
