@@ -101,6 +101,10 @@ class SchedulerPlugin:
     ) -> None | Awaitable[None]:
         """When a worker leaves."""
 
+    def log_event(self, topic: str, msg: Any) -> None:
+        """When an event is logged on the scheduler (``Client.log_event``, a worker's
+        ``log_event``, a worker joining or leaving)."""
+
     def add_client(self, scheduler: Scheduler, client: str) -> None:
         """When a client connects (``client`` is its id)."""
 

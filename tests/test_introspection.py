@@ -21,7 +21,7 @@ import pytest
 from conftest import apoll, gen_cluster, poll
 from dask.sizeof import sizeof
 
-from distributary import Client, Scheduler, Worker, get_worker
+from distributary import Client, Scheduler, SchedulerPlugin, Worker, get_worker
 from distributary.protocol.introspection import GetLogs
 from distributary.utils.logs import RecentLogs
 from distributary.utils.versions import VersionMismatchWarning, mismatches
@@ -507,3 +507,26 @@ def test_logs_events_and_versions_of_worker_processes(processes):
         versions = c.get_versions(check=True)
     assert set(versions["workers"]) == {first, second}
     assert versions["workers"][first]["packages"] == versions["client"]["packages"]
+
+
+class EventRecorder(SchedulerPlugin):
+    def __init__(self):
+        self.seen = []
+
+    def log_event(self, topic, msg):
+        self.seen.append((topic, msg))
+
+
+@gen_cluster(nthreads=(1,))
+async def test_workers_joining_and_leaving_are_events_and_plugins_hear_of_every_event(c, s, a):
+    plugin = EventRecorder()
+    s.add_plugin(plugin)
+    await c.log_event("mine", {"n": 1})
+    async with Worker(s.address, nthreads=1) as b:
+        pass
+    await apoll(lambda: ("all", {"action": "remove-worker", "worker": b.address}) in plugin.seen)
+    assert ("mine", {"n": 1}) in plugin.seen
+    assert ("all", {"action": "add-worker", "worker": b.address}) in plugin.seen
+    actions = [msg["action"] for _, msg in await c.get_events(b.address)]
+    assert actions == ["add-worker", "remove-worker"]
+    assert {"action": "add-worker", "worker": a.address} in [m for _, m in s.get_events("all")]

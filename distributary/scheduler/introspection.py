@@ -24,7 +24,7 @@ import ipaddress
 import socket
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dask.config
@@ -33,6 +33,7 @@ from distributary.comm.addressing import get_address_host_port, normalize_addres
 from distributary.protocol import introspection as rq_i
 from distributary.protocol import requests as rq
 from distributary.protocol.requests import Request
+from distributary.scheduler import instructions as ins
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
 from distributary.scheduler.records import WorkerRecord
 from distributary.utils.versions import get_versions
@@ -48,6 +49,14 @@ class Introspection(SchedulerExtension):
         self.started = time.time()
         length = dask.config.get("distributed.admin.low-level-log-length", default=1000)
         self.events: defaultdict[str, deque] = defaultdict(lambda: deque(maxlen=length))
+        # told of each event logged, as ``(topic, msg)`` (the scheduler plugins' log_event)
+        self.event_listeners: list[Callable[[str, Any], None]] = []
+        self.instruction_handlers.update(
+            {
+                ins.WorkerAdded: lambda i: self._worker_event(i.address, "add-worker"),
+                ins.WorkerRemoved: lambda i: self._worker_event(i.address, "remove-worker"),
+            }
+        )
         self.handlers.update(
             {
                 rq.Identity: lambda comm, msg: self.identity(),
@@ -241,6 +250,13 @@ class Introspection(SchedulerExtension):
         event = (time.time(), rq_i.plain(msg, "An event's msg"))
         for name in (topics,) if isinstance(topics, str) else topics:
             self.events[name].append(event)
+            for listener in self.event_listeners:
+                listener(name, event[1])
+
+    def _worker_event(self, address: str, action: str) -> None:
+        """Workers joining and leaving are events too, under "all" and the worker's
+        address, as in dask.distributed."""
+        self.log_event(["all", address], {"action": action, "worker": address})
 
     def get_events(self, topic: str | None = None) -> tuple | dict[str, tuple]:
         """The ``(time, msg)`` events of ``topic``, oldest first; of every topic, by

@@ -202,6 +202,10 @@ class PluginRegistry(SchedulerExtension):
             stimulus_id=removed.stimulus_id,
         )
 
+    def event_logged(self, topic: str, msg: Any) -> None:
+        """An event was logged: the plugins' ``log_event`` hooks."""
+        self._fire("log_event", topic, msg)
+
     def _client_added(self, added: ins.ClientAdded) -> None:
         self._fire("add_client", scheduler=self.scheduler, client=added.client)
 

@@ -149,6 +149,7 @@ class Scheduler(ServerNode):
         ]
         for extension in self.extensions:
             self.add_extension(extension)
+        self.introspection.event_listeners.append(self.plugin_registry.event_logged)
 
     def add_extension(self, extension: SchedulerExtension) -> None:
         """Give ``extension`` the requests, stream messages and instructions it takes."""
