@@ -27,6 +27,7 @@ from distributary import (
     Client,
     Future,
     FutureCancelledError,
+    LocalCluster,
     Reschedule,
     TimeoutError,
     Worker,
@@ -709,3 +710,22 @@ async def test_retire_workers_names_a_keyword_it_does_not_know(c, s, a):
     with pytest.raises(TypeError, match="not_an_option"):
         await c.retire_workers([a.address], not_an_option=1)
     assert a.address in s.state.workers  # nothing retired
+
+
+def test_asynchronous_true_on_a_blocking_client_gives_awaitables_for_its_loop():
+    """As in dask.distributed: ``asynchronous=True`` on a call returns what to await in
+    the client's own event loop (where its other machinery runs)."""
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        future = client.submit(inc, 1)
+
+        async def in_the_loop():
+            assert await client.gather(future, asynchronous=True) == 2
+            [scattered] = await client.scatter([5], asynchronous=True)
+            assert await client.get({"y": (inc, 9)}, "y", asynchronous=True) == 10
+            await client.cancel([scattered], asynchronous=True)
+            return True
+
+        assert asyncio.run_coroutine_threadsafe(in_the_loop(), client.loop).result(10)

@@ -248,13 +248,23 @@ class Client:
         """Whether the methods of this client return awaitables (``asynchronous=True``)."""
         return self._asynchronous
 
-    def sync(self, func: Callable, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
+    def sync(
+        self,
+        func: Callable,
+        *args: Any,
+        timeout: Any = None,
+        asynchronous: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run ``func`` (a coroutine function) on the client's loop and return its result.
 
-        An asynchronous client returns the awaitable instead.
+        An asynchronous client (or ``asynchronous=True``, to be awaited in the client's
+        loop) returns the awaitable instead.
         """
         timeout = parse_timedelta(timeout) if timeout is not None else None
-        if self.asynchronous or in_loop(self.loop):
+        if asynchronous is None:
+            asynchronous = self.asynchronous
+        if asynchronous or in_loop(self.loop):
             coro = func(*args, **kwargs)
             return asyncio.wait_for(coro, timeout) if timeout is not None else coro
         self._check_open()
@@ -422,7 +432,7 @@ class Client:
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         if isinstance(futures, Iterator):
             return (self.gather(f, errors=errors) for f in futures)
-        return self.sync(self._transfer.gather, futures, errors=errors)
+        return self.sync(self._transfer.gather, futures, errors=errors, asynchronous=asynchronous)
 
     # ------------------------------------------------------------------ scatter
 
@@ -444,7 +454,10 @@ class Client:
         the workers, whatever ``direct`` says (the scheduler never holds data).
         """
         # positionally: ``timeout=`` would be taken by ``sync`` itself
-        return self.sync(self._transfer.scatter, data, workers, broadcast, hash, timeout)
+        scatter = self._transfer.scatter
+        return self.sync(
+            scatter, data, workers, broadcast, hash, timeout, asynchronous=asynchronous
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -456,7 +469,9 @@ class Client:
         reason: str | None = None,
     ) -> Any:
         """Cancel futures: stop their tasks if nobody else wants them and release data."""
-        return self.sync(self._cancel, futures, force=force, reason=reason)
+        return self.sync(
+            self._cancel, futures, force=force, reason=reason, asynchronous=asynchronous
+        )
 
     async def _cancel(self, futures: Any, force: bool = False, reason: str | None = None) -> None:
         keys = [f.key for f in collect_futures(futures)]
@@ -468,7 +483,7 @@ class Client:
 
     def retry(self, futures: Any, asynchronous: bool | None = None) -> Any:
         """Run erred futures' tasks again."""
-        return self.sync(self._retry, futures)
+        return self.sync(self._retry, futures, asynchronous=asynchronous)
 
     async def _retry(self, futures: Any) -> None:
         keys = [f.key for f in collect_futures(futures)]
@@ -509,6 +524,7 @@ class Client:
             dsk,
             keys,
             sync=sync,
+            asynchronous=asynchronous,
             workers=workers,
             allow_other_workers=allow_other_workers,
             per_key=per_key_restrictions(restrictions, loose_restrictions),

@@ -43,7 +43,7 @@ class GraphRunner:
     is the client's ``gather``, for ``sync=True``.
     """
 
-    def __init__(self, owner: FutureOwner, outbox: Outbox, gather: Callable[[Any], Any]):
+    def __init__(self, owner: FutureOwner, outbox: Outbox, gather: Callable[..., Any]):
         self._owner = owner
         self._outbox = outbox
         self._gather = gather
@@ -110,6 +110,7 @@ class GraphRunner:
         keys: Any,
         *,
         sync: bool,
+        asynchronous: bool | None,
         workers: Any,
         allow_other_workers: bool | None,
         per_key: dict | None,
@@ -123,7 +124,7 @@ class GraphRunner:
             dsk, wanted, priority, workers, allow_other_workers, resources, retries, per_key
         )
         packed = _pack(keys, futures)
-        return self._gather(packed) if sync else packed
+        return self._gather(packed, asynchronous=asynchronous) if sync else packed
 
     def compute(
         self,
