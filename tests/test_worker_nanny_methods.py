@@ -129,8 +129,9 @@ def test_close_gracefully_hands_the_data_over_then_closes():
 def test_nanny_kill_instantiate_and_close():
     async def main():
         async with Scheduler() as s:
-            n = await Nanny(s.address, nthreads=1)
+            n = Nanny(s.address, nthreads=1)
             try:
+                assert await n.start() is n and await n.start() is n  # (once)
                 first_pid, first_address = n.process.pid, n.worker_address
                 assert n.status == "running" and n.is_alive() and n.name is None
                 assert s.state.workers[first_address].name == first_address
