@@ -136,7 +136,7 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
     for worker in (a, b):
         w = info["workers"][worker.address]
         assert w["type"] == "Worker" and w["host"] == "127.0.0.1" and w["pid"] == os.getpid()
-        assert (w["id"], w["name"], w["nthreads"]) == (None, None, 1)
+        assert (w["id"], w["name"], w["nthreads"]) == (worker.address, worker.address, 1)
         assert w["memory_limit"] == worker.memory_limit and w["resources"] == {}
         assert w["local_directory"] == worker.local_directory and os.path.isdir(
             w["local_directory"]
@@ -144,7 +144,7 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
         assert w["nanny"] is None and w["status"] == "running" and w["services"] == {}
         assert w["last_seen"] > 0 and {"memory", "managed_bytes"} <= set(w["metrics"])
         record = s.workers[worker.address]
-        assert (record.address, record.name, record.host) == (worker.address, None, "127.0.0.1")
+        assert (record.address, record.name, record.host) == (worker.address,) * 2 + ("127.0.0.1",)
         assert (record.pid, record.nthreads, record.memory_limit) == (
             os.getpid(),
             1,
@@ -161,7 +161,7 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
     assert (ts.key, ts.state, ts.processing_on) == (future.key, "memory", None)
     assert ts.who_has == {s.workers[a.address]} and ts.nbytes == sizeof(2)
     assert future.key in a.data and a.data[future.key] == 2
-    assert (a.name, a.nthreads, a.address) == (None, 1, s.workers[a.address].address)
+    assert (a.name, a.nthreads, a.address) == (a.address, 1, s.workers[a.address].address)
     assert c.id.startswith("Client-") and c.status == "running"
     assert c.loop is asyncio.get_running_loop() and c.dashboard_link is None
     assert await c.sync(c.nthreads) == await c.nthreads()

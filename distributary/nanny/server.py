@@ -49,6 +49,7 @@ from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol import requests as rq
 from distributary.utils.keywords import NANNY_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.worker.methods import scratch_directory
 from distributary.worker.server import Worker
 
 logger = logging.getLogger("distributary.nanny")
@@ -116,6 +117,7 @@ class Nanny(ServerNode):
             dask.config.get("distributed.worker.memory.monitor-interval", default="100ms")
         )
         self.resources = resources
+        self.local_directory = scratch_directory(local_directory)
         self.death_timeout = death_timeout
         self.env = _worker_environment(env)
         self.worker_class = worker_class
@@ -173,6 +175,15 @@ class Nanny(ServerNode):
         """The address of the worker this nanny runs, if one is running."""
         return self.process.worker_address if self.process is not None else None
 
+    @property
+    def local_dir(self) -> str:
+        """The same as ``local_directory``: where its workers make their directories."""
+        return self.local_directory
+
+    def is_alive(self) -> bool:
+        """Whether the nanny has a worker process, and it is running."""
+        return self.process is not None and self.process.is_alive()
+
     # ------------------------------------------------------------------ lifecycle
 
     async def _start(self) -> None:
@@ -182,15 +193,25 @@ class Nanny(ServerNode):
         if self.memory_limit and self.memory_terminate_fraction:
             self._background_task(self._watch_memory())
 
-    async def close(self, timeout: float = 5, **kwargs: Any) -> None:
-        """Kill the worker process for good and stop the nanny's server."""
+    async def close(
+        self, comm: Any = None, timeout: float = 5, report: Any = None, reason: str = "nanny-close"
+    ) -> None:
+        """Close the worker process for good (killing it after ``timeout`` seconds) and
+        stop the nanny's server.
+
+        ``comm`` and ``report`` are there for compatibility: in dask.distributed they
+        belong to its remote calls; here they have no effect.
+        """
+        if self.status not in ("closing", "closed"):
+            logger.info("Closing %r: %s", self, reason)
         self._close_timeout = timeout
         await super().close()
 
-    async def close_gracefully(self) -> None:
+    async def close_gracefully(self, comm: Any = None) -> None:
         """Do not restart the worker when it next exits; close the nanny once it has.
 
         Returns at once: a worker asks this of its nanny just before it closes.
+        (``comm``: as for :meth:`close`.)
         """
         if self._closing_gracefully or self.status in ("closing", "closed"):
             return
@@ -211,14 +232,17 @@ class Nanny(ServerNode):
         await self.server.close()
         await self.pool.close()
 
-    async def instantiate(self) -> str:
-        """Start the worker process (if none runs) and wait until it is registered."""
+    async def instantiate(self, comm: Any = None) -> str:
+        """Start the worker process (if none runs) and wait until it is registered.
+        (``comm``: as for :meth:`close`.)"""
         async with self._lock:
             await self._instantiate()
         return "running"
 
-    async def kill(self, timeout: float = 2) -> str:
-        """Stop the worker process: close it, else terminate it, else kill it."""
+    async def kill(self, comm: Any = None, timeout: float = 2) -> str:
+        """Stop the worker process: ask it to close, else terminate it after ``timeout``
+        seconds, else kill it; it is not restarted until :meth:`instantiate`.
+        (``comm``: as for :meth:`close`.)"""
         async with self._lock:
             await self._stop_process(timeout)
         return "OK"
@@ -302,22 +326,30 @@ class Nanny(ServerNode):
         return True
 
     async def _watch_memory(self) -> None:
-        """Terminate the worker process when it uses more than its share of memory."""
-        threshold = self.memory_terminate_fraction * self.memory_limit
         while True:
             await asyncio.sleep(self.memory_monitor_interval)
-            process = self.process
-            if process is None or process.kill_reason is not None:
-                continue
-            # (in a thread: reading /proc gives up the GIL at every file, and the loop
-            # must not wait for it while another thread of this process is busy)
-            used = await asyncio.get_running_loop().run_in_executor(None, process.memory)
-            if used > threshold:
-                process.kill_reason = (
-                    f"exceeded {self.memory_terminate_fraction:.0%} of its "
-                    f"{format_bytes(self.memory_limit)} memory limit (used {format_bytes(used)})"
-                )
-                self._background_task(self._terminate_for_memory(process))
+            await self.memory_monitor()
+
+    async def memory_monitor(self) -> None:
+        """Take one look at the memory of the worker process and its children, as the
+        nanny does every ``distributed.worker.memory.monitor-interval``: past
+        ``distributed.worker.memory.terminate`` of ``memory_limit`` it tells the
+        scheduler why and terminates them, and a new worker process starts.  Without a
+        memory limit or that fraction it does nothing."""
+        process = self.process
+        if not (self.memory_limit and self.memory_terminate_fraction):
+            return
+        if process is None or process.kill_reason is not None:
+            return
+        # (in a thread: reading /proc gives up the GIL at every file, and the loop
+        # must not wait for it while another thread of this process is busy)
+        used = await asyncio.get_running_loop().run_in_executor(None, process.memory)
+        if used > self.memory_terminate_fraction * self.memory_limit:
+            process.kill_reason = (
+                f"exceeded {self.memory_terminate_fraction:.0%} of its "
+                f"{format_bytes(self.memory_limit)} memory limit (used {format_bytes(used)})"
+            )
+            self._background_task(self._terminate_for_memory(process))
 
     async def _terminate_for_memory(self, process: WorkerProcess) -> None:
         address = process.worker_address

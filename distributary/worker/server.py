@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import dask.config
@@ -40,7 +41,7 @@ from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
-from distributary.worker import introspection
+from distributary.worker import introspection, methods
 from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
@@ -111,7 +112,7 @@ class Worker(ServerNode):
             scheduler_ip, scheduler_port, scheduler_file
         )
         self.nthreads = nthreads or ncores or cpu_count()
-        self.name = name
+        self.name = name  # (its address once it listens, if None)
         self.resources = dict(resources or {})
         self.memory_manager = WorkerMemoryManager(
             memory_limit,
@@ -159,6 +160,7 @@ class Worker(ServerNode):
         self.task_client: Any = None
         self.task_client_lock = threading.Lock()
         self.pool = ConnectionPool(role="worker")
+        self.scheduler = methods.SchedulerHandle(self.scheduler_address, self.pool)
         self._plugins = WorkerPlugins(self)
         self._given_plugins = tuple(plugins)
         self.server = Server(
@@ -201,14 +203,21 @@ class Worker(ServerNode):
         """The same as ``address`` (a Nanny's ``worker_address`` points here too)."""
         return self.address
 
+    @property
+    def local_dir(self) -> str:
+        """The same as ``local_directory`` (a Nanny has ``local_dir`` too)."""
+        return self.local_directory
+
     # ------------------------------------------------------------------ lifecycle
 
     async def _start(self) -> None:
         await self.server.listen(self._listen_address)
         self.state.address = self.address
-        self.local_directory = tempfile.mkdtemp(
-            prefix="worker-", dir=_scratch_directory(self._base_directory)
-        )
+        if self.name is None:
+            self.name = self.address
+        scratch = methods.scratch_directory(self._base_directory)
+        os.makedirs(scratch, exist_ok=True)
+        self.local_directory = tempfile.mkdtemp(prefix="worker-", dir=scratch)
         self.state.data = self.memory_manager.create_data(self.local_directory)
         comm, registered = await self._register()
         self.batched = BatchedSend(comm)
@@ -447,6 +456,36 @@ class Worker(ServerNode):
         """The key of the task running in the calling thread (None outside a task)."""
         return current_task_key()
 
+    async def executor_submit(
+        self,
+        key: Any,
+        function: Callable,
+        args: tuple = (),
+        kwargs: dict | None = None,
+        executor: Any = None,
+    ) -> Any:
+        """Run ``function(*args, **kwargs)`` in a thread of ``executor`` (a
+        ``concurrent.futures.Executor``; by default the worker's own, which runs its
+        tasks) and return its result, without blocking the worker; ``key`` names the
+        call in the worker's log."""
+        return await methods.executor_submit(self.executor, key, function, args, kwargs, executor)
+
+    async def memory_monitor(self) -> None:
+        """Take one look at this process's memory, as the worker does every
+        ``memory_monitor_interval``: past ``memory_spill_fraction`` of ``memory_limit``
+        it spills results to disk, past ``memory_pause_fraction`` it pauses (no new
+        tasks) until memory is back under it.  Without a memory limit it does nothing."""
+        if self.memory_manager.monitored:
+            await self.memory_manager.check(self._set_paused)
+
+    def trigger_profile(self) -> None:
+        """Not supported yet: distributary has no statistical profiler."""
+        raise methods.not_yet("Worker.trigger_profile", "it has no statistical profiler")
+
+    def start_ipython(self, comm: Any = None) -> dict:
+        """Not supported yet: distributary starts no IPython kernels."""
+        raise methods.not_yet("Worker.start_ipython", "it starts no IPython kernels")
+
     def get_call_stack(self, keys: Any = None) -> dict:
         """The Python stack of each task running here (of ``keys`` only, unless None),
         by key: the lines of ``traceback.format_stack``."""
@@ -544,9 +583,3 @@ def _lifetime(lifetime: Any, stagger: Any) -> float | None:
         return None
     spread = dask.utils.parse_timedelta(stagger or 0)
     return max(dask.utils.parse_timedelta(lifetime) + random.uniform(-spread, spread), 0.0)
-
-
-def _scratch_directory(base: str | None) -> str:
-    path = os.path.join(base or tempfile.gettempdir(), "distributary-scratch-space")
-    os.makedirs(path, exist_ok=True)
-    return path
