@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, get_args
 
+import msgspec
 from dask.utils import parse_timedelta
 
 from distributary.comm.addressing import get_address_host, get_address_host_port
@@ -577,7 +578,8 @@ def send_task_to_worker(scheduler: Scheduler, worker: str, key: Any) -> None:
 
 def report(scheduler: Scheduler, msg: ToClient, ts: Any = None, client: str | None = None) -> None:
     """Send ``msg`` (a message for clients) to ``client``; else to the clients wanting
-    ``ts`` (a task record or key); else to every client."""
+    ``ts`` (a task record or key); else to every client.  It is sent as current: as if
+    the state machine made it now."""
     if not isinstance(msg, ToClient):
         raise TypeError(f"report takes a message for clients, not {type(msg).__name__}")
     if client is not None:
@@ -590,11 +592,8 @@ def report(scheduler: Scheduler, msg: ToClient, ts: Any = None, client: str | No
     for name in clients:
         stream = scheduler.client_streams.get(name)
         if stream is not None and not stream.closed():
-            stream.send(msg.__class__(**{**_fields(msg), "client": name}))
-
-
-def _fields(msg: Any) -> dict:
-    return {name: getattr(msg, name) for name in msg.__struct_fields__}
+            ack = scheduler.state.ack(name)  # (current: the client applies it)
+            stream.send(msgspec.structs.replace(msg, client=name, ack=ack))
 
 
 async def proxy(
