@@ -3,7 +3,6 @@ scheduler with workers and a client over TCP, asserting what it did."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 
