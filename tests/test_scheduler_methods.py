@@ -152,6 +152,8 @@ async def test_update_graph_and_gather(c, s, a, b):
     got = await s.gather(keys=["x-1"])
     assert got["status"] == "OK" and deserialize(got["data"]["x-1"]) == 2
     assert await s.gather(keys=["x-1", "nope"]) == {"status": "error", "keys": ["nope"]}
+    with pytest.raises(ValueError, match="client"):
+        s.update_graph(tasks={"y-1": (inc, 1)}, keys=["y-1"])
     with pytest.raises(NotImplementedError, match="actors"):
         s.update_graph(client=c.id, tasks={"y-1": (inc, 1)}, actors=True)
     assert await c.submit(inc, 2) == 3
@@ -282,6 +284,38 @@ async def test_feed_and_add_client_over_a_comm(c, s, a, b):
         assert "by-hand" in s.state.clients
         await comm.close()
         await apoll(lambda: "by-hand" not in s.state.clients)
+    finally:
+        await listener.close()
+
+
+@gen_cluster()
+async def test_add_worker_and_handle_worker_over_a_comm(c, s, a, b):
+    by_hand = "tcp://127.0.0.1:1"
+
+    async def serve(comm):
+        if (await comm.read()) == "register":
+            await s.add_worker(comm, address=by_hand, nthreads=1, name="by-hand")
+        else:
+            await s.handle_worker(comm, worker="tcp://127.0.0.1:2")
+
+    await s.scatter(data={"d-1": 1}, workers=[a.address])
+    listener = await listen("tcp://127.0.0.1:0", serve)
+    try:
+        comm = await connect(listener.address)
+        await comm.write("register")
+        assert (await comm.read())["status"] == "OK"
+        assert s.workers[by_hand].name == "by-hand"
+        await comm.write([{"op": "add-keys", "stimulus_id": "by-hand", "keys": ["d-1"]}])
+        await apoll(lambda: s.workers[by_hand] in s.tasks["d-1"].who_has)
+        await comm.close()
+        await apoll(lambda: by_hand not in s.workers)  # (its stream closed)
+        await s.add_worker(address="tcp://127.0.0.1:2", nthreads=1)
+        comm = await connect(listener.address)
+        await comm.write("stream")
+        await comm.write([{"op": "add-keys", "stimulus_id": "by-hand", "keys": ["d-1"]}])
+        await apoll(lambda: s.workers["tcp://127.0.0.1:2"] in s.tasks["d-1"].who_has)
+        await comm.close()
+        await s.remove_worker(address="tcp://127.0.0.1:2", close=False)
     finally:
         await listener.close()
 

@@ -323,6 +323,8 @@ def update_graph(
     and ``retries`` are by key; ``loose_restrictions`` lists the keys that may run
     elsewhere; ``user_priority`` comes first in every key's priority.
     """
+    if client is None:
+        raise ValueError("update_graph needs the client the tasks are for")
     for name, value in (("actors", actors), ("submitting_task", submitting_task)):
         if value:
             raise NotImplementedError(f"update_graph({name}=...) is not supported yet")
@@ -348,7 +350,8 @@ def update_graph(
             )
         )
     wanted = tuple(keys or ())
-    scheduler.handle(ev.UpdateGraph(stimulus("update-graph"), tuple(specs), wanted, client=client))
+    event = ev.UpdateGraph(stimulus("update-graph"), tuple(specs), wanted, client=client)
+    scheduler.handle(event)
 
 
 def _payload(task: Any) -> Any:
@@ -412,30 +415,34 @@ async def add_worker(
     if comm is not None:
         await scheduler._handle_register_worker(comm, register)
         return "OK"
-    sid = stimulus("add-worker")
-    if address in scheduler.state.workers or name in scheduler.state.workers_by_name:
+    state = scheduler.state
+    if address in state.workers or (name is not None and name in state.workers_by_name):
         raise ValueError(f"name or address taken: {name!r}, {address!r}")
-    scheduler.handle(
-        ev.AddWorker(
-            sid,
-            address,
-            nthreads,
-            name=name,
-            memory_limit=memory_limit or 0,
-            resources=dict(resources or {}),
-            nanny=nanny,
-            host=get_address_host(address),
-            time=now or time.time(),
-            pid=pid,
-            local_directory=local_directory or "",
-        )
-    )
+    added = worker_added(register, now or time.time())
+    scheduler.handle(added)
     if keys:
         who_has = {key: (address,) for key in keys}
         nbytes, types = dict(nbytes or {}), dict(types or {})
-        scheduler.handle(ev.ScatterData(sid, who_has, nbytes, types))
+        scheduler.handle(ev.ScatterData(added.stimulus_id, who_has, nbytes, types))
     scheduler.lifecycle.workers_changed()
     return "OK"
+
+
+def worker_added(msg: rq.RegisterWorker, now: float) -> ev.AddWorker:
+    """The event of the worker that ``msg`` registers, at ``now``."""
+    return ev.AddWorker(
+        f"register-worker-{msg.address}",
+        msg.address,
+        msg.nthreads,
+        name=msg.name,
+        memory_limit=msg.memory_limit or 0,
+        resources=dict(msg.resources or {}),
+        nanny=msg.nanny,
+        host=get_address_host(msg.address),
+        time=now,
+        pid=msg.pid,
+        local_directory=msg.local_directory,
+    )
 
 
 async def handle_worker(scheduler: Scheduler, comm: Any = None, worker: str | None = None) -> None:

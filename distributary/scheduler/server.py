@@ -22,7 +22,7 @@ import dask.config
 import msgspec
 from dask.utils import parse_timedelta
 
-from distributary.comm.addressing import get_address_host, normalize_address
+from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import error_message
@@ -443,21 +443,7 @@ class Scheduler(ServerNode):
             return
         stream = BatchedSend(comm)
         self.worker_streams[address] = stream
-        self.handle(
-            ev.AddWorker(
-                f"register-worker-{address}",
-                address,
-                msg.nthreads,
-                name=name,
-                memory_limit=msg.memory_limit or 0,
-                resources=dict(msg.resources or {}),
-                nanny=msg.nanny,
-                host=get_address_host(address),
-                time=time.time(),
-                pid=msg.pid,
-                local_directory=msg.local_directory,
-            )
-        )
+        self.handle(methods.worker_added(msg, time.time()))
         await comm.write(rq.Registered(self.id, plugins=self.plugin_registry.registered()))
         logger.info("Worker %s registered", address)
         self.lifecycle.workers_changed()
