@@ -65,6 +65,7 @@ __all__ = [
     "TaskRescheduled",
     "TaskSpec",
     "Tick",
+    "Transitions",
     "UpdateGraph",
     "WorkerHeartbeat",
     "WorkerStatusChange",
@@ -146,6 +147,13 @@ class Restart(SchedulerEvent):
 
     The server restarts or closes those workers itself.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Transitions(SchedulerEvent):
+    """Move these tasks (``{key: state}``), and on until no recommendation is left."""
+
+    recommendations: dict
 
 
 AnyEvent = SchedulerEvent | FromWorker | FromClient

@@ -8,6 +8,7 @@ ones :class:`ForServer` itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from distributary.protocol.client_messages import (
     KeyCancelled,
@@ -24,6 +25,9 @@ from distributary.protocol.worker_messages import (
     StealRequest,
     ToWorker,
 )
+
+if TYPE_CHECKING:
+    from distributary.scheduler.records import TaskRecord
 
 __all__ = [
     "AcquireReplicas",
@@ -141,3 +145,23 @@ class SchedulerIdle(ForServer):
 
 
 SchedulerInstruction = ToWorker | ToClient | ForServer
+
+
+def compute_task(ts: TaskRecord, stimulus_id: str) -> ComputeTask:
+    """The instruction to run ``ts`` (its current run) on the worker it is processing on."""
+    who_has = {}
+    nbytes = {}
+    for dep in ts.dependencies:
+        who_has[dep.key] = tuple(w.address for w in dep.who_has)
+        nbytes[dep.key] = dep.nbytes
+    return ComputeTask(
+        stimulus_id,
+        ts.key,
+        ts.run_id,
+        ts.payload,
+        ts.priority,
+        who_has,
+        nbytes,
+        ts.resource_restrictions,
+        worker=ts.processing_on.address,
+    )

@@ -52,7 +52,7 @@ _RETIRE_TICK = 0.02  # seconds between ticks while workers retire
 _CLOSE_TIMEOUT = 5.0  # seconds to wait for a worker (or nanny) to accept a close request
 
 
-def _stimulus(name: str) -> str:
+def stimulus(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
@@ -126,7 +126,7 @@ class WorkerLifecycle(SchedulerExtension):
 
     def tick(self) -> None:
         """Tell the state that time passed."""
-        self.scheduler.handle(ev.Tick(_stimulus("tick"), time.time()))
+        self.scheduler.handle(ev.Tick(stimulus("tick"), time.time()))
 
     def workers_changed(self) -> None:
         """A worker came or went (the server tells): wake whoever waits for workers."""
@@ -149,7 +149,7 @@ class WorkerLifecycle(SchedulerExtension):
         if not self.scheduler.disconnect(address):  # (its stream's reader removes it)
             # No stream: removed once the instructions of this step are carried out.
             asyncio.get_running_loop().call_soon(
-                self.scheduler.handle, ev.RemoveWorker(_stimulus("worker-ttl"), address)
+                self.scheduler.handle, ev.RemoveWorker(stimulus("worker-ttl"), address)
             )
 
     def _scheduler_idle(self, instruction: ins.SchedulerIdle) -> None:
@@ -231,7 +231,7 @@ class WorkerLifecycle(SchedulerExtension):
         addresses = [a for a in dict.fromkeys(addresses) if a in state.workers]
         if not addresses:
             return {}
-        stimulus_id = _stimulus("retire-workers")
+        stimulus_id = stimulus("retire-workers")
         info = {a: scheduler.worker_info(state.workers[a]) for a in addresses}
         logger.info("Retiring %d workers: %s", len(addresses), addresses)
         loop = asyncio.get_running_loop()
@@ -288,7 +288,7 @@ class WorkerLifecycle(SchedulerExtension):
         nannies = [ws.nanny for ws in old.values() if ws.nanny]
         logger.info("Restarting: %d workers, %d with a nanny", len(old), len(nannies))
         deadline = time.monotonic() + timeout
-        scheduler.handle(ev.Restart(_stimulus("restart")))
+        scheduler.handle(ev.Restart(stimulus("restart")))
         calls = [
             scheduler.pool.call(nanny, rq.RestartWorker(timeout), timeout=timeout)
             for nanny in nannies

@@ -73,15 +73,31 @@ def decide_worker(state: SchedulerState, ts: TaskRecord) -> WorkerRecord | None:
     else:
         candidates = [state.workers[a] for a in valid]
     best, best_cost = None, (math.inf, "")
-    duration = state.durations.get(ts.prefix, state.unknown_duration)
+    duration = task_duration(state, ts)
     for ws in candidates:
         if ws.status != "running":
             continue
-        missing = sum(max(d.nbytes, 0) for d in ts.dependencies if ws not in d.who_has)
-        cost = ((ws.occupied + 1) / ws.nthreads * duration + missing / BANDWIDTH, ws.address)
+        cost = worker_objective(ts, ws, duration)
         if cost < best_cost:
             best, best_cost = ws, cost
     return best
+
+
+def task_duration(state: SchedulerState, ts: TaskRecord, default: float | None = None) -> float:
+    """The expected run time of ``ts``: the mean of its prefix's runs so far, else
+    ``default`` (the configured unknown-task-duration when None)."""
+    return state.durations.get(ts.prefix, state.unknown_duration if default is None else default)
+
+
+def comm_cost(ts: TaskRecord, ws: WorkerRecord) -> float:
+    """Seconds to move the dependencies of ``ts`` that ``ws`` lacks to it."""
+    return sum(max(d.nbytes, 0) for d in ts.dependencies if ws not in d.who_has) / BANDWIDTH
+
+
+def worker_objective(ts: TaskRecord, ws: WorkerRecord, duration: float) -> tuple[float, str]:
+    """What placing ``ts`` on ``ws`` costs, lowest best: its estimated start (the tasks
+    queued there, at ``duration`` each, and moving its dependencies), then the address."""
+    return ((ws.occupied + 1) / ws.nthreads * duration + comm_cost(ts, ws), ws.address)
 
 
 def urgent_last(tasks: Iterable[TaskRecord]) -> list[TaskRecord]:

@@ -28,7 +28,7 @@ from typing import Any
 from distributary.protocol.data import Placed, Rebalance, Replicate
 from distributary.protocol.worker_messages import AddKeys, MissingData
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
-from distributary.scheduler.lifecycle import _stimulus
+from distributary.scheduler.lifecycle import stimulus
 from distributary.scheduler.records import TaskRecord, WorkerRecord
 from distributary.scheduler.replicas import (
     CopyReplicas,
@@ -82,7 +82,7 @@ class DataReplication(SchedulerExtension):
         tasks, missing = self._tasks(keys)
         if missing:
             return Placed("partial-fail", tuple(missing))
-        stimulus_id = _stimulus("replicate")
+        stimulus_id = stimulus("replicate")
         if delete:
             wanted = len(pool) if n is None else min(n, len(pool))
             self.scheduler.handle(DropReplicas(stimulus_id, plan_deletions(tasks, pool, wanted)))
@@ -115,7 +115,7 @@ class DataReplication(SchedulerExtension):
         moves = plan_moves(tasks, pool)
         if not moves:
             return OK
-        stimulus_id = _stimulus("rebalance")
+        stimulus_id = stimulus("rebalance")
         copies: Plan = {}
         for key, _, recipient in moves:
             copies.setdefault(recipient, []).append(key)

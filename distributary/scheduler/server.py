@@ -22,7 +22,7 @@ import dask.config
 import msgspec
 from dask.utils import parse_timedelta
 
-from distributary.comm.addressing import get_address_host, normalize_address
+from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import error_message
@@ -32,7 +32,7 @@ from distributary.protocol.serialize import Serialize, Serialized
 from distributary.protocol.worker_messages import FROM_WORKER, Unregister
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
-from distributary.scheduler import introspection
+from distributary.scheduler import introspection, methods
 from distributary.scheduler.datasets import DatasetExtension
 from distributary.scheduler.extension import SchedulerExtension
 from distributary.scheduler.flushes import StreamFlushes
@@ -254,30 +254,6 @@ class Scheduler(ServerNode):
         """The ``(time, msg)`` events of ``topic``; of every topic, by topic, when None."""
         return self.introspection.get_events(topic)
 
-    async def retire_workers(
-        self,
-        workers: list[str] | None = None,
-        *,
-        names: list | None = None,
-        close_workers: bool = False,
-        remove: bool = True,
-        **kwargs: Any,
-    ) -> dict[str, dict]:
-        """Gracefully retire workers: copy the data only they hold to others first.
-
-        ``workers`` (addresses) or ``names``; with neither, :meth:`workers_to_close`
-        chooses (``kwargs`` go to it).  ``remove`` drops them from the scheduler at once,
-        ``close_workers`` also closes them (and their nannies).  Returns
-        ``{address: info}`` of the workers retired.
-        """
-        return await self.lifecycle.retire_workers(
-            workers, names=names, close_workers=close_workers, remove=remove, **kwargs
-        )
-
-    def workers_to_close(self, **kwargs: Any) -> list:
-        """Workers that can be closed at little cost (see ``WorkerLifecycle.workers_to_close``)."""
-        return self.lifecycle.workers_to_close(**kwargs)
-
     async def replicate(
         self,
         comm: Any = None,
@@ -303,10 +279,6 @@ class Scheduler(ServerNode):
         placed = await self.replication.rebalance(keys, workers)
         return msgspec.structs.asdict(placed)
 
-    async def restart(self, timeout: float = 30, wait_for_workers: bool = True) -> None:
-        """Forget all tasks and data, restart the worker processes, wait for them to return."""
-        await self.lifecycle.restart(timeout, wait_for_workers)
-
     def coerce_address(self, addr: Any, resolve: bool = True) -> str:
         """A worker's address from its address (``host:port``, a tuple), or its name;
         with ``resolve`` a host name in it becomes the host's IP address."""
@@ -318,6 +290,50 @@ class Scheduler(ServerNode):
     def worker_info(self, ws: WorkerRecord) -> dict:
         """What the scheduler knows of a worker, as plain values."""
         return introspection.worker_info(ws)
+
+    # dask.distributed's documented methods, as adapters (see scheduler/methods.py)
+    adaptive_target = methods.adaptive_target
+    add_client = methods.add_client
+    add_keys = methods.add_keys
+    add_worker = methods.add_worker
+    cancel_key = methods.cancel_key
+    check_idle_saturated = methods.check_idle_saturated
+    client_heartbeat = methods.client_heartbeat
+    client_releases_keys = methods.client_releases_keys
+    close = methods.close
+    close_worker = methods.close_worker
+    decide_worker = methods.decide_worker
+    feed = methods.feed
+    gather = methods.gather
+    get_comm_cost = methods.get_comm_cost
+    get_task_duration = methods.get_task_duration
+    get_worker_service_addr = methods.get_worker_service_addr
+    handle_long_running = methods.handle_long_running
+    handle_worker = methods.handle_worker
+    proxy = methods.proxy
+    reevaluate_occupancy = methods.reevaluate_occupancy
+    remove_client = methods.remove_client
+    remove_worker = methods.remove_worker
+    report = methods.report
+    reschedule = methods.reschedule
+    restart = methods.restart
+    retire_workers = methods.retire_workers
+    run_function = methods.run_function
+    scatter = methods.scatter
+    send_task_to_worker = methods.send_task_to_worker
+    start_ipython = methods.start_ipython
+    stimulus_cancel = methods.stimulus_cancel
+    stimulus_missing_data = methods.stimulus_missing_data
+    stimulus_task_erred = methods.stimulus_task_erred
+    stimulus_task_finished = methods.stimulus_task_finished
+    transition = methods.transition
+    transitions = methods.transitions
+    update_data = methods.update_data
+    update_graph = methods.update_graph
+    valid_workers = methods.valid_workers
+    worker_objective = methods.worker_objective
+    worker_send = methods.worker_send
+    workers_to_close = methods.workers_to_close
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -428,21 +444,7 @@ class Scheduler(ServerNode):
             return
         stream = BatchedSend(comm)
         self.worker_streams[address] = stream
-        self.handle(
-            ev.AddWorker(
-                f"register-worker-{address}",
-                address,
-                msg.nthreads,
-                name=name,
-                memory_limit=msg.memory_limit or 0,
-                resources=dict(msg.resources or {}),
-                nanny=msg.nanny,
-                host=get_address_host(address),
-                time=time.time(),
-                pid=msg.pid,
-                local_directory=msg.local_directory,
-            )
-        )
+        self.handle(methods.worker_added(msg, time.time()))
         await comm.write(rq.Registered(self.id, plugins=self.plugin_registry.registered()))
         logger.info("Worker %s registered", address)
         self.lifecycle.workers_changed()

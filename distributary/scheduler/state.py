@@ -117,6 +117,7 @@ class SchedulerState(TransitionEngine):
             ev.LongRunning: self._handle_long_running,
             ev.AddKeys: self._handle_add_keys,
             ev.MissingData: self._handle_missing_data,
+            ev.Transitions: lambda event: dict(event.recommendations),
             ev.StealResponse: partial(self.stealing.answered, self),
             replicas.CopyReplicas: partial(replicas.copy_replicas, self),
             replicas.DropReplicas: partial(replicas.drop_replicas, self),
@@ -596,24 +597,7 @@ class SchedulerState(TransitionEngine):
         ts.run_id = next(self._run_ids)
         ws.processing.add(ts)
         self.update_idle(ws)
-        who_has = {}
-        nbytes = {}
-        for dep in ts.dependencies:
-            who_has[dep.key] = tuple(w.address for w in dep.who_has)
-            nbytes[dep.key] = dep.nbytes
-        self.emit(
-            ins.ComputeTask(
-                stimulus_id,
-                ts.key,
-                ts.run_id,
-                ts.payload,
-                ts.priority,
-                who_has,
-                nbytes,
-                ts.resource_restrictions,
-                worker=ws.address,
-            )
-        )
+        self.emit(ins.compute_task(ts, stimulus_id))
 
     def _waiting_to_queued(self, ts: TaskRecord, stimulus_id: str) -> Recs:
         ts.state = "queued"
