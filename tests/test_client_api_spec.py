@@ -9,15 +9,10 @@ distributary does not support yet exist and raise ``NotImplementedError`` saying
 
 from __future__ import annotations
 
-import inspect
-import pathlib
-import re
-
 import pytest
+from spec_api import check_member, documented_members, ids
 
 from distributary import Client, Future
-
-SPEC = pathlib.Path(__file__).parent / "spec" / "client_api.txt"
 
 # (the spec's class line) -> our class
 CLASSES = {
@@ -35,35 +30,7 @@ NOT_YET = {
     "start_ipython_workers": "IPython kernels",
 }
 
-_METHOD = re.compile(r"^(\w+)\((.*)\)\[source\]$")
-_PROPERTY = re.compile(r"^property (\w+)$")
-
-
-def _spec_members() -> list[tuple[type, str, list[str]]]:
-    """``(our class, name, parameter names)`` for each member the spec documents;
-    ``None`` parameters for a property."""
-    members = []
-    cls = None
-    for line in SPEC.read_text().splitlines():
-        for start, ours in CLASSES.items():
-            if line.startswith(start):
-                cls = ours
-        if cls is None:
-            continue
-        if match := _METHOD.match(line):
-            name, params = match.groups()
-            names = [
-                p.strip().split("=")[0].lstrip("*\\")
-                for p in params.replace("[", ",").replace("]", "").split(",")
-            ]
-            names = [n for n in names if n and n not in ("self", "…", "kwargs", "args")]
-            members.append((cls, name, names))
-        elif match := _PROPERTY.match(line):
-            members.append((cls, match.group(1), None))
-    return members
-
-
-MEMBERS = _spec_members()
+MEMBERS = documented_members("client_api.txt", CLASSES)
 
 
 def test_the_spec_copy_is_read():
@@ -72,18 +39,9 @@ def test_the_spec_copy_is_read():
     assert {"submit", "map", "get_executor", "recreate_error_locally", "asynchronous"} <= names
 
 
-@pytest.mark.parametrize(
-    "cls, name, params", MEMBERS, ids=[f"{c.__name__}.{n}" for c, n, _ in MEMBERS]
-)
+@pytest.mark.parametrize("cls, name, params", MEMBERS, ids=ids(MEMBERS))
 def test_the_member_exists_with_the_documented_parameters(cls, name, params):
-    member = inspect.getattr_static(cls, name, None)
-    assert member is not None, f"{cls.__name__}.{name} is missing"
-    if params is None:
-        assert isinstance(member, property), f"{cls.__name__}.{name} is not a property"
-        return
-    signature = inspect.signature(getattr(cls, name))
-    missing = [p for p in params if p not in signature.parameters]
-    assert not missing, f"{cls.__name__}.{name} lacks {missing}"
+    check_member(cls, name, params)
 
 
 @pytest.mark.parametrize("name", sorted(NOT_YET))

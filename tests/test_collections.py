@@ -9,6 +9,7 @@ peak-memory test runs worker processes and reads their resident memory with psut
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections import Counter
@@ -208,6 +209,9 @@ async def test_get_high_level_graph(c, s, a, b):
 # ---------------------------------------------------------------------------- bad graphs
 
 
+_sentinels = itertools.count()
+
+
 async def _assert_rejected(c, s, dsk, keys, match: str) -> None:
     before = set(s.tasks)
     with pytest.raises(GraphError, match=match) as info:
@@ -216,7 +220,8 @@ async def _assert_rejected(c, s, dsk, keys, match: str) -> None:
     assert set(s.tasks) == before
     assert not any(k in c.futures for k in dsk)
     # The cluster still works; anything the bad graph had sent would have arrived first.
-    sentinel = c.submit(inc, len(before), key=f"sentinel-{len(before)}")
+    # (a key of its own: an earlier sentinel may still be on its way out)
+    sentinel = c.submit(inc, len(before), key=f"sentinel-{next(_sentinels)}")
     assert await sentinel == len(before) + 1
     assert set(s.tasks) - before == {sentinel.key}
     assert not any(k in s.tasks for k in dsk)

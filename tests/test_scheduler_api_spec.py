@@ -8,49 +8,25 @@ is tested in tests/test_scheduler_methods.py.
 
 from __future__ import annotations
 
-import inspect
-import pathlib
-import re
-
 import pytest
+from spec_api import check_member, documented_members, ids
 
 from distributary import Scheduler
 
-SPEC = pathlib.Path(__file__).parent / "spec" / "scheduler_api.txt"
-
-_METHOD = re.compile(r"^([a-z_]\w*)\((.*)\)$")
-
-
-def _spec_methods() -> list[tuple[str, list[str]]]:
-    """``(name, parameter names)`` for each method the spec documents."""
-    methods = []
-    for line in SPEC.read_text().splitlines():
-        if match := _METHOD.match(line):
-            name, params = match.groups()
-            names = [p.strip().split("=")[0].lstrip("*") for p in params.split(",")]
-            methods.append((name, [n for n in names if n and n not in ("kwargs", "args")]))
-    return methods
-
-
-METHODS = _spec_methods()
+MEMBERS = documented_members("scheduler_api.txt", {"class distributed.Scheduler(": Scheduler})
 
 
 def test_the_spec_copy_is_read():
-    names = {name for name, _ in METHODS}
-    assert len(METHODS) == 55
+    names = {name for _, name, _ in MEMBERS}
+    assert len(MEMBERS) == 55
     assert {"adaptive_target", "workers_to_close", "stimulus_task_finished", "update_graph"} <= (
         names
     )
 
 
-@pytest.mark.parametrize("name, params", METHODS, ids=[name for name, _ in METHODS])
-def test_the_method_exists_with_the_documented_parameters(name, params):
-    method = inspect.getattr_static(Scheduler, name, None)
-    assert callable(method), f"Scheduler.{name} is missing"
-    signature = inspect.signature(getattr(Scheduler, name))
-    missing = [p for p in params if p not in signature.parameters]
-    assert not missing, f"Scheduler.{name} lacks {missing}"
-    assert getattr(Scheduler, name).__doc__, f"Scheduler.{name} has no docstring"
+@pytest.mark.parametrize("cls, name, params", MEMBERS, ids=ids(MEMBERS))
+def test_the_method_exists_with_the_documented_parameters(cls, name, params):
+    check_member(cls, name, params)
 
 
 def test_what_is_not_supported_says_so():

@@ -26,7 +26,14 @@ class FutureOwner(Protocol):
     status: str
     loop: asyncio.AbstractEventLoop | None
 
-    def sync(self, func: Callable, *args: Any, timeout: Any = None, **kwargs: Any) -> Any:
+    def sync(
+        self,
+        func: Callable,
+        *args: Any,
+        timeout: Any = None,
+        asynchronous: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run a coroutine function on the client's loop (or return its awaitable)."""
 
     def cancel(
