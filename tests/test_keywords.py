@@ -68,3 +68,19 @@ def test_a_local_cluster_passes_a_bad_worker_keyword_on_and_fails_cleanly():
         Client(cluster) as client,
     ):
         assert client.submit(inc, 1).result() == 2
+
+
+def test_compute_persist_and_get_refuse_options_they_would_not_pass_on():
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        import dask
+
+        x = dask.delayed(inc)(1)
+        for call in (client.compute, client.persist):
+            with pytest.raises(TypeError, match="fuse_ave_width"):
+                call(x, fuse_ave_width=3)
+        with pytest.raises(TypeError, match="bogus"):
+            client.get({"y": (inc, 1)}, "y", bogus=True)
+        assert client.compute(x).result() == 2

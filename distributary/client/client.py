@@ -34,6 +34,7 @@ from distributary.client.executor import ClientExecutor
 from distributary.client.future import Future
 from distributary.client.graphs import (
     SubmissionWindows,
+    check_graph_options,
     no_actors,
     part_size,
     per_key_restrictions,
@@ -519,7 +520,7 @@ class Client:
         task; the older ``restrictions={key: workers}`` some, and ``loose_restrictions``
         names the keys whose restrictions are loose.
         """
-        no_actors(actors)
+        check_graph_options("get", actors, kwargs)
         return self._graphs.get(
             dsk,
             keys,
@@ -552,7 +553,7 @@ class Client:
 
         A list gives a list; with ``sync=True`` the results instead of futures.
         """
-        no_actors(actors)
+        check_graph_options("compute", actors, kwargs)
         return self._graphs.compute(
             collections,
             sync=sync,
@@ -579,7 +580,7 @@ class Client:
         **kwargs: Any,
     ) -> Any:
         """Start computing dask collections; return them backed by futures on the cluster."""
-        no_actors(actors)
+        check_graph_options("persist", actors, kwargs)
         return self._graphs.persist(
             collections,
             optimize_graph=optimize_graph,

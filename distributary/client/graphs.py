@@ -57,6 +57,17 @@ def no_actors(actors: Any) -> None:
         raise NotImplementedError("distributary does not support actors yet (actor=/actors=)")
 
 
+def check_graph_options(method: str, actors: Any, options: dict) -> None:
+    """Refuse what ``get``, ``compute`` and ``persist`` cannot honour: actors, and
+    keyword options for dask's graph optimizations, which distributary passes none of."""
+    no_actors(actors)
+    if options:
+        raise TypeError(
+            f"{method}() got an unexpected keyword argument {next(iter(options))!r} "
+            "(distributary passes no options on to graph optimization)"
+        )
+
+
 def task_options(workers: Any, resources: Any, retries: Any, allow_other_workers: bool) -> dict:
     """The options every task of a submit, map or graph gets: restrictions and retries."""
     options: dict = {}
