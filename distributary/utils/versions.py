@@ -10,7 +10,6 @@ is not installed).  The scheduler never unpickles user data, so only the package
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import platform
 import struct
@@ -60,6 +59,8 @@ def package_version(name: str) -> str | None:
     distributary's is that of the code running."""
     if name == "distributary":
         return distributary.__version__
+    import importlib.metadata  # (here: it costs every server process ~10 ms to load)
+
     try:
         return importlib.metadata.version(name)
     except Exception:  # not installed, or metadata unreadable
