@@ -26,8 +26,6 @@ CLASSES = {
 NOT_YET = {
     "get_task_stream": "diagnostics",
     "profile": "diagnostics",
-    "start_ipython_scheduler": "IPython kernels",
-    "start_ipython_workers": "IPython kernels",
 }
 
 MEMBERS = documented_members("client_api.txt", CLASSES)

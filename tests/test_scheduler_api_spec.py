@@ -27,9 +27,3 @@ def test_the_spec_copy_is_read():
 @pytest.mark.parametrize("cls, name, params", MEMBERS, ids=ids(MEMBERS))
 def test_the_method_exists_with_the_documented_parameters(cls, name, params):
     check_member(cls, name, params)
-
-
-def test_what_is_not_supported_says_so():
-    scheduler = Scheduler.__new__(Scheduler)  # (no server needed: it refuses before any I/O)
-    with pytest.raises(NotImplementedError, match="IPython"):
-        scheduler.start_ipython()

@@ -15,7 +15,7 @@ from spec_api import check_member, documented_members, ids
 from distributary import Nanny, Worker
 
 # Spec methods that are not supported yet: they raise NotImplementedError saying why.
-NOT_YET = {"trigger_profile": "profiler", "start_ipython": "IPython kernels"}
+NOT_YET = {"trigger_profile": "profiler"}
 
 CLASSES = {"class distributed.Worker(": Worker, "class distributed.Nanny(": Nanny}
 MEMBERS = documented_members("worker_nanny_api.txt", CLASSES, attributes=True)

@@ -22,6 +22,7 @@ from distributary.client import (
     cluster,
     data,
     introspection,
+    ipython,
     plugins,
     registry,
     replay,
@@ -783,8 +784,8 @@ class Client:
 
     get_task_stream = unsupported.get_task_stream
     profile = unsupported.profile
-    start_ipython_scheduler = unsupported.start_ipython_scheduler
-    start_ipython_workers = unsupported.start_ipython_workers
+    start_ipython_scheduler = ipython.start_ipython_scheduler
+    start_ipython_workers = ipython.start_ipython_workers
 
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"

@@ -39,24 +39,3 @@ def profile(
 ) -> Any:
     """Not supported yet: statistical profiles are part of the diagnostics to come."""
     raise _not_yet("profile", "statistical profiles are part of the diagnostics to come")
-
-
-def start_ipython_scheduler(
-    self: Any,
-    magic_name: str = "scheduler_if_ipython",
-    qtconsole: bool = False,
-    qtconsole_args: Any = None,
-) -> Any:
-    """Not supported yet: distributary starts no IPython kernels."""
-    raise _not_yet("start_ipython_scheduler", "distributary starts no IPython kernels")
-
-
-def start_ipython_workers(
-    self: Any,
-    workers: Any = None,
-    magic_names: Any = False,
-    qtconsole: bool = False,
-    qtconsole_args: Any = None,
-) -> Any:
-    """Not supported yet: distributary starts no IPython kernels."""
-    raise _not_yet("start_ipython_workers", "distributary starts no IPython kernels")

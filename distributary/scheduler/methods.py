@@ -38,6 +38,7 @@ from distributary.scheduler import instructions as ins
 from distributary.scheduler import placement
 from distributary.scheduler.lifecycle import stimulus
 from distributary.scheduler.records import TaskRecord, TaskState, WorkerRecord
+from distributary.utils import ipython
 
 if TYPE_CHECKING:
     from distributary.scheduler.server import Scheduler
@@ -766,6 +767,12 @@ async def close(
     await ServerNode.close(scheduler)
 
 
-def start_ipython(scheduler: Scheduler, comm: Any = None) -> None:
-    """Not supported: distributary runs no IPython kernels."""
-    raise NotImplementedError("start_ipython: distributary does not run IPython kernels")
+def start_ipython(scheduler: Scheduler, comm: Any = None) -> dict:
+    """Start an IPython kernel in the scheduler's process, with ``scheduler`` in its
+    namespace; its connection info (the same kernel when asked again).  Needs ipykernel
+    (``distributary[ipython]``)."""
+    info = getattr(scheduler, "_ipython", None)
+    if info is None:
+        host = get_address_host(scheduler.address)
+        info = scheduler._ipython = ipython.start_kernel({"scheduler": scheduler}, host)
+    return info

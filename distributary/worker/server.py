@@ -28,6 +28,7 @@ import dask.config
 from dask.sizeof import sizeof
 
 from distributary.comm import CommClosedError, connect
+from distributary.comm.addressing import get_address_host
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.core.run import run_function
 from distributary.node import ServerNode, listen_address_for
@@ -37,6 +38,7 @@ from distributary.protocol.introspection import CallStack
 from distributary.protocol.message import Message
 from distributary.protocol.serialize import Serialize, deserialize
 from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerHeartbeat
+from distributary.utils import ipython
 from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
@@ -176,6 +178,7 @@ class Worker(ServerNode):
             },
         )
         self.batched: BatchedSend | None = None
+        self._ipython: dict | None = None  # (the connection info of its IPython kernel)
         self._stream_task: asyncio.Task | None = None
         self._gathers: set[asyncio.Task] = set()
         self._periodic: list[asyncio.Task] = []  # cancelled on close
@@ -483,8 +486,12 @@ class Worker(ServerNode):
         raise methods.not_yet("Worker.trigger_profile", "it has no statistical profiler")
 
     def start_ipython(self, comm: Any = None) -> dict:
-        """Not supported yet: distributary starts no IPython kernels."""
-        raise methods.not_yet("Worker.start_ipython", "it starts no IPython kernels")
+        """Start an IPython kernel in this worker's process, with ``worker`` (this worker)
+        in its namespace; its connection info (the same kernel when asked again).  Needs
+        ipykernel (``distributary[ipython]``)."""
+        if self._ipython is None:
+            self._ipython = ipython.start_kernel({"worker": self}, get_address_host(self.address))
+        return self._ipython
 
     def get_call_stack(self, keys: Any = None) -> dict:
         """The Python stack of each task running here (of ``keys`` only, unless None),
