@@ -530,3 +530,10 @@ async def test_workers_joining_and_leaving_are_events_and_plugins_hear_of_every_
     actions = [msg["action"] for _, msg in await c.get_events(b.address)]
     assert actions == ["add-worker", "remove-worker"]
     assert {"action": "add-worker", "worker": a.address} in [m for _, m in s.get_events("all")]
+
+
+def test_the_transition_log_keeps_as_many_entries_as_configured():
+    with dask.config.set({"distributed.scheduler.transition-log-length": 5}):
+        s = Scheduler()
+    assert s.state.transition_log.maxlen == 5
+    assert Scheduler().state.transition_log.maxlen == 100_000

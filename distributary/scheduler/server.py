@@ -94,6 +94,7 @@ class Scheduler(ServerNode):
             worker_ttl=_seconds(worker_ttl, "distributed.scheduler.worker-ttl"),
             idle_timeout=_seconds(idle_timeout, "distributed.scheduler.idle-timeout"),
             work_stealing=bool(config("distributed.scheduler.work-stealing")),
+            transition_log_length=int(config("distributed.scheduler.transition-log-length")),
         )
         self.scheduler_file = scheduler_file
         self._listen_address = listen_address_for(None, host, port, protocol, interface)
