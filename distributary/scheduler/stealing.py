@@ -50,29 +50,29 @@ class WorkStealing:
         self.pending = False
         if not self.enabled:
             return
-        self._forget_stale(state)
-        incoming = Counter(thief for thief, _, _ in self.in_flight.values())
-        outgoing = Counter(victim for _, victim, _ in self.in_flight.values())
+        incoming: Counter = Counter()
+        outgoing: Counter = Counter()
+        if self.in_flight or self.refused:
+            self._forget_stale(state)
+            incoming.update(thief for thief, _, _ in self.in_flight.values())
+            outgoing.update(victim for _, victim, _ in self.in_flight.values())
         room = {}
-        for ws in state.workers.values():
-            if ws.status == "running":
-                free = _target(ws) - ws.occupied - incoming[ws]
-                if free > 0 and ws.occupied + incoming[ws] < ws.nthreads:
-                    room[ws] = free
-        if not room:
-            return
         excess = {}
-        for ws in state.workers.values():
-            extra = ws.occupied - outgoing[ws] - ws.nthreads
-            if extra > 0:
-                excess[ws] = extra
-        if not excess:
+        for ws in state.workers.values():  # (one pass: this runs after most events)
+            occupied = ws.occupied
+            if ws.status == "running" and occupied + incoming[ws] < ws.nthreads:
+                room[ws] = _target(ws) - occupied - incoming[ws]
+            elif occupied - outgoing[ws] > ws.nthreads:
+                excess[ws] = occupied - outgoing[ws] - ws.nthreads
+        if not room or not excess:
             return
         wanted = sum(room.values())
-        offers = {ws: _least_urgent(self, ws, wanted) for ws in excess}
+        offers: dict[WorkerRecord, list[TaskRecord]] = {}  # (made when first asked for)
         for thief in sorted(room, key=_address):
             while room[thief] > 0 and excess:
                 victim = max(sorted(excess, key=_address), key=excess.__getitem__)
+                if victim not in offers:
+                    offers[victim] = _least_urgent(self, victim, wanted)
                 ts = _take_offer(state, offers[victim], thief, excess[victim] / victim.nthreads)
                 if ts is None:
                     del excess[victim]
