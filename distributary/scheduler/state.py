@@ -510,10 +510,10 @@ class SchedulerState(TransitionEngine):
     def update_idle(self, ws: WorkerRecord) -> None:
         # Re-inserting moves the worker to the end: the idle workers take turns.
         self.idle.pop(ws.address, None)
-        if ws.has_room() and ws.address in self.workers:
+        present = ws.address in self.workers
+        if present and ws.has_room():
             self.idle[ws.address] = ws
-        if ws.occupied != ws.nthreads:  # (a thread free, or tasks waiting for one)
-            self.stealing.pending = True
+        self.stealing.note(ws, present)
 
     def fill_slots(self, ws: WorkerRecord) -> Recs:
         """Recommend queued tasks for the room this worker has."""

@@ -44,6 +44,19 @@ class WorkStealing:
         # task asked back -> (its thief, its victim, the run asked back)
         self.in_flight: dict[TaskRecord, tuple[WorkerRecord, WorkerRecord, int]] = {}
         self.refused: dict[TaskRecord, int] = {}  # task -> the run its worker kept (started)
+        # Workers with a thread free, and with tasks waiting for a thread: a balance is
+        # worth its time only while there are both.
+        self._free: set[WorkerRecord] = set()
+        self._queued: set[WorkerRecord] = set()
+
+    def note(self, ws: WorkerRecord, present: bool) -> None:
+        """The worker's load changed (``present``: it is still in the cluster)."""
+        free = present and ws.status == "running" and ws.occupied < ws.nthreads
+        queued = present and ws.occupied > ws.nthreads
+        (self._free.add if free else self._free.discard)(ws)
+        (self._queued.add if queued else self._queued.discard)(ws)
+        if self._free and self._queued:
+            self.pending = True
 
     def balance(self, state: SchedulerState, stimulus_id: str) -> None:
         """Ask busy workers for tasks that threads free elsewhere can start sooner."""
