@@ -18,6 +18,16 @@ from typing import Any
 SchedulerCall = Callable[..., Awaitable[Any]]
 
 
+def named_workers(workers: Any) -> tuple | None:
+    """The ``workers=`` of a call as a tuple of addresses, names or hosts (one of them
+    alone too); None for all."""
+    if workers is None:
+        return None
+    if isinstance(workers, str | int):
+        return (workers,)
+    return tuple(workers)
+
+
 def scheduler_method(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
     """The Client method running the scheduler call ``fn`` (see the module's docstring)."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from dask.utils import funcname, parse_timedelta
 
-from distributary.client.calls import SchedulerCall
+from distributary.client.calls import SchedulerCall, named_workers
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
 from distributary.protocol.serialize import deserialize, serialize
@@ -142,9 +142,7 @@ async def run(
     """
     if on_error not in _ON_ERROR:
         raise ValueError(f"on_error must be one of {_ON_ERROR}, not {on_error!r}")
-    if isinstance(workers, str):
-        workers = [workers]
-    named = None if workers is None else tuple(workers)
+    named = named_workers(workers)
     request = run_request(function, args, kwargs, workers=named, nanny=nanny, wait=wait)
     results = {}
     for address, ran in (await call(request)).items():

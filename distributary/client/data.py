@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from dask.core import flatten
 
-from distributary.client.calls import SchedulerCall
+from distributary.client.calls import SchedulerCall, named_workers
 from distributary.client.collections import _restrictions
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
@@ -56,14 +56,16 @@ class PlacementRequests:
         """Once the futures are done, have ``n`` copies of their data on ``workers``."""
         check_options(kwargs, "replicate")
         keys = await _finished_keys(futures)
-        request = Replicate(keys, n, _workers(workers), branching_factor, **self._after_stream())
+        request = Replicate(
+            keys, n, named_workers(workers), branching_factor, **self._after_stream()
+        )
         _check(await self._call(request), "replicate")
 
     async def rebalance(self, futures: Any, workers: Any, **kwargs: Any) -> None:
         """Once the futures are done, even out the bytes held among ``workers``."""
         check_options(kwargs, "rebalance")
         keys = None if futures is None else await _finished_keys(futures)
-        request = Rebalance(keys, _workers(workers), **self._after_stream())
+        request = Rebalance(keys, named_workers(workers), **self._after_stream())
         _check(await self._call(request), "rebalance")
 
     def _after_stream(self) -> dict:
@@ -75,12 +77,6 @@ async def _finished_keys(futures: Any) -> tuple:
     for future in found:
         await future._wait()
     return tuple(dict.fromkeys(future.key for future in found))
-
-
-def _workers(workers: Any) -> tuple | None:
-    if workers is None:
-        return None
-    return (workers,) if isinstance(workers, str) else tuple(workers)
 
 
 def _check(placed: Placed, operation: str) -> None:

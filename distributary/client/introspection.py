@@ -12,21 +12,12 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from distributary.client.calls import SchedulerCall
+from distributary.client.calls import SchedulerCall, named_workers
 from distributary.client.future import Future
 from distributary.client.structures import collect_futures
 from distributary.protocol import introspection as rq_i
 from distributary.protocol import requests as rq
 from distributary.utils import versions as v
-
-
-def _workers(workers: Any) -> tuple | None:
-    """Workers named as a tuple (one address or name alone too); None for all."""
-    if workers is None:
-        return None
-    if isinstance(workers, str | int):
-        return (workers,)
-    return tuple(workers)
 
 
 def _keys(keys: Any) -> tuple:
@@ -47,7 +38,7 @@ async def scheduler_info(call: SchedulerCall, n_workers: int = -1) -> dict:
 
 async def nthreads(call: SchedulerCall, workers: Any = None) -> dict[str, int]:
     """The threads of each worker (of ``workers``: addresses, names or hosts), by address."""
-    return await call(rq_i.NThreads(_workers(workers)))
+    return await call(rq_i.NThreads(named_workers(workers)))
 
 
 async def who_has(call: SchedulerCall, futures: Any, held: Iterable) -> dict:
@@ -59,12 +50,12 @@ async def who_has(call: SchedulerCall, futures: Any, held: Iterable) -> dict:
 
 async def has_what(call: SchedulerCall, workers: Any = None) -> dict[str, tuple]:
     """The keys held by each worker (of ``workers``), by address."""
-    return await call(rq_i.HasWhat(_workers(workers)))
+    return await call(rq_i.HasWhat(named_workers(workers)))
 
 
 async def processing(call: SchedulerCall, workers: Any = None) -> dict[str, tuple]:
     """The keys being processed by each worker (of ``workers``), by address."""
-    return await call(rq_i.Processing(_workers(workers)))
+    return await call(rq_i.Processing(named_workers(workers)))
 
 
 async def nbytes(call: SchedulerCall, keys: Any = None, summary: bool = True) -> dict:
@@ -117,7 +108,7 @@ async def get_worker_logs(
 ) -> dict[str, tuple]:
     """Each worker's (or, with ``nanny``, its nanny's) recent log records, newest
     first, by worker address."""
-    return await call(rq_i.WorkerLogs(n, _workers(workers), bool(nanny)))
+    return await call(rq_i.WorkerLogs(n, named_workers(workers), bool(nanny)))
 
 
 async def log_event(call: SchedulerCall, topic: Any, msg: Any) -> None:

@@ -51,6 +51,8 @@ class WorkStealing:
 
     def note(self, ws: WorkerRecord, present: bool) -> None:
         """The worker's load changed (``present``: it is still in the cluster)."""
+        if not self.enabled:
+            return
         free = present and ws.status == "running" and ws.occupied < ws.nthreads
         queued = present and ws.occupied > ws.nthreads
         (self._free.add if free else self._free.discard)(ws)
