@@ -1,2 +1,2 @@
-"""Seeing what the cluster does: progress bars, the task stream, statistical profiles
+"""Internal: seeing what the cluster does: progress bars, the task stream, statistical profiles
 and performance reports."""

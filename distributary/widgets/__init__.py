@@ -1,4 +1,4 @@
-"""HTML for notebooks: the ``_repr_html_`` of clients, clusters, futures and servers,
+"""Internal: HTML for notebooks: the ``_repr_html_`` of clients, clusters, futures and servers,
 rendered from the jinja2 templates in ``widgets/templates``."""
 
 from __future__ import annotations
