@@ -24,6 +24,7 @@ from dask.utils import parse_timedelta
 
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
+from distributary.dashboard.scheduler import SchedulerHTTP
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import error_message
 from distributary.protocol import requests as rq
@@ -61,7 +62,9 @@ class Scheduler(ServerNode):
     """The scheduler: tracks tasks, workers and clients and decides where tasks run.
 
     ``Scheduler(host=..., port=..., protocol=...)``; await it (or ``async with``) to
-    start it; ``s.address`` is where workers and clients connect.
+    start it; ``s.address`` is where workers and clients connect.  With a
+    ``dashboard_address`` (``":8787"``; ``":0"`` for a random port) it serves the
+    dashboard, ``/metrics`` and ``/health`` over HTTP (``s.dashboard_link``).
     """
 
     def __init__(
@@ -132,6 +135,9 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
+        if kwargs.get("dashboard") is False:  # (dask.distributed's switch)
+            dashboard_address = None
+        self.http = SchedulerHTTP(self, dashboard_address)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -147,6 +153,7 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
+            self.http,
         ]
         for extension in self.extensions:
             self.add_extension(extension)
@@ -166,6 +173,16 @@ class Scheduler(ServerNode):
     def address(self) -> str:
         """Where workers and clients connect."""
         return self.server.address
+
+    @property
+    def dashboard_link(self) -> str:
+        """The URL of the dashboard's status page ("" without a dashboard)."""
+        return self.http.link
+
+    @property
+    def service_ports(self) -> dict[str, int]:
+        """The ports of the services served, by name: ``{"dashboard": 8787}``."""
+        return self.http.service_ports
 
     @property
     def workers(self) -> dict:
@@ -347,6 +364,7 @@ class Scheduler(ServerNode):
         if self.scheduler_file:
             with open(self.scheduler_file, "w") as f:
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
+        await self.http.serve(self._listen_address)
         for extension in self.extensions:
             extension.start()
         await self.plugin_registry.start_plugins()
@@ -358,6 +376,7 @@ class Scheduler(ServerNode):
             extension.stop()
         for stream in [*self.worker_streams.values(), *self.client_streams.values()]:
             stream.abort()
+        await self.http.close()
         await self.server.close()
         await self.pool.close()
         if self.scheduler_file and os.path.exists(self.scheduler_file):
@@ -469,7 +488,7 @@ class Scheduler(ServerNode):
         stream = BatchedSend(comm)
         self.client_streams[client] = stream
         self.handle(ev.AddClient(f"add-client-{client}", client))
-        await comm.write(rq.Registered(self.id))
+        await comm.write(rq.Registered(self.id, services=self.service_ports))
         try:
             await read_messages(comm, FROM_CLIENT, client, self._handle_messages)
         finally:

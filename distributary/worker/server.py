@@ -31,6 +31,8 @@ from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import get_address_host
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.core.run import run_function
+from distributary.dashboard.system import UsageMeter
+from distributary.dashboard.worker import WorkerHTTP
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
@@ -70,6 +72,8 @@ class Worker(ServerNode):
     it pauses.  After ``lifetime`` (give or take ``lifetime_stagger``) it closes
     gracefully, to be restarted by its nanny if ``lifetime_restart``.  ``plugins``
     (WorkerPlugins) are set up as it starts, with those registered on the scheduler.
+    It serves ``/metrics`` and ``/health`` over HTTP on ``dashboard_address`` (a random
+    port by default).
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Worker(ServerNode):
         lifetime_restart: bool | None = None,
         plugins: Any = (),
         silence_logs: int | None = None,
+        dashboard_address: Any = None,
         **kwargs: Any,
     ):
         check_keywords("Worker", kwargs, WORKER_NOT_YET)
@@ -184,6 +189,8 @@ class Worker(ServerNode):
         self._periodic: list[asyncio.Task] = []  # cancelled on close
         self._ongoing: set[asyncio.Task] = set()  # closing: left to finish
         self._lifetime_timer: asyncio.TimerHandle | None = None
+        self.http = WorkerHTTP(self, dashboard_address)
+        self._usage = UsageMeter()
 
     @property
     def data(self) -> Any:
@@ -216,6 +223,7 @@ class Worker(ServerNode):
     async def _start(self) -> None:
         await self.server.listen(self._listen_address)
         self.state.address = self.address
+        await self.http.start()
         if self.name is None:
             self.name = self.address
         scratch = methods.scratch_directory(self._base_directory)
@@ -261,6 +269,7 @@ class Worker(ServerNode):
                 nanny=self.nanny,
                 pid=os.getpid(),
                 local_directory=self.local_directory,
+                services=self.http.services,
             )
             await comm.write(register)
             reply = await comm.read()
@@ -342,6 +351,7 @@ class Worker(ServerNode):
         for task in list(self._gathers):
             task.cancel()
         await self.server.close()
+        await self.http.stop()
         await self.pool.close()
         for woken in self._rejoins.values():  # (their results go nowhere now)
             woken.set()
@@ -370,7 +380,8 @@ class Worker(ServerNode):
     async def _heartbeats(self) -> None:
         for n in itertools.count():
             await asyncio.sleep(self.heartbeat_interval)
-            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory()))
+            usage = self._usage.read()
+            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory(), usage=usage))
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory: ``process`` (resident), ``managed`` (results in memory) and
@@ -566,6 +577,7 @@ class Worker(ServerNode):
             "nthreads": self.nthreads,
             "memory_limit": self.memory_limit,
             "name": self.name,
+            "services": self.http.services,
         }
 
     def _handle_close(self, comm: Any, msg: rq.CloseWorker) -> str:

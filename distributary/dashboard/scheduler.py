@@ -1,0 +1,197 @@
+"""The scheduler's HTTP server: the dashboard's pages and their live feed, ``/metrics`` and
+``/health``.
+
+It listens on the scheduler's ``dashboard_address`` (None: no HTTP server at all), on
+the host the scheduler listens on unless the address names one (127.0.0.1 by default).
+The pages are static files (``dashboard/static``: HTML, CSS and the JavaScript that
+draws everything in the browser); they read JSON from ``/api/...`` and take their live
+updates from ``/events`` (:class:`~distributary.dashboard.feed.LiveFeed`).  What they
+show is read from the scheduler's state (:mod:`~distributary.dashboard.views`), from
+its task stream and from its progress, never per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import dask.config
+from dask.utils import parse_timedelta
+
+from distributary.comm.addressing import get_address_host, parse_address
+from distributary.dashboard import views
+from distributary.dashboard.address import format_dashboard_link, link_host, parse_http_address
+from distributary.dashboard.http import HTTPServer
+from distributary.dashboard.metrics import Arrivals
+from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from distributary.dashboard.feed import LiveFeed
+
+logger = logging.getLogger("distributary.dashboard")
+
+STATIC = os.path.join(os.path.dirname(__file__), "static")
+DEFAULT_PORT = 8787
+PAGES = {"/status": "status.html", "/workers": "workers.html"}
+
+
+class SchedulerHTTP(SchedulerExtension):
+    """The HTTP server of the scheduler, on ``dashboard_address`` (None: none)."""
+
+    def __init__(self, scheduler: SchedulerContext, dashboard_address: Any = None):
+        super().__init__(scheduler)
+        self._address = (
+            None
+            if dashboard_address is None
+            else parse_http_address(dashboard_address, "", DEFAULT_PORT)
+        )
+        self.arrivals = Arrivals()
+        self.instruction_handlers.update(self.arrivals.instruction_handlers)
+        self.server = HTTPServer("dashboard")
+        self.feed: LiveFeed | None = None
+
+    @property
+    def service_ports(self) -> dict[str, int]:
+        """``{"dashboard": port}`` while it serves."""
+        return {"dashboard": self.server.port} if self.server.running else {}
+
+    @property
+    def link(self) -> str:
+        """The URL of the status page ("" when there is no dashboard)."""
+        if not self.server.running:
+            return ""
+        return format_dashboard_link(
+            link_host(self.server.host, _tcp_host(self.scheduler.address)), self.server.port
+        )
+
+    async def serve(self, listen_address: str) -> None:
+        """Start serving (if there is a dashboard address), on the host of the scheduler's
+        ``listen_address`` unless the dashboard address names one."""
+        if self._address is None:
+            return
+        from distributary.dashboard.feed import LiveFeed
+
+        host, port = self._address
+        if not host:
+            host = _tcp_host(listen_address) or "127.0.0.1"
+        config = dask.config.get
+        self.feed = LiveFeed(
+            self._frame,
+            interval=parse_timedelta(config("distributed.dashboard.update-interval")),
+            max_connections=int(config("distributed.dashboard.max-connections")),
+            send_timeout=parse_timedelta(config("distributed.dashboard.send-timeout")),
+        )
+        await self.server.start(self._app(), host, port)
+        logger.info("Dashboard at: %s", self.link)
+
+    async def close(self) -> None:
+        """Stop serving: the live pages are told first."""
+        if self.feed is not None:
+            await self.feed.close()
+        await self.server.stop()
+
+    # ------------------------------------------------------------------ the application
+
+    def _app(self) -> web.Application:
+
+        from distributary.dashboard.http import node_app
+        from distributary.dashboard.metrics import SchedulerCollector, registry
+        from distributary.scheduler.methods import adaptive_target
+
+        metrics = registry(
+            SchedulerCollector(
+                self.scheduler.state, self.arrivals, lambda: adaptive_target(self.scheduler)
+            )
+        )
+        app = node_app(metrics)
+        add = app.router.add_get
+        add("/", _to_status)
+        for path, page in PAGES.items():
+            add(path, _page(page))
+        add("/info/worker/{address:.+}", _page("info.html"))
+        add("/info/task/{key:.+}", _page("info.html"))
+        add("/api/status", self._api_status)
+        add("/api/workers", self._api_workers)
+        add("/api/worker/{address:.+}", self._api_worker)
+        add("/api/task/{key:.+}", self._api_task)
+        add("/events", self.feed.serve)
+        app.router.add_static("/static", STATIC)
+        return app
+
+    async def _api_status(self, request: web.Request) -> web.Response:
+        return _json(await self._frame(True))
+
+    async def _api_workers(self, request: web.Request) -> web.Response:
+        return _json(views.workers(self.scheduler.state))
+
+    async def _api_worker(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        text = request.match_info["address"]
+        state = self.scheduler.state
+        ws = views.find_worker(state, text)
+        if ws is None:
+            raise web.HTTPNotFound(text=f"No worker {text!r}")
+        return _json(views.worker_detail(state, ws))
+
+    async def _api_task(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        text = request.match_info["key"]
+        state = self.scheduler.state
+        ts = views.find_task(state, text)
+        if ts is None:
+            raise web.HTTPNotFound(text=f"No task {text!r} (it may be forgotten)")
+        return _json(views.task_detail(state, ts))
+
+    # ------------------------------------------------------------------ frames
+
+    async def _frame(self, first: bool) -> dict[str, Any]:
+        """What the pages are sent: the workers' figures, and (in time) the task stream
+        and the progress of each task prefix."""
+        state = self.scheduler.state
+        return {
+            "time": time.time(),
+            "first": first,
+            "scheduler": self.scheduler.address,
+            "workers": views.workers(state),
+        }
+
+
+async def _to_status(request: web.Request) -> web.Response:
+    from aiohttp import web
+
+    raise web.HTTPFound("/status")
+
+
+def _page(name: str) -> Any:
+    path = os.path.join(STATIC, name)
+
+    async def page(request: web.Request) -> web.FileResponse:
+        from aiohttp import web
+
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
+def _json(value: Any) -> web.Response:
+    from aiohttp import web
+
+    from distributary.dashboard.feed import encode
+
+    return web.Response(body=encode(value), content_type="application/json")
+
+
+def _tcp_host(address: str | None) -> str | None:
+    """The host of a TCP address (None for another transport)."""
+    if not address or parse_address(address)[0] != "tcp":
+        return None
+    try:
+        return get_address_host(address)
+    except ValueError:
+        return None
