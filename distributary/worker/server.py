@@ -43,7 +43,7 @@ from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
-from distributary.worker import introspection, methods
+from distributary.worker import introspection, legacy, methods
 from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
@@ -59,6 +59,7 @@ _ALIVE = frozenset({"running", "paused", "closing_gracefully"})
 _NANNY_TIMEOUT = 2.0
 
 
+@legacy.add_views
 class Worker(ServerNode):
     """A worker node: runs tasks and holds their results.
 
