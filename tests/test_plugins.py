@@ -101,7 +101,9 @@ class SchedulerRecorder(SchedulerPlugin):
         self.calls.append("close")
 
     def update_graph(self, scheduler, *, client, keys, tasks, annotations, priority, **kwargs):
-        self.calls.append(("update_graph", client, keys, sorted(tasks), annotations, priority))
+        states = {key: scheduler.tasks[key].state for key in tasks}  # (before they move)
+        call = ("update_graph", client, keys, sorted(tasks), annotations, priority, states)
+        self.calls.append(call)
 
     def restart(self, scheduler):
         self.calls.append("restart")
@@ -306,6 +308,8 @@ async def test_scheduler_plugin_hooks(c, s, a):
     assert graph[:5] == ("update_graph", c.id, {"k"}, ["k"], {"retries": {"k": 2}})
     (user_priority, _window, order) = graph[5]["k"]  # (see SubmissionWindows)
     assert (user_priority, order) == (0, 0)
+    assert graph[6] == {"k": "released"}  # told before the graph's tasks moved, as in dask
+    assert kept.calls.index(graph) < kept.calls.index(("k", "released", "waiting"))
     kept.calls.clear()
     async with Worker(s.address, nthreads=1) as late:
         await apoll(lambda: ("add_worker", late.address) in kept.calls)  # (a coroutine)

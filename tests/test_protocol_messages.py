@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from distributary.protocol import data as dt
+from distributary.protocol import diagnostics as dg
 from distributary.protocol import error_message
 from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
@@ -40,10 +41,12 @@ CATALOGUES["scheduler"] = Catalogue(
     *(pl.RegisterSchedulerPlugin, pl.UnregisterSchedulerPlugin, pl.GetPlugins),
     *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
     *(dt.Replicate, dt.Rebalance, dt.SetMetadata, dt.GetMetadata, dt.GetErredTask),
+    *(dg.TaskStream, dg.ClusterTransfers, dg.ClusterProfile),
 )
 CATALOGUES["worker"] = Catalogue(
     *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),
     *(ri.GetLogs, ri.GetVersions, ri.CallStack, pl.PluginAdd, pl.PluginRemove),
+    *(dg.GetTaskStream, dg.GetTransfers, dg.GetProfile),
 )
 CATALOGUES["nanny"] = Catalogue(
     *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully),

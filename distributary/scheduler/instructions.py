@@ -110,7 +110,8 @@ class ClientAdded(Notice):
 @dataclass(frozen=True, slots=True)
 class GraphUpdated(Notice):
     """A client's graph (or one part of it) was taken in: its ``tasks`` (specs) and the
-    keys it ``wanted``."""
+    keys it ``wanted``.  Told to the state's ``graph_observers`` at once, before any of
+    the tasks moves, rather than returned."""
 
     client: str
     tasks: tuple

@@ -3,10 +3,11 @@
 Theory of operation
 -------------------
 *Scheduler plugins* are kept by name and told what happens: the state machine tells
-of every transition through one observer (attached while some plugin has a
-``transition`` hook, so that without one no transition pays for plugins), and its
+of every transition through one observer, and of every graph it takes in through
+another, before any of its tasks moves (each attached while some plugin has the hook,
+``transition`` or ``update_graph``, so that without one nothing pays for plugins); its
 notices (:class:`~distributary.scheduler.instructions.Notice`: a worker or client came
-or went, a graph arrived) and ``ClusterRestarted`` come here as instructions.  A hook
+or went) and ``ClusterRestarted`` come here as instructions.  A hook
 is called at once; what it gives, if awaitable, is awaited in a task of its own; what
 it raises is logged.  A plugin registered by a client is started first (what ``start``
 raises is the client's error, and the plugin is not kept) and closed when unregistered
@@ -78,7 +79,6 @@ class PluginRegistry(SchedulerExtension):
                 ins.WorkerRemoved: self._worker_removed,
                 ins.ClientAdded: self._client_added,
                 ins.ClientRemoved: self._client_removed,
-                ins.GraphUpdated: self._graph_updated,
                 ins.ClusterRestarted: self._restarted,
             }
         )
@@ -164,7 +164,9 @@ class PluginRegistry(SchedulerExtension):
 
     def _changed(self) -> None:
         self._watching = self._hooked("transition")
-        observe(self.scheduler.state.observers, self._transition, bool(self._watching))
+        state = self.scheduler.state
+        observe(state.observers, self._transition, bool(self._watching))
+        observe(state.graph_observers, self._graph_updated, bool(self._hooked("update_graph")))
 
     def _transition(self, key: Any, start: str, finish: str, stimulus_id: str) -> None:
         for plugin in self._watching:
@@ -214,8 +216,6 @@ class PluginRegistry(SchedulerExtension):
 
     def _graph_updated(self, updated: ins.GraphUpdated) -> None:
         hooked = self._hooked("update_graph")
-        if not hooked:
-            return
         annotations: dict[str, dict] = {}
         for task in updated.tasks:
             for field in _RESTRICTIONS:

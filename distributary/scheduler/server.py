@@ -51,6 +51,7 @@ from distributary.scheduler.replication import DataReplication
 from distributary.scheduler.semaphores import SemaphoreExtension
 from distributary.scheduler.shared import SharedValues
 from distributary.scheduler.state import SchedulerState
+from distributary.scheduler.task_stream import TaskStream
 from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.keywords import SCHEDULER_NOT_YET, check_keywords
@@ -135,6 +136,7 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
+        self.task_stream = TaskStream(self)
         if kwargs.get("dashboard") is False:  # (dask.distributed's switch)
             dashboard_address = None
         self.http = SchedulerHTTP(self, dashboard_address)
@@ -153,6 +155,7 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
+            self.task_stream,
             self.http,
         ]
         for extension in self.extensions:

@@ -93,6 +93,9 @@ class SchedulerState(TransitionEngine):
         self._queue_counter = itertools.count()
         self._run_ids = itertools.count(1)  # unique across records: a key may come back
         self._out: list[ins.SchedulerInstruction] = []
+        # Each called with a GraphUpdated as a graph's tasks are taken in, before any of
+        # them moves (the plugins' update_graph hooks); must not raise nor change the state.
+        self.graph_observers: list[Callable[[ins.GraphUpdated], None]] = []
         self._handlers: dict[type, Callable[[Any], Recs]] = {
             ev.AddClient: self._handle_add_client,
             ev.RemoveClient: self._handle_remove_client,
@@ -202,7 +205,10 @@ class SchedulerState(TransitionEngine):
     def _handle_update_graph(self, event: ev.UpdateGraph) -> Recs:
         cs = self._client(event.client)
         fresh, created = read_graph(self.tasks, event.tasks)
-        self.emit(ins.GraphUpdated(event.stimulus_id, cs.client_id, event.tasks, event.wanted))
+        if self.graph_observers:
+            updated = ins.GraphUpdated(event.stimulus_id, cs.client_id, event.tasks, event.wanted)
+            for observer in self.graph_observers:
+                observer(updated)
         recs: Recs = {}
         lost = self._forget_lost(created, recs, event.stimulus_id) if created else NO_KEYS
         new = [ts for ts in fresh if ts.key not in lost]

@@ -20,6 +20,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -45,12 +46,13 @@ from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
-from distributary.worker import introspection, methods
+from distributary.worker import introspection, legacy, methods
 from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
 from distributary.worker.plugins import WorkerPlugins
 from distributary.worker.state import WorkerState
+from distributary.worker.task_stream import TaskStreamRecorder
 from distributary.worker.threads import TaskThreads
 
 logger = logging.getLogger("distributary.worker")
@@ -61,6 +63,7 @@ _ALIVE = frozenset({"running", "paused", "closing_gracefully"})
 _NANNY_TIMEOUT = 2.0
 
 
+@legacy.add_views
 class Worker(ServerNode):
     """A worker node: runs tasks and holds their results.
 
@@ -169,6 +172,7 @@ class Worker(ServerNode):
         self.pool = ConnectionPool(role="worker")
         self.scheduler = methods.SchedulerHandle(self.scheduler_address, self.pool)
         self._plugins = WorkerPlugins(self)
+        self.task_stream = TaskStreamRecorder()
         self._given_plugins = tuple(plugins)
         self.server = Server(
             handlers={
@@ -180,6 +184,7 @@ class Worker(ServerNode):
                 CallStack: lambda comm, msg: self.get_call_stack(msg.keys),
                 **self.node_handlers(),
                 **self._plugins.handlers,
+                **self.task_stream.handlers,
             },
         )
         self.batched: BatchedSend | None = None
@@ -230,6 +235,7 @@ class Worker(ServerNode):
         os.makedirs(scratch, exist_ok=True)
         self.local_directory = tempfile.mkdtemp(prefix="worker-", dir=scratch)
         self.state.data = self.memory_manager.create_data(self.local_directory)
+        self.task_stream.watch(self.address, self.state.data)
         comm, registered = await self._register()
         self.batched = BatchedSend(comm)
         # (before the first task is read)
@@ -416,7 +422,9 @@ class Worker(ServerNode):
 
     def _execute(self, instruction: ins.Execute) -> None:
         ts = self.state.tasks[instruction.key]
-        deps = {dep.key: self.state.data[dep.key] for dep in ts.dependencies}
+        deps = self.task_stream.read_dependencies(
+            ts.key, (dep.key for dep in ts.dependencies), self.state.data
+        )
         loop = asyncio.get_running_loop()
         key, run_id, payload = ts.key, ts.run_id, ts.payload
 
@@ -464,7 +472,9 @@ class Worker(ServerNode):
                 outcome.type,
                 outcome.duration,
             )
+        self.task_stream.cause = key  # (what spills as the result is stored)
         self._handle(event)
+        self.task_stream.finished(key, outcome)
 
     def get_current_task(self) -> Any:
         """The key of the task running in the calling thread (None outside a task)."""
@@ -528,8 +538,10 @@ class Worker(ServerNode):
     async def _gather_dep(self, instruction: ins.GatherDep) -> None:
         stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"
         try:
+            start = time.time()
             reply = await self.pool.call(instruction.worker, rq.GetData(instruction.keys))
             data = {key: deserialize(value) for key, value in reply.data.items()}
+            stop = time.time()
         except (OSError, asyncio.TimeoutError) as exc:
             logger.info(
                 "Could not get %d keys from %s: %s", len(instruction.keys), instruction.worker, exc
@@ -546,6 +558,7 @@ class Worker(ServerNode):
             )
         else:
             nbytes = {key: sizeof(value) for key, value in data.items()}
+            self.task_stream.transferred(instruction.worker, nbytes, start, stop)
             event = ev.GatherDepSuccess(
                 stimulus_id, instruction.worker, instruction.keys, data, nbytes
             )

@@ -120,6 +120,7 @@ class WorkerState(TransitionEngine):
         self.validate_each_step = validate
         self.paused = False
         self.nbytes = 0  # total size of the results held (the tasks in memory)
+        self.executed_count = 0  # tasks run to their end here (whatever the outcome)
         self.tasks: dict[Any, WorkerTask] = {}
         self.executing: set[WorkerTask] = set()
         self.long_running: set[WorkerTask] = set()
@@ -269,14 +270,17 @@ class WorkerState(TransitionEngine):
             self._forget(ts, recs)
         return recs
 
-    def _executing_task(self, key: Any) -> WorkerTask | None:
+    def _ran(self, key: Any) -> WorkerTask | None:
+        """The task whose run just ended (counted in ``executed_count``); None if it is
+        not running here."""
         ts = self.tasks.get(key)
         if ts is None or ts.state not in ("executing", "long-running", "cancelled"):
             return None
+        self.executed_count += 1
         return ts
 
     def _handle_execute_success(self, event: ev.ExecuteSuccess) -> Recs:
-        ts = self._executing_task(event.key)
+        ts = self._ran(event.key)
         if ts is None:
             return {}
         if ts.state == "cancelled":
@@ -292,7 +296,7 @@ class WorkerState(TransitionEngine):
         return {ts.key: "memory"}
 
     def _handle_execute_failure(self, event: ev.ExecuteFailure) -> Recs:
-        ts = self._executing_task(event.key)
+        ts = self._ran(event.key)
         if ts is None:
             return {}
         if ts.state != "cancelled":
@@ -310,7 +314,7 @@ class WorkerState(TransitionEngine):
         return {ts.key: "released"}
 
     def _handle_reschedule(self, event: ev.RescheduleTask) -> Recs:
-        ts = self._executing_task(event.key)
+        ts = self._ran(event.key)
         if ts is None:
             return {}
         if ts.state != "cancelled":
