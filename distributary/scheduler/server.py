@@ -42,6 +42,7 @@ from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
+from distributary.scheduler.progress import ProgressExtension
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
@@ -132,6 +133,7 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
+        self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -147,6 +149,7 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
+            self.progress,
         ]
         for extension in self.extensions:
             self.add_extension(extension)
