@@ -43,6 +43,7 @@ from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
+from distributary.scheduler.progress import ProgressExtension
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
@@ -137,6 +138,7 @@ class Scheduler(ServerNode):
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
         self.task_stream = TaskStream(self)
+        self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
         if kwargs.get("dashboard") is False:  # (dask.distributed's switch)
             dashboard_address = None
         self.http = SchedulerHTTP(self, dashboard_address)
@@ -156,6 +158,7 @@ class Scheduler(ServerNode):
             self.plugin_registry,
             *(self.replication, self.metadata),
             self.task_stream,
+            self.progress,
             self.http,
         ]
         for extension in self.extensions:
