@@ -12,7 +12,7 @@ connections.  Each connection only remembers the number of the last frame it sen
 woken it sends the frames it has not sent yet, at most the ring's length: a page that
 falls behind skips frames (each frame carries the whole state of the workers and the
 progress, so only task-stream rectangles are lost), and a connection never holds more
-than the ring plus what its socket holds.  A write that does not finish within
+than the ring plus what its socket holds (its kernel buffer is made small too).  A write that does not finish within
 ``distributed.dashboard.send-timeout`` (a browser that stopped reading) drops the
 connection.  So a slow or stalled browser never blocks the scheduler nor grows its
 memory; at most ``distributed.dashboard.max-connections`` pages are served at once.
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,9 @@ logger = logging.getLogger("distributary.dashboard")
 RING_LENGTH = 8
 # Milliseconds a browser waits before connecting again after losing the stream.
 RETRY_MS = 2000
+# Bytes the kernel may hold for a page's socket (Linux doubles it): a page that stops
+# reading fills it soon, and is then dropped after the send timeout.
+SOCKET_BUFFER = 128 * 1024
 
 _encoder = msgspec.json.Encoder()
 
@@ -71,6 +75,15 @@ class FrameRing:
         return [frame for number, frame in self._frames if number > seen]
 
 
+def _bound_socket_buffer(transport: Any) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
 class _Connection:
     __slots__ = ("seen", "woken", "transport")
 
@@ -85,7 +98,9 @@ class LiveFeed:
 
     ``make_frame(first)`` builds a frame (a JSON-able dict): the first one of a
     connection (``first=True``) holds what a page shows on opening, the others what
-    changed since the previous frame.
+    changed since the previous frame.  ``started()`` is called before the first frame is
+    made, when a page connects and none was; ``stopped()`` after the last frame, when the
+    last page left.
     """
 
     def __init__(
@@ -94,8 +109,12 @@ class LiveFeed:
         interval: float,
         max_connections: int,
         send_timeout: float,
+        started: Callable[[], None] = lambda: None,
+        stopped: Callable[[], None] = lambda: None,
     ):
         self.make_frame = make_frame
+        self.started = started
+        self.stopped = stopped
         self.interval = interval
         self.max_connections = max_connections
         self.send_timeout = send_timeout
@@ -144,9 +163,11 @@ class LiveFeed:
             }
         )
         await response.prepare(request)
+        _bound_socket_buffer(request.transport)
         connection = _Connection(self.frames.last, request.transport)
         self._connections.add(connection)
         if not self.ticking:
+            self.started()
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
         try:
             first = await self.make_frame(True)
@@ -174,18 +195,21 @@ class LiveFeed:
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._connections and not self._closing:
-            started = loop.time()
-            try:
-                frame = await self.make_frame(False)
-            except Exception:
-                logger.exception("Could not make a frame of the dashboard")
-            else:
-                self.frames.add(event(frame))
-                for connection in self._connections:
-                    connection.woken.set()
-            elapsed = loop.time() - started
-            await asyncio.sleep(max(self.interval - elapsed, self.interval / 2))
+        try:
+            while self._connections and not self._closing:
+                began = loop.time()
+                try:
+                    frame = await self.make_frame(False)
+                except Exception:
+                    logger.exception("Could not make a frame of the dashboard")
+                else:
+                    self.frames.add(event(frame))
+                    for connection in self._connections:
+                        connection.woken.set()
+                elapsed = loop.time() - began
+                await asyncio.sleep(max(self.interval - elapsed, self.interval / 2))
+        finally:
+            self.stopped()
 
     async def close(self) -> None:
         """End every stream, and the ticker."""

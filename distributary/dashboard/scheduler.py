@@ -25,12 +25,15 @@ from distributary.dashboard import views
 from distributary.dashboard.address import format_dashboard_link, link_host, parse_http_address
 from distributary.dashboard.http import HTTPServer
 from distributary.dashboard.metrics import Arrivals
+from distributary.dashboard.stream import StreamCursor
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from distributary.dashboard.feed import LiveFeed
+    from distributary.scheduler.progress import ProgressExtension, ProgressWatch
+    from distributary.scheduler.task_stream import TaskStream
 
 logger = logging.getLogger("distributary.dashboard")
 
@@ -40,10 +43,21 @@ PAGES = {"/status": "status.html", "/workers": "workers.html"}
 
 
 class SchedulerHTTP(SchedulerExtension):
-    """The HTTP server of the scheduler, on ``dashboard_address`` (None: none)."""
+    """The HTTP server of the scheduler, on ``dashboard_address`` (None: none); the pages
+    read the scheduler's ``task_stream`` and ``progress`` extensions."""
 
-    def __init__(self, scheduler: SchedulerContext, dashboard_address: Any = None):
+    def __init__(
+        self,
+        scheduler: SchedulerContext,
+        dashboard_address: Any,
+        task_stream: TaskStream,
+        progress: ProgressExtension,
+    ):
         super().__init__(scheduler)
+        self.task_stream = task_stream
+        self.progress = progress
+        self._watch: ProgressWatch | None = None  # (while pages are open)
+        self._cursor = StreamCursor(_stream_length())
         self._address = (
             None
             if dashboard_address is None
@@ -84,6 +98,8 @@ class SchedulerHTTP(SchedulerExtension):
             interval=parse_timedelta(config("distributed.dashboard.update-interval")),
             max_connections=int(config("distributed.dashboard.max-connections")),
             send_timeout=parse_timedelta(config("distributed.dashboard.send-timeout")),
+            started=self._pages_opened,
+            stopped=self._pages_closed,
         )
         await self.server.start(self._app(), host, port)
         logger.info("Dashboard at: %s", self.link)
@@ -150,15 +166,34 @@ class SchedulerHTTP(SchedulerExtension):
 
     # ------------------------------------------------------------------ frames
 
+    def _pages_opened(self) -> None:
+        self._watch = self.progress.acquire()
+        self._cursor.busy = True  # (the newest first: what ran while no page was open)
+
+    def _pages_closed(self) -> None:
+        if self._watch is not None:
+            self._watch.release()
+            self._watch = None
+
     async def _frame(self, first: bool) -> dict[str, Any]:
-        """What the pages are sent: the workers' figures, and (in time) the task stream
-        and the progress of each task prefix."""
-        state = self.scheduler.state
+        """What the pages are sent: the workers' figures, the progress of each task
+        prefix, and the task stream: the rectangles a page shows on opening
+        (``first``), else those that are new."""
+        cursor = self._cursor
+        if first:
+            stream = list(cursor.recent)
+        else:
+            now = time.time()
+            stream = cursor.take(await self.task_stream.collect(**cursor.request()), now)
+        watch = self._watch
         return {
             "time": time.time(),
             "first": first,
             "scheduler": self.scheduler.address,
-            "workers": views.workers(state),
+            "workers": views.workers(self.scheduler.state),
+            "prefixes": views.prefixes(watch.counts()) if watch is not None else [],
+            "stream": stream,
+            "stream_length": cursor.limit,
         }
 
 
@@ -185,6 +220,10 @@ def _json(value: Any) -> web.Response:
     from distributary.dashboard.feed import encode
 
     return web.Response(body=encode(value), content_type="application/json")
+
+
+def _stream_length() -> int:
+    return int(dask.config.get("distributed.scheduler.dashboard.status.task-stream-length"))
 
 
 def _tcp_host(address: str | None) -> str | None:

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # Keys listed at most on an info page, of each kind (processing, held, dependents, ...).
 LISTED = 200
+# Task prefixes shown at most by the progress bars (the newest).
+PREFIXES = 100
 
 
 def worker_row(ws: WorkerRecord) -> dict[str, Any]:
@@ -51,6 +53,27 @@ def workers(state: SchedulerState) -> list[dict[str, Any]]:
     """The rows of all the workers, by name."""
     rows = [worker_row(ws) for ws in state.workers.values()]
     rows.sort(key=lambda row: (row["name"], row["address"]))
+    return rows
+
+
+def prefixes(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """The progress bars of the task prefixes (the newest ``PREFIXES``), from the counts
+    per prefix and state of ``scheduler.progress``: ``total``; ``memory``; ``released``
+    (done, and their data released or forgotten: tasks not started yet are waiting);
+    ``processing``; ``erred``; ``waiting`` (for dependencies, a worker, or a place)."""
+    rows = []
+    for name, count in list(counts.items())[-PREFIXES:]:
+        rows.append(
+            {
+                "name": name,
+                "total": count["all"],
+                "memory": count["memory"],
+                "released": count["released"] + count["forgotten"],
+                "processing": count["processing"],
+                "erred": count["erred"],
+                "waiting": count["waiting"] + count["queued"] + count["no-worker"],
+            }
+        )
     return rows
 
 

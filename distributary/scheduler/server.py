@@ -141,7 +141,7 @@ class Scheduler(ServerNode):
         self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
         if kwargs.get("dashboard") is False:  # (dask.distributed's switch)
             dashboard_address = None
-        self.http = SchedulerHTTP(self, dashboard_address)
+        self.http = SchedulerHTTP(self, dashboard_address, self.task_stream, self.progress)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,

@@ -80,6 +80,11 @@ const DS = (() => {
     return c;
   }
 
+  // A worker's name or address without its tcp:// (shorter labels).
+  function short(name) {
+    return String(name).replace(/^tcp:\/\//, "");
+  }
+
   function workerLink(address, label) {
     return el("a", { href: "/info/worker/" + encodeURIComponent(address), text: label || address });
   }
@@ -93,5 +98,5 @@ const DS = (() => {
     node.replaceChildren(...children);
   }
 
-  return { connect, el, svg, bytes, rate, seconds, colour, workerLink, taskLink, fill };
+  return { connect, el, svg, bytes, rate, seconds, colour, short, workerLink, taskLink, fill };
 })();

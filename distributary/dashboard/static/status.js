@@ -73,7 +73,7 @@ class TaskStream {
     ctx.fillStyle = "#656d76";
     for (const [row, i] of index) {
       const [w, t] = rows.get(row);
-      const name = String(this.names.get(w) || w).slice(-18);
+      const name = DS.short(this.names.get(w) || w).slice(-18);
       ctx.fillText(name + " #" + t, 4, i * STREAM_ROW + 11);
     }
     for (const r of this.rectangles) {
@@ -93,8 +93,9 @@ class TaskStream {
     ctx.stroke();
     ctx.fillStyle = "#656d76";
     const step = niceStep(span / 6);
-    for (let t = Math.ceil(start / step) * step; t <= end; t += step) {
-      ctx.fillText("-" + DS.seconds(end - t), x(t) - 12, axis + 14);
+    for (let ago = 0; ago <= span; ago += step) {
+      const label = ago ? "-" + DS.seconds(ago) : "now";
+      ctx.fillText(label, Math.min(x(end - ago) - 10, width - 30), axis + 14);
     }
   }
 }
@@ -117,7 +118,7 @@ function bars(container, items, label, segments, scale, note, markers) {
   items.forEach((item, i) => {
     const y = i * ROW;
     const row = DS.svg("g", { "data-row": label(item) });
-    row.append(DS.svg("text", { x: 0, y: y + 14 }, String(label(item)).slice(-22)));
+    row.append(DS.svg("text", { x: 0, y: y + 14 }, DS.short(label(item)).slice(-22)));
     row.append(DS.svg("rect", { x: LABEL_WIDTH, y: y + 3, width: plot, height: ROW - 6, fill: "#f6f8fa", stroke: "#d0d7de" }));
     let offset = 0;
     for (const [value, colour, opacity] of segments(item)) {
@@ -142,9 +143,14 @@ function drawProgress(prefixes) {
     document.getElementById("progress"),
     prefixes,
     (p) => p.name,
-    (p) => [[p.memory, DS.colour(p.name), 1], [p.processing, DS.colour(p.name), 0.4], [p.erred, "#b42318", 1]],
+    (p) => [
+      [p.memory, DS.colour(p.name), 1],
+      [p.released, DS.colour(p.name), 0.7],
+      [p.processing, DS.colour(p.name), 0.3],
+      [p.erred, "#b42318", 1],
+    ],
     (p) => Math.max(p.total, 1),
-    (p) => `${p.memory + p.erred} / ${p.total}`,
+    (p) => `${p.memory + p.released} / ${p.total}` + (p.erred ? ` (${p.erred} erred)` : ""),
   );
 }
 
