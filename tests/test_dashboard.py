@@ -90,10 +90,10 @@ def test_a_malformed_dashboard_address_is_a_clear_error(address, error, match):
 def test_the_link_follows_the_configured_template():
     assert format_dashboard_link("127.0.0.1", 8787) == "http://127.0.0.1:8787/status"
     assert format_dashboard_link("::1", 1) == "http://[::1]:1/status"
-    with dask.config.set({"distributed.dashboard.link": "{scheme}://{host}:{port}/x/{USER}"}):
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("USER", "ada")
-            assert format_dashboard_link("h", 2) == "http://h:2/x/ada"
+    template = {"distributed.dashboard.link": "{scheme}://{host}:{port}/x/{USER}"}
+    with dask.config.set(template), pytest.MonkeyPatch.context() as env:
+        env.setenv("USER", "ada")
+        assert format_dashboard_link("h", 2) == "http://h:2/x/ada"
 
 
 def test_a_server_on_every_interface_is_linked_by_the_nodes_host():

@@ -12,10 +12,11 @@ connections.  Each connection only remembers the number of the last frame it sen
 woken it sends the frames it has not sent yet, at most the ring's length: a page that
 falls behind skips frames (each frame carries the whole state of the workers and the
 progress, so only task-stream rectangles are lost), and a connection never holds more
-than the ring plus what its socket holds (its kernel buffer is made small too).  A write that does not finish within
-``distributed.dashboard.send-timeout`` (a browser that stopped reading) drops the
-connection.  So a slow or stalled browser never blocks the scheduler nor grows its
-memory; at most ``distributed.dashboard.max-connections`` pages are served at once.
+than the ring plus what its socket holds (its kernel buffer is made small too).  A
+write that does not finish within ``distributed.dashboard.send-timeout`` (a browser
+that stopped reading) drops the connection.  So a slow or stalled browser never
+blocks the scheduler nor grows its memory; at most
+``distributed.dashboard.max-connections`` pages are served at once.
 """
 
 from __future__ import annotations
