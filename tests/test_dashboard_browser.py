@@ -1,0 +1,158 @@
+"""The dashboard's pages in a real headless browser (Debian's chromium, driven by
+playwright): they load without console errors, show the cluster and follow it live.
+
+Screenshots are kept in ``test-artifacts/`` (not in git).  Without chromium or
+playwright the tests are skipped, saying which is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+
+from distributary import Client, LocalCluster
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = pathlib.Path(__file__).parent.parent / "test-artifacts"
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not shutil.which(CHROMIUM):
+    pytest.skip(f"chromium is not installed at {CHROMIUM}", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def slow_inc(x: int) -> int:
+    time.sleep(0.02)
+    return x + 1
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[LocalCluster, Client]]:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield cluster, client
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def open_page(browser, url: str) -> tuple[object, list[str]]:
+    """A page at ``url``, and the errors (console errors, uncaught exceptions, failed
+    requests) it reports, as they come."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.on(
+        "requestfailed",
+        lambda r: errors.append(f"failed: {r.url}") if "/events" not in r.url else None,
+    )
+    page.goto(url)
+    return page, errors
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def received(page) -> int:
+    return int(page.eval_on_selector("#task-stream", "c => c.dataset.received"))
+
+
+def test_the_status_page_shows_the_workers_and_its_task_stream_grows(cluster, browser):
+    cluster, client = cluster
+    page, errors = open_page(browser, cluster.scheduler.dashboard_link)
+    page.wait_for_selector("nav .live.on")
+    names = [str(ws.name) for ws in cluster.scheduler.workers.values()]
+    for name in names:
+        page.wait_for_selector(f'#memory g[data-row="{name}"]')
+        page.wait_for_selector(f'#processing g[data-row="{name}"]')
+    assert page.inner_text('[data-fact="Workers"] b') == "2"
+    assert received(page) == 0
+
+    futures = client.map(slow_inc, range(400))
+    page.wait_for_function("() => +document.getElementById('task-stream').dataset.received > 0")
+    early = received(page)
+    page.wait_for_function(
+        f"() => +document.getElementById('task-stream').dataset.received > {early}"
+    )
+    assert not all(f.done() for f in futures)  # (it grew while the computation ran)
+    client.gather(futures)
+    page.wait_for_function("() => +document.getElementById('task-stream').dataset.received >= 400")
+    page.wait_for_selector('#progress g[data-row="slow_inc"]')
+    page.wait_for_function(
+        "() => document.querySelector('#progress g[data-row=\"slow_inc\"]')"
+        ".textContent.includes('400 / 400')"
+    )
+    screenshot(page, "dashboard-status")
+    assert errors == []
+
+
+def test_the_workers_page_lists_every_worker_live(cluster, browser):
+    cluster, client = cluster
+    page, errors = open_page(
+        browser, cluster.scheduler.dashboard_link.replace("/status", "/workers")
+    )
+    addresses = set(cluster.scheduler.workers)
+    page.wait_for_function(
+        f"() => document.querySelectorAll('#workers-table tr[data-address]').length == {len(addresses)}"
+    )
+    shown = page.eval_on_selector_all(
+        "#workers-table tr[data-address]", "rows => rows.map(r => r.dataset.address)"
+    )
+    assert set(shown) == addresses
+    cluster.scale(3)
+    client.wait_for_workers(3)
+    page.wait_for_function(
+        "() => document.querySelectorAll('#workers-table tr[data-address]').length == 3"
+    )
+    screenshot(page, "dashboard-workers")
+    assert errors == []
+
+
+def test_the_info_pages_of_a_worker_and_of_a_task(cluster, browser):
+    cluster, client = cluster
+    future = client.submit(slow_inc, 1, key=("x", 1))
+    assert future.result() == 2
+    [holder] = client.who_has(future)[future.key]
+    base = cluster.scheduler.dashboard_link.replace("/status", "")
+    page, errors = open_page(browser, f"{base}/info/worker/{quote(holder, safe='')}")
+    page.wait_for_selector("text=Worker")
+    assert holder in page.inner_text("main")
+    page.click("text=('x', 1)")  # the key it holds, to the task's page
+    page.wait_for_selector("text=Story")
+    text = page.inner_text("main")
+    assert "memory" in text and "processing" in text and holder in text
+    screenshot(page, "dashboard-task")
+    page.goto(f"{base}/info/task/{quote('no-such-key')}")
+    page.wait_for_selector("text=No task 'no-such-key'")
+    assert [e for e in errors if "404" not in e] == []
