@@ -561,3 +561,7 @@ def scheduler_memory(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Fi
         "rss_after_mb": after / 2**20,
         "tasks": tasks,
     }
+
+
+# The dashboard's scenarios register themselves (their module needs the registry above).
+from benchmarks import dashboard as _dashboard  # noqa: E402, F401

@@ -213,6 +213,17 @@ def test_no_dashboard_address_or_dashboard_false_serve_nothing():
     run(main())
 
 
+def test_dashboard_true_without_an_address_serves_on_the_default_port():
+    async def main():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (8787 may be taken: then another port)
+            async with Scheduler(dashboard=True) as s:
+                assert s.service_ports["dashboard"] > 0
+                assert (await get(base(s) + "/health"))[1] == "ok"
+
+    run(main())
+
+
 def test_a_port_in_use_is_a_warning_and_another_port():
     async def main():
         with socket.socket() as taken:
@@ -262,7 +273,7 @@ def test_a_local_cluster_serves_the_dashboard_and_a_workers_http_server():
             Client(cluster) as c,
         ):
             link = cluster.scheduler.dashboard_link
-            assert link.startswith("http://127.0.0.1:") and c.dashboard_link in (link, "")
+            assert link.startswith("http://127.0.0.1:") and c.dashboard_link == link
             [worker] = c.scheduler_info()["workers"].values()
             assert worker["services"]["dashboard"] > 0
 

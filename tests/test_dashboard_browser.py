@@ -123,9 +123,8 @@ def test_the_workers_page_lists_every_worker_live(cluster, browser):
         browser, cluster.scheduler.dashboard_link.replace("/status", "/workers")
     )
     addresses = set(cluster.scheduler.workers)
-    page.wait_for_function(
-        f"() => document.querySelectorAll('#workers-table tr[data-address]').length == {len(addresses)}"
-    )
+    rows = "document.querySelectorAll('#workers-table tr[data-address]').length"
+    page.wait_for_function(f"() => {rows} == {len(addresses)}")
     shown = page.eval_on_selector_all(
         "#workers-table tr[data-address]", "rows => rows.map(r => r.dataset.address)"
     )

@@ -169,7 +169,7 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
 
 
 def test_a_client_of_a_cluster_object_has_the_clusters_dashboard_link(c):
-    assert c.dashboard_link == c.cluster.dashboard_link
+    assert c.dashboard_link == c.cluster.scheduler.dashboard_link
 
 
 @pytest.mark.timeout(30)

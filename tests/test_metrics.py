@@ -57,7 +57,7 @@ def test_the_schedulers_metrics_count_workers_clients_and_tasks_by_state():
     async def main():
         async with (
             Scheduler(dashboard_address=":0") as s,
-            Worker(s.address, nthreads=1) as a,
+            Worker(s.address, nthreads=1),
             Worker(s.address, nthreads=2) as b,
             Client(s.address, asynchronous=True) as c,
         ):

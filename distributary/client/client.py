@@ -662,7 +662,7 @@ class Client:
         """The URL of the dashboard's status page: the cluster's, or the one the
         scheduler serves ("" if none); None before the client connects."""
         link = getattr(self.cluster, "dashboard_link", None)
-        if link is not None or self.scheduler_address is None:
+        if link or self.scheduler_address is None:
             return link
         return scheduler_dashboard_link(self.scheduler_address, self._scheduler_services)
 

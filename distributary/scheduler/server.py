@@ -139,8 +139,9 @@ class Scheduler(ServerNode):
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
         self.task_stream = TaskStream(self)
         self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
-        if kwargs.get("dashboard") is False:  # (dask.distributed's switch)
-            dashboard_address = None
+        dashboard = kwargs.get("dashboard")  # (dask.distributed's switch)
+        if dashboard is not None:
+            dashboard_address = (dashboard_address or ":8787") if dashboard else None
         self.http = SchedulerHTTP(self, dashboard_address, self.task_stream, self.progress)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
