@@ -12,6 +12,7 @@ from conftest import apoll, run
 from prometheus_client.parser import text_string_to_metric_families
 
 from distributary import Client, LocalCluster, Scheduler, Worker, wait
+from distributary.dashboard.plain import PlainHTTPServer
 
 
 def inc(x: int) -> int:
@@ -159,3 +160,51 @@ def test_worker_processes_serve_metrics_on_the_port_they_list():
             found = samples(fetch(http(port, "/metrics"))[1])
             assert found[("dask_worker_threads",)] == 1
             assert fetch(http(port, "/health"))[1] == "ok"
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+def test_the_workers_small_http_server_answers_only_what_it_serves():
+    def broken() -> tuple[bytes, str]:
+        raise RuntimeError("no figures")
+
+    async def main():
+        server = PlainHTTPServer(
+            "test server", {"/ok": lambda: (b"fine", "text/plain"), "/x": broken}
+        )
+        await server.start("127.0.0.1", 0)
+        port = server.port
+        try:
+            ok = await exchange(port, b"GET /ok?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and ok.endswith(b"\r\n\r\nfine")
+            assert b"Content-Length: 4\r\n" in ok and b"Connection: close\r\n" in ok
+            head = await exchange(port, b"HEAD /ok HTTP/1.1\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
+            assert (await exchange(port, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+            posted = await exchange(port, b"POST /ok HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            assert posted.startswith(b"HTTP/1.1 405") and b"Allow: GET, HEAD" in posted
+            assert (await exchange(port, b"GET /x HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 500")
+            huge = b"GET /ok HTTP/1.1\r\nX: " + b"a" * 100_000 + b"\r\n\r\n"
+            assert (await exchange(port, huge)).startswith(b"HTTP/1.1 431")
+            _, silent = await asyncio.open_connection("127.0.0.1", port)
+            silent.close()  # (a client that says nothing and leaves)
+            assert (await exchange(port, b"GET /ok HTTP/1.0\r\n\r\n")).endswith(b"fine")
+            with pytest.warns(UserWarning, match=f"Port {port} is already in use"):
+                other = PlainHTTPServer("other", {})
+                await other.start("127.0.0.1", port)
+            assert other.port != port
+            await other.stop()
+        finally:
+            await server.stop()
+        assert not server.running
+        with pytest.raises(OSError):
+            await exchange(port, b"GET /ok HTTP/1.1\r\n\r\n")
+
+    run(main())

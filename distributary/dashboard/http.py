@@ -1,17 +1,16 @@
-"""An aiohttp application served on one socket: the HTTP side of a scheduler or a worker.
+"""The scheduler's HTTP server: an aiohttp application served on one socket.
 
-The socket is bound here, so that a port in use is found before anything is served: it
-is then a warning and a random port, as in dask.distributed, never a node that fails to
-start.  aiohttp is imported only when a server starts.
+aiohttp is imported only when a server starts (a scheduler without a dashboard never
+imports it).  The routes every node serves, ``/health`` and ``/metrics``, are
+:func:`node_app`'s (the workers serve them with :mod:`~distributary.dashboard.plain`).
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
-import warnings
 from typing import TYPE_CHECKING
+
+from distributary.dashboard.sockets import listening_socket
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -42,7 +41,7 @@ class HTTPServer:
         taken)."""
         from aiohttp import web
 
-        sock = self._bind(host, port)
+        sock = listening_socket(host, port, self.what)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
@@ -57,24 +56,6 @@ class HTTPServer:
         self.host = host
         self.port = sock.getsockname()[1]
 
-    def _bind(self, host: str, port: int) -> socket.socket:
-        try:
-            return _listening_socket(host, port)
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or port == 0:
-                raise OSError(
-                    exc.errno, f"Could not serve the {self.what} on {host}:{port}: {exc.strerror}"
-                ) from None
-        sock = _listening_socket(host, 0)
-        new_port = sock.getsockname()[1]
-        warnings.warn(
-            f"Port {port} is already in use (another cluster running?): the {self.what} is "
-            f"served on port {new_port} instead",
-            UserWarning,
-            stacklevel=2,
-        )
-        return sock
-
     async def stop(self) -> None:
         """Stop serving; the requests running may take a second to end."""
         runner, self._runner = self._runner, None
@@ -82,26 +63,9 @@ class HTTPServer:
             await runner.cleanup()
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host:port`` (every interface when ``host`` is "")."""
-    family = socket.AF_INET
-    if host:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def node_app(metrics: CollectorRegistry) -> web.Application:
     """An application serving ``/health`` ("ok") and ``/metrics`` (``metrics`` in the
-    Prometheus text format), the routes every node serves."""
+    Prometheus text format)."""
     from aiohttp import web
 
     from distributary.dashboard.metrics import CONTENT_TYPE, exposition
