@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator
@@ -341,7 +343,8 @@ def test_the_live_feed_pushes_workers_progress_and_the_task_stream_while_a_page_
     async def main():
         with dask.config.set({"distributed.dashboard.update-interval": "50ms"}):
             async with dashboard_cluster() as (c, s, (a, b)):
-                assert not s.http.feed.ticking and s.progress.watching == 0
+                # nobody looked yet: no application, not even aiohttp's, and no watch
+                assert s.http.feed is None and s.progress.watching == 0
                 async with (
                     aiohttp.ClientSession() as session,
                     session.get(base(s) + "/events") as response,
@@ -396,12 +399,13 @@ def test_a_hundred_pages_a_stalled_one_and_one_that_leaves_do_not_stop_the_sched
         }
         with dask.config.set(config):
             async with dashboard_cluster(nthreads=(2, 2)) as (c, s, _):
-                port, feed = s.service_ports["dashboard"], s.http.feed
+                port = s.service_ports["dashboard"]
                 loop = asyncio.get_running_loop()
                 pages = [await open_stream(port) for _ in range(100)]
                 stalled = await open_stream(port, receive_buffer=4096)  # never reads
                 leaving = await open_stream(port)
-                await apoll(lambda: feed.connections == 102)
+                await apoll(lambda: s.http.feed and s.http.feed.connections == 102)
+                feed = s.http.feed
                 received = [0] * len(pages)
 
                 async def read(i: int, sock: socket.socket) -> None:
@@ -497,3 +501,26 @@ def test_a_worker_serves_on_the_address_it_is_given():
             await get(f"http://127.0.0.1:{port}/health")  # (closed with the worker)
 
     run(main())
+
+
+LAZY = """
+import asyncio, sys, urllib.request
+from distributary import Scheduler
+
+async def main():
+    async with Scheduler(dashboard_address=":0") as s:
+        before = "aiohttp" in sys.modules
+        url = s.dashboard_link.replace("/status", "/health")
+        loop = asyncio.get_running_loop()
+        answer = await loop.run_in_executor(None, lambda: urllib.request.urlopen(url).read())
+        print(before, answer.decode(), "aiohttp" in sys.modules)
+
+asyncio.run(main())
+"""
+
+
+def test_the_dashboard_application_starts_with_its_first_request():
+    out = subprocess.run(
+        [sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["False", "ok", "True"], out.stderr

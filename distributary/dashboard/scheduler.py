@@ -12,6 +12,7 @@ its task stream and from its progress, never per task.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -67,6 +68,7 @@ class SchedulerHTTP(SchedulerExtension):
         self.instruction_handlers.update(self.arrivals.instruction_handlers)
         self.server = HTTPServer("dashboard")
         self.feed: LiveFeed | None = None
+        self._starting: asyncio.Task | None = None
 
     @property
     def service_ports(self) -> dict[str, int]:
@@ -83,29 +85,54 @@ class SchedulerHTTP(SchedulerExtension):
         )
 
     async def serve(self, listen_address: str) -> None:
-        """Start serving (if there is a dashboard address), on the host of the scheduler's
-        ``listen_address`` unless the dashboard address names one."""
+        """Listen (if there is a dashboard address), on the host of the scheduler's
+        ``listen_address`` unless the dashboard address names one.
+
+        The application starts with the first connection, which waits for it in the
+        socket's backlog: until somebody looks, the dashboard costs a socket, and
+        aiohttp is not even imported (it takes about 0.15 s).
+        """
         if self._address is None:
             return
-        from distributary.dashboard.feed import LiveFeed
-
         host, port = self._address
         if not host:
             host = _tcp_host(listen_address) or "127.0.0.1"
-        config = dask.config.get
-        self.feed = LiveFeed(
-            self._frame,
-            interval=parse_timedelta(config("distributed.dashboard.update-interval")),
-            max_connections=int(config("distributed.dashboard.max-connections")),
-            send_timeout=parse_timedelta(config("distributed.dashboard.send-timeout")),
-            started=self._pages_opened,
-            stopped=self._pages_closed,
-        )
-        await self.server.start(self._app(), host, port)
+        self.server.bind(host, port)
+        asyncio.get_running_loop().add_reader(self.server.socket, self._first_connection)
         logger.info("Dashboard at: %s", self.link)
+
+    def _first_connection(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.server.socket)
+        self._starting = asyncio.get_running_loop().create_task(self._start_app())
+
+    async def _start_app(self) -> None:
+        from distributary.dashboard.feed import LiveFeed
+
+        try:
+            config = dask.config.get
+            self.feed = LiveFeed(
+                self._frame,
+                interval=parse_timedelta(config("distributed.dashboard.update-interval")),
+                max_connections=int(config("distributed.dashboard.max-connections")),
+                send_timeout=parse_timedelta(config("distributed.dashboard.send-timeout")),
+                started=self._pages_opened,
+                stopped=self._pages_closed,
+            )
+            await self.server.start(self._app())
+        except Exception:
+            logger.exception("The dashboard could not start")
+            await self.server.stop()
 
     async def close(self) -> None:
         """Stop serving: the live pages are told first."""
+        if self.server.socket is not None and self._starting is None:
+            asyncio.get_running_loop().remove_reader(self.server.socket)
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            try:
+                await self._starting
+            except asyncio.CancelledError:
+                pass
         if self.feed is not None:
             await self.feed.close()
         await self.server.stop()
