@@ -83,6 +83,7 @@ def _nothing() -> Iterator[None]:
     own_cluster=True,
     better="less slowed down",
     worse="more slowed down",
+    timeout=1_500,  # (dask.distributed's map is slow with its page open)
 )
 def dashboard_throughput(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
     """Throughput of a 10,000-task map with the status page open in headless chromium,
