@@ -1,41 +1,25 @@
 """The dashboard's pages in a real headless browser (Debian's chromium, driven by
 playwright): they load without console errors, show the cluster and follow it live.
 
-Screenshots are kept in ``test-artifacts/`` (not in git).  Without chromium or
-playwright the tests are skipped, saying which is missing.
+The browser is tests/browser.py's (``open_page``).  Screenshots are kept in
+``test-artifacts/`` (not in git).  Without chromium the tests are skipped, saying so.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import shutil
 import time
 from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+from browser import open_page, requires_chromium
 
 from distributary import Client, LocalCluster
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = pathlib.Path(__file__).parent.parent / "test-artifacts"
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-if not shutil.which(CHROMIUM):
-    pytest.skip(f"chromium is not installed at {CHROMIUM}", allow_module_level=True)
-
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [requires_chromium, pytest.mark.timeout(90)]
 
 
 def slow_inc(x: int) -> int:
@@ -54,31 +38,6 @@ def cluster() -> Iterator[tuple[LocalCluster, Client]]:
         yield cluster, client
 
 
-@pytest.fixture
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-def open_page(browser, url: str) -> tuple[object, list[str]]:
-    """A page at ``url``, and the errors (console errors, uncaught exceptions, failed
-    requests) it reports, as they come."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
-    page.on(
-        "requestfailed",
-        lambda r: errors.append(f"failed: {r.url}") if "/events" not in r.url else None,
-    )
-    page.goto(url)
-    return page, errors
-
-
 def screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
@@ -88,9 +47,14 @@ def received(page) -> int:
     return int(page.eval_on_selector("#task-stream", "c => c.dataset.received"))
 
 
-def test_the_status_page_shows_the_workers_and_its_task_stream_grows(cluster, browser):
+def test_the_status_page_shows_the_workers_and_its_task_stream_grows(cluster):
     cluster, client = cluster
-    page, errors = open_page(browser, cluster.scheduler.dashboard_link)
+    with open_page(client.dashboard_link) as (page, errors):
+        status_page_follows_the_cluster(cluster, client, page)
+        assert errors == []
+
+
+def status_page_follows_the_cluster(cluster: LocalCluster, client: Client, page) -> None:
     page.wait_for_selector("nav .live.on")
     names = [str(ws.name) for ws in cluster.scheduler.workers.values()]
     for name in names:
@@ -154,4 +118,3 @@ def test_the_info_pages_of_a_worker_and_of_a_task(cluster, browser):
     screenshot(page, "dashboard-task")
     page.goto(f"{base}/info/task/{quote('no-such-key')}")
     page.wait_for_selector("text=No task 'no-such-key'")
-    assert [e for e in errors if "404" not in e] == []
