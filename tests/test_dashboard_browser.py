@@ -78,7 +78,6 @@ def status_page_follows_the_cluster(cluster: LocalCluster, client: Client, page)
         ".textContent.includes('400 / 400')"
     )
     screenshot(page, "dashboard-status")
-    assert errors == []
 
 
 def test_the_workers_page_lists_every_worker_live(cluster, browser):

@@ -27,14 +27,15 @@ from distributary.dashboard.address import format_dashboard_link, link_host, par
 from distributary.dashboard.http import HTTPServer
 from distributary.dashboard.metrics import Arrivals
 from distributary.dashboard.stream import StreamCursor
+from distributary.protocol.diagnostics import GetTaskStream
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
+from distributary.scheduler.task_stream import ask_workers, compute_start
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from distributary.dashboard.feed import LiveFeed
     from distributary.scheduler.progress import ProgressExtension, ProgressWatch
-    from distributary.scheduler.task_stream import TaskStream
 
 logger = logging.getLogger("distributary.dashboard")
 
@@ -45,17 +46,15 @@ PAGES = {"/status": "status.html", "/workers": "workers.html"}
 
 class SchedulerHTTP(SchedulerExtension):
     """The HTTP server of the scheduler, on ``dashboard_address`` (None: none); the pages
-    read the scheduler's ``task_stream`` and ``progress`` extensions."""
+    read the workers' task streams and the scheduler's ``progress`` extension."""
 
     def __init__(
         self,
         scheduler: SchedulerContext,
         dashboard_address: Any,
-        task_stream: TaskStream,
         progress: ProgressExtension,
     ):
         super().__init__(scheduler)
-        self.task_stream = task_stream
         self.progress = progress
         self._watch: ProgressWatch | None = None  # (while pages are open)
         self._cursor = StreamCursor(_stream_length())
@@ -211,7 +210,10 @@ class SchedulerHTTP(SchedulerExtension):
             stream = list(cursor.recent)
         else:
             now = time.time()
-            stream = cursor.take(await self.task_stream.collect(**cursor.request()), now)
+            request = GetTaskStream(**cursor.request(len(self.scheduler.state.workers)))
+            replies = await ask_workers(self.scheduler, request)
+            records = sorted((r for reply in replies for r in reply), key=compute_start)
+            stream = cursor.take(records, now)
         watch = self._watch
         return {
             "time": time.time(),

@@ -6,7 +6,7 @@ per update, for what finished since it last asked (with a second of overlap, for
 clocks of other hosts and for records made while it asked), and :class:`StreamCursor`
 keeps out what was sent already.  When more finished than a page shows
 (``distributed.scheduler.dashboard.status.task-stream-length``), the next update asks
-for only the newest that many of each worker: a busy cluster costs each update a
+each worker for only its newest share of that many: a busy cluster costs each update a
 bounded amount, whatever its rate of tasks.
 
 A rectangle is one phase of a task's run: ``{"k": key (as text), "p": task prefix,
@@ -38,10 +38,12 @@ class StreamCursor:
         self._threads: dict[str, dict[Any, int]] = {}  # worker -> thread ident -> number
         self.recent: deque[dict] = deque(maxlen=self.limit)
 
-    def request(self) -> dict[str, Any]:
-        """The keywords of the next ``task_stream.collect`` call."""
+    def request(self, workers: int) -> dict[str, Any]:
+        """What to ask each of ``workers`` workers for next: the records since the
+        previous request (``start``), or the newest ones, a share of ``limit``
+        (``count``)."""
         if self.busy or self.asked is None:
-            return {"count": self.limit}
+            return {"count": -(-self.limit // max(workers, 1))}
         return {"start": self.asked - OVERLAP}
 
     def take(self, records: Iterable[dict], now: float) -> list[dict]:

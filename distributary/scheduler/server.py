@@ -142,7 +142,7 @@ class Scheduler(ServerNode):
         dashboard = kwargs.get("dashboard")  # (dask.distributed's switch)
         if dashboard is not None:
             dashboard_address = (dashboard_address or ":8787") if dashboard else None
-        self.http = SchedulerHTTP(self, dashboard_address, self.task_stream, self.progress)
+        self.http = SchedulerHTTP(self, dashboard_address, self.progress)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
