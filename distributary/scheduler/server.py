@@ -42,6 +42,7 @@ from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
+from distributary.scheduler.profiling import Profiling
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
@@ -133,7 +134,7 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
-        self.task_stream = TaskStream(self)
+        self.task_stream, self.profiling = TaskStream(self), Profiling(self)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -149,7 +150,7 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
-            self.task_stream,
+            *(self.task_stream, self.profiling),
         ]
         for extension in self.extensions:
             self.add_extension(extension)
