@@ -26,4 +26,3 @@ def test_the_spec_copy_is_read():
 @pytest.mark.parametrize("cls, name, params", MEMBERS, ids=ids(MEMBERS))
 def test_the_member_exists_with_the_documented_parameters(cls, name, params):
     check_member(cls, name, params)
-

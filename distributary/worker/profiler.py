@@ -96,7 +96,7 @@ class ThreadsProfile:
         self.history = pf.History()
         self.key_history = pf.History()
         self._lock = threading.Lock()
-        self._started = now
+        self._started = self._sampled = now  # (the span of the current cycle)
         self._recent = pf.create()
         self._recent_keys: dict[str, pf.Profile] = {}
         self._prefixes: dict[Any, str] = {}
@@ -107,6 +107,7 @@ class ThreadsProfile:
         with self._lock:
             if now - self._started >= self.cycle:
                 self._next_cycle(now)
+            self._sampled = now
             for thread, key in threads.items():
                 stack = pf.stack(frames.get(thread), self.stop, self.idle)
                 if stack is None:
@@ -149,7 +150,7 @@ class ThreadsProfile:
             else:
                 parts = [d[key] for d in self.key_history.between(start, stop) if key in d]
                 recent = self._recent_keys.get(key)
-            if recent is not None and pf.overlaps(self._started, float("inf"), start, stop):
+            if recent is not None and pf.overlaps(self._started, self._sampled, start, stop):
                 parts.append(recent)
             return pf.merge(*parts)
 

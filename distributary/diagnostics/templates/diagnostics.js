@@ -88,6 +88,16 @@
 
   // ------------------------------------------------------------------ task stream
 
+  // The colors of task prefixes, in the order they appear (none red or orange: those
+  // are the transfers' and the disk's).
+  var PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    "#bcbd22", "#393b79", "#637939", "#7b4173", "#3182bd", "#31a354", "#756bb1",
+    "#636363", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2", "#9edae5"];
+
+  function prefixColor(index, prefix) {
+    return index < PALETTE.length ? PALETTE[index] : colorOf(prefix);
+  }
+
   var PHASE_COLORS = {
     transfer: "#d62728",
     "disk-read": "#ff9800",
@@ -117,7 +127,8 @@
     data.rects.forEach(function (r) {
       var row = r[0], start = r[1], stop = r[2], action = data.actions[r[3]];
       var key = data.keys[r[4]], prefix = data.prefixes[r[5]], ok = r[6], source = r[7];
-      var fill = action === "compute" ? (ok ? colorOf(prefix) : "#000") : PHASE_COLORS[action];
+      var fill = action === "compute" ? (ok ? prefixColor(r[5], prefix) : "#000")
+        : PHASE_COLORS[action];
       var rect = node("rect", {
         class: "phase phase-" + action,
         x: (start * scale).toFixed(2),
@@ -139,10 +150,10 @@
     timeAxis(root, LABELS, plot, data.rows.length * rowHeight + 2, span);
     var legend = document.createElement("div");
     legend.className = "legend";
-    data.prefixes.slice(0, 30).forEach(function (prefix) {
+    data.prefixes.slice(0, 30).forEach(function (prefix, i) {
       var swatch = document.createElement("span");
       swatch.className = "swatch";
-      swatch.style.background = colorOf(prefix);
+      swatch.style.background = prefixColor(i, prefix);
       legend.appendChild(swatch);
       legend.appendChild(document.createTextNode(prefix));
     });
