@@ -15,6 +15,7 @@ from browser import open_page, requires_chromium
 from conftest import gen_cluster
 
 from distributary import performance_report
+from distributary.diagnostics import html
 
 
 def busy_loop_fn(seconds: float) -> float:
@@ -145,3 +146,20 @@ def test_the_task_stream_and_flame_graph_pages_in_a_browser(c, tmp_path):
         page.goto((tmp_path / "profile.html").as_uri())
         assert page.locator('rect.node[data-name="busy_loop_fn"]').count() >= 1
         assert errors == []
+
+
+def test_the_pages_keep_task_names_as_data_never_as_markup():
+    key = "evil-</script><img src=x onerror=alert(1)>"
+    record = {
+        "key": key,
+        "worker": "tcp://127.0.0.1:1",
+        "thread": 1,
+        "status": "OK",
+        "startstops": ({"action": "compute", "start": 1.0, "stop": 2.0},),
+    }
+    page = html.task_stream_figure([record]).html
+    assert "</script><img" not in page and "<img" not in page
+    (stream,) = chart_data(page, "task-stream")
+    assert stream["keys"] == [key] and stream["rects"] == [[0, 0.0, 1.0, 0, 0, 0, 1, -1]]
+    summary = html.page("t", [html.summary_section([("<b>label</b>", "<i>value</i>")], "x < y")])
+    assert "&lt;b&gt;label&lt;/b&gt;" in summary and "x &lt; y" in summary

@@ -7,6 +7,7 @@ runs real clusters over TCP.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import gen_cluster
 
-from distributary import Scheduler, Worker, get_task_stream
+from distributary import Client, Scheduler, Worker, get_task_stream
+from distributary.protocol.errors import RemoteError
 from distributary.worker.execution import TaskOutcome
 from distributary.worker.task_stream import TaskStreamRecorder
 
@@ -61,8 +63,6 @@ def outcome(start: float, stop: float, error: Exception | None = None) -> TaskOu
     result.start, result.stop, result.thread = start, stop, 7
     result.nbytes, result.type = 28, "int"
     if error is not None:
-        from distributary.protocol.errors import RemoteError
-
         result.error = RemoteError.of(error)
     return result
 
@@ -220,10 +220,6 @@ async def test_records_come_sorted_by_compute_start_and_filtered_by_time(c, s, a
 
 
 def test_spilling_and_unspilling_are_disk_phases():
-    import asyncio
-
-    from distributary import Client
-
     async def main() -> None:
         async with (
             Scheduler() as s,

@@ -44,8 +44,13 @@ logger = logging.getLogger("distributary.worker.profiler")
 
 # A task's stack is kept below the frame that runs it (the worker's own frames above).
 _TASK_FRAMES_BELOW = os.path.join("distributary", "worker", "execution.py")
-# An event loop whose innermost frame is in one of these is waiting, not working.
-_IDLE_LOOP = ("selectors.py", os.path.join("asyncio", "runners.py"))
+# An event loop whose innermost frame is in one of these is waiting, not working (in
+# ``select``; or in a loop written in C, such as uvloop's, started from these).
+_IDLE_LOOP = (
+    "selectors.py",
+    os.path.join("asyncio", "runners.py"),
+    os.path.join("distributary", "utils", "loop.py"),
+)
 # Task prefixes of running keys remembered, at most (the cache starts over beyond).
 _MAX_PREFIXES = 10_000
 

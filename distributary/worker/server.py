@@ -505,7 +505,7 @@ class Worker(ServerNode):
         self,
         start: float | None = None,
         stop: float | None = None,
-        key: Any = None,
+        key: str | None = None,
         server: bool = False,
     ) -> dict:
         """The statistical profile of the tasks that ran here between ``start`` and
