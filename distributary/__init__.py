@@ -32,6 +32,8 @@ _EXPORTS = {
     "Pub": "distributary.client.pubsub",
     "Sub": "distributary.client.pubsub",
     "LocalCluster": "distributary.deploy.local",
+    "get_task_stream": "distributary.diagnostics.task_stream",
+    "performance_report": "distributary.diagnostics.report",
     "CancelledError": "distributary.exceptions",
     "FutureCancelledError": "distributary.exceptions",
     "KilledWorker": "distributary.exceptions",

@@ -7,6 +7,7 @@ runs real clusters over TCP.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -14,7 +15,8 @@ import numpy as np
 import pytest
 from conftest import gen_cluster
 
-from distributary import Scheduler, Worker
+from distributary import Client, Scheduler, Worker, get_task_stream
+from distributary.protocol.errors import RemoteError
 from distributary.worker.execution import TaskOutcome
 from distributary.worker.task_stream import TaskStreamRecorder
 
@@ -61,8 +63,6 @@ def outcome(start: float, stop: float, error: Exception | None = None) -> TaskOu
     result.start, result.stop, result.thread = start, stop, 7
     result.nbytes, result.type = 28, "int"
     if error is not None:
-        from distributary.protocol.errors import RemoteError
-
         result.error = RemoteError.of(error)
     return result
 
@@ -220,10 +220,6 @@ async def test_records_come_sorted_by_compute_start_and_filtered_by_time(c, s, a
 
 
 def test_spilling_and_unspilling_are_disk_phases():
-    import asyncio
-
-    from distributary import Client
-
     async def main() -> None:
         async with (
             Scheduler() as s,
@@ -255,3 +251,77 @@ def test_spilling_and_unspilling_are_disk_phases():
                     assert phase["start"] <= phase["stop"]
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+# ---------------------------------------------------------------------- the client's view
+
+
+def test_client_task_stream_of_worker_processes(processes, tmp_path):
+    cluster, client = processes
+    a, b = sorted(client.scheduler_info()["workers"])
+    started = time.time()
+    x = client.submit(inc, 1, workers=[a])
+    y = client.submit(inc, 2, workers=[b])
+    z = client.submit(add, x, y, workers=[b])
+    assert z.result() == 5
+    records = client.get_task_stream(start=started)
+    assert {r["key"] for r in records} == {x.key, y.key, z.key}
+    for record in records:
+        assert set(record) >= {"key", "worker", "thread", "nbytes", "typename", "status"}
+        assert record["status"] == "OK" and record["worker"] in (a, b)
+        assert isinstance(record["thread"], int)
+    by_key = {r["key"]: r for r in records}
+    transfer = by_key[z.key]["startstops"][0]
+    assert transfer["action"] == "transfer" and transfer["source"] == a
+    assert client.get_task_stream(start="60s", count=1) == records[:1]  # (the first after)
+    assert client.get_task_stream(count=1) == records[-1:]
+    assert client.get_task_stream(start=time.time() + 60) == []
+
+    data, figure = client.get_task_stream(start=started, plot="save", filename=tmp_path / "ts.html")
+    assert data == records
+    page = (tmp_path / "ts.html").read_text()
+    assert page == figure.html and z.key in page and "<svg" not in page  # (drawn in the browser)
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "")  # (offline)
+    data, figure = client.get_task_stream(start=started, plot=True)
+    assert x.key in figure.html and "<iframe srcdoc=" in figure._repr_html_()
+
+
+def test_the_context_manager_keeps_the_records_of_its_block(c, tmp_path):
+    before = c.submit(inc, 0)
+    before.result()
+    with get_task_stream(plot="save", filename=str(tmp_path / "block.html")) as ts:
+        futures = c.map(inc, range(5))
+        c.gather(futures)
+    assert {r["key"] for r in ts.data} == {f.key for f in futures}
+    assert ts.figure is not None and (tmp_path / "block.html").exists()
+    with get_task_stream(client=c) as ts:
+        pass
+    assert ts.data == [] and ts.figure is None
+
+
+@gen_cluster()
+async def test_the_context_manager_with_an_asynchronous_client(c, s, a, b):
+    async with get_task_stream(client=c) as ts:
+        await c.gather(c.map(inc, range(3)))
+    assert len(ts.data) == 3
+    with pytest.raises(TypeError, match="async with"), get_task_stream(client=c):
+        pass
+
+
+def test_bad_arguments_are_clear_errors_and_the_cluster_keeps_working(c):
+    with pytest.raises(TypeError, match="count"):
+        c.get_task_stream(count="3")
+    with pytest.raises(ValueError, match="count"):
+        c.get_task_stream(count=-1)
+    with pytest.raises(ValueError, match="plot"):
+        c.get_task_stream(plot="show")
+    with pytest.raises(ValueError, match="not a duration"):
+        c.get_task_stream(start="soon")
+    with pytest.raises(TypeError, match="start"):
+        c.get_task_stream(start=[1])
+    with pytest.raises(ValueError, match="plot"):
+        get_task_stream(client=c, plot="show")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        c.get_task_stream(begin=0)
+    assert c.submit(inc, 1).result() == 2
+    assert len(c.get_task_stream(count=1)) == 1

@@ -43,6 +43,7 @@ from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
+from distributary.scheduler.profiling import Profiling
 from distributary.scheduler.progress import ProgressExtension
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
@@ -137,7 +138,7 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
-        self.task_stream = TaskStream(self)
+        self.task_stream, self.profiling = TaskStream(self), Profiling(self)
         self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
         dashboard = kwargs.get("dashboard")  # (dask.distributed's switch)
         if dashboard is not None:
@@ -158,7 +159,7 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
-            self.task_stream,
+            *(self.task_stream, self.profiling),
             self.progress,
             self.http,
         ]

@@ -45,7 +45,7 @@ class TaskStream(SchedulerExtension):
         ``start`` when only ``start`` is given (ignored when both bounds are), as in
         dask.distributed."""
         replies = await ask_workers(self.scheduler, dg.GetTaskStream(start, stop, count))
-        records = [record for reply in replies for record in reply]
+        records = [record for reply in replies.values() for record in reply]
         records.sort(key=compute_start)
         if count is not None and not (start is not None and stop is not None):
             count = max(int(count), 0)
@@ -59,7 +59,7 @@ class TaskStream(SchedulerExtension):
         sorted by start: ``source``, ``destination``, ``start``, ``stop``, ``keys`` (how
         many) and ``nbytes``, one per request."""
         replies = await ask_workers(self.scheduler, dg.GetTransfers(start, stop))
-        transfers = [transfer for reply in replies for transfer in reply]
+        transfers = [transfer for reply in replies.values() for transfer in reply]
         transfers.sort(key=lambda t: t["start"])
         return transfers
 
@@ -74,9 +74,10 @@ def compute_start(record: dict) -> float:
 
 async def ask_workers(
     scheduler: SchedulerContext, msg: Request, workers: Iterable[str] | None = None
-) -> list[Any]:
-    """The replies of the workers at ``workers`` (all when None) to ``msg``, in
-    parallel; those that fail or do not answer in time are left out (and logged)."""
+) -> dict[str, Any]:
+    """The replies of the workers at ``workers`` (all when None) to ``msg``, asked in
+    parallel, by address; those that fail or do not answer in time are left out (and
+    logged)."""
     addresses = list(scheduler.state.workers if workers is None else workers)
 
     async def ask(address: str) -> Any:
@@ -87,4 +88,4 @@ async def ask_workers(
             return None
 
     replies = await asyncio.gather(*(ask(address) for address in addresses))
-    return [reply for reply in replies if reply is not None]
+    return {a: reply for a, reply in zip(addresses, replies) if reply is not None}

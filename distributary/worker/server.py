@@ -51,6 +51,7 @@ from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
 from distributary.worker.plugins import WorkerPlugins
+from distributary.worker.profiler import WorkerProfiler
 from distributary.worker.state import WorkerState
 from distributary.worker.task_stream import TaskStreamRecorder
 from distributary.worker.threads import TaskThreads
@@ -173,6 +174,7 @@ class Worker(ServerNode):
         self.scheduler = methods.SchedulerHandle(self.scheduler_address, self.pool)
         self._plugins = WorkerPlugins(self)
         self.task_stream = TaskStreamRecorder()
+        self.profiler = WorkerProfiler(self)
         self._given_plugins = tuple(plugins)
         self.server = Server(
             handlers={
@@ -185,6 +187,7 @@ class Worker(ServerNode):
                 **self.node_handlers(),
                 **self._plugins.handlers,
                 **self.task_stream.handlers,
+                **self.profiler.handlers,
             },
         )
         self.batched: BatchedSend | None = None
@@ -236,6 +239,7 @@ class Worker(ServerNode):
         self.local_directory = tempfile.mkdtemp(prefix="worker-", dir=scratch)
         self.state.data = self.memory_manager.create_data(self.local_directory)
         self.task_stream.watch(self.address, self.state.data)
+        self.profiler.start()
         comm, registered = await self._register()
         self.batched = BatchedSend(comm)
         # (before the first task is read)
@@ -341,6 +345,7 @@ class Worker(ServerNode):
         task.add_done_callback(self._ongoing.discard)
 
     async def _close(self) -> None:
+        self.profiler.stop()
         await self._plugins.close()
         if self._lifetime_timer is not None:
             self._lifetime_timer.cancel()
@@ -503,8 +508,21 @@ class Worker(ServerNode):
             await self.memory_manager.check(self._set_paused)
 
     def trigger_profile(self) -> None:
-        """Not supported yet: distributary has no statistical profiler."""
-        raise methods.not_yet("Worker.trigger_profile", "it has no statistical profiler")
+        """Take a sample of the stacks of the threads running tasks now, counted in the
+        worker's statistical profile."""
+        self.profiler.trigger()
+
+    def get_profile(
+        self,
+        start: float | None = None,
+        stop: float | None = None,
+        key: str | None = None,
+        server: bool = False,
+    ) -> dict:
+        """The statistical profile of the tasks that ran here between ``start`` and
+        ``stop`` (of task prefix ``key`` only, unless None), or of the worker's event
+        loop with ``server``."""
+        return self.profiler.get(start, stop, key, server)
 
     def start_ipython(self, comm: Any = None) -> dict:
         """Start an IPython kernel in this worker's process, with ``worker`` (this worker)

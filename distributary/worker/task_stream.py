@@ -94,11 +94,11 @@ class TaskStreamRecorder:
     def read_dependencies(self, key: Any, dependencies: Iterable[Any], data: Mapping) -> dict:
         """The values of task ``key``'s dependencies, read from ``data`` (timing what the
         disk takes); the transfers that brought them become the task's."""
-        self.cause = key
+        cause, self.cause = self.cause, key
         try:
             values = {dep: data[dep] for dep in dependencies}
         finally:
-            self.cause = None
+            self.cause = cause  # (a task whose result is being stored started this one)
         if self._fetched:
             self._take_transfers(key, values)
         return values
