@@ -212,7 +212,7 @@ class SchedulerHTTP(SchedulerExtension):
             now = time.time()
             request = GetTaskStream(**cursor.request(len(self.scheduler.state.workers)))
             replies = await ask_workers(self.scheduler, request)
-            records = sorted((r for reply in replies for r in reply), key=compute_start)
+            records = sorted((r for reply in replies.values() for r in reply), key=compute_start)
             stream = cursor.take(records, now)
         watch = self._watch
         return {
