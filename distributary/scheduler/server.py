@@ -23,6 +23,7 @@ import msgspec
 from dask.utils import parse_timedelta
 
 from distributary.comm.addressing import normalize_address
+from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import error_message
@@ -94,7 +95,7 @@ class Scheduler(ServerNode):
             worker_ttl=_seconds(worker_ttl, "distributed.scheduler.worker-ttl"),
             idle_timeout=_seconds(idle_timeout, "distributed.scheduler.idle-timeout"),
             work_stealing=bool(config("distributed.scheduler.work-stealing")),
-            transition_log_length=int(config("distributed.scheduler.transition-log-length")),
+            transition_log_length=transition_log_length(),
         )
         self.scheduler_file = scheduler_file
         self._listen_address = listen_address_for(None, host, port, protocol, interface)
