@@ -16,10 +16,10 @@ dask.config.update_defaults(_defaults)
 
 
 def transition_log_length() -> int:
-    """How many transitions the scheduler keeps for ``story()``:
-    ``distributed.scheduler.transition-log-length``.  Importing dask.distributed (as
-    dask.dataframe may) renames that key to ``distributed.admin.low-level-log-length``,
-    which is then read instead."""
+    """How many transitions a scheduler or worker keeps for ``story()``:
+    ``distributed.admin.low-level-log-length``, as in dask.distributed, or the older
+    ``distributed.scheduler.transition-log-length`` if set (dask.distributed, once
+    imported, renames that key to the new one itself)."""
     value = dask.config.get("distributed.scheduler.transition-log-length", default=None)
     if value is None:
         value = dask.config.get("distributed.admin.low-level-log-length")

@@ -29,6 +29,7 @@ from dask.sizeof import sizeof
 
 from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import get_address_host
+from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.core.run import run_function
 from distributary.node import ServerNode, listen_address_for
@@ -152,6 +153,7 @@ class Worker(ServerNode):
             resources=self.resources,
             transfer_batch_bytes=dask.config.get("distributed.worker.transfer-batch-bytes"),
             max_peers_in_flight=dask.config.get("distributed.worker.connections.outgoing"),
+            transition_log_length=transition_log_length(),
             validate=validate,
         )
         # (the state machine decides how many tasks run: the threads set no limit)
