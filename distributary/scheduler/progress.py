@@ -204,7 +204,7 @@ class ProgressExtension(SchedulerExtension):
         return pr.ProgressReport(
             id=bar.id,
             version=progress.version,
-            status=status,  # type: ignore[arg-type]
+            state=status,  # type: ignore[arg-type]
             all=dict(progress.all),
             done=dict(progress.done),
             erred=dict(progress.erred),
