@@ -787,6 +787,11 @@ class Client:
     start_ipython_scheduler = ipython.start_ipython_scheduler
     start_ipython_workers = ipython.start_ipython_workers
 
+    def _repr_html_(self) -> str:
+        from distributary.widgets.reprs import client_html
+
+        return client_html(self)
+
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"
         return f"<Client: {where!r} status={self.status}>"

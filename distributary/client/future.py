@@ -136,7 +136,9 @@ class Future(TaskRef):
     __str__ = __repr__  # not TaskRef's bare key
 
     def _repr_html_(self) -> str:
-        return f"<b>Future: {self.key}</b> status: {self._state.status}"
+        from distributary.widgets.reprs import future_html
+
+        return future_html(self)
 
     def __hash__(self) -> int:
         return hash(self.key)

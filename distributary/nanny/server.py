@@ -426,6 +426,11 @@ class Nanny(ServerNode):
             "name": self.name,
         }
 
+    def _repr_html_(self) -> str:
+        from distributary.widgets.reprs import nanny_html
+
+        return nanny_html(self)
+
     def __repr__(self) -> str:
         return f"<Nanny: {self.worker_address}, threads: {self.nthreads}>"
 

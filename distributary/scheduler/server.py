@@ -495,6 +495,11 @@ class Scheduler(ServerNode):
         asyncio.get_running_loop().create_task(self.close())
         return "OK"
 
+    def _repr_html_(self) -> str:
+        from distributary.widgets.reprs import scheduler_html
+
+        return scheduler_html(self)
+
     def __repr__(self) -> str:
         return (
             f"<Scheduler {self.address if self.status == 'running' else ''!r}, "

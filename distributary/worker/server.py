@@ -572,6 +572,11 @@ class Worker(ServerNode):
         self._spawn(self.close(nanny=msg.nanny, reason="worker-close-rpc"))
         return "OK"
 
+    def _repr_html_(self) -> str:
+        from distributary.widgets.reprs import worker_html
+
+        return worker_html(self)
+
     def __repr__(self) -> str:
         return (
             f"<Worker {self.address if self.status in _ALIVE else ''!r}, "
