@@ -5,6 +5,8 @@ kernel; and the scheduler's progress extension while a computation runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import pathlib
@@ -108,16 +110,23 @@ def test_text_bar_shows_erred_tasks(tcp_client, capsys):
     assert [f.result() for f in good] == list(range(5))  # (the cluster works on)
 
 
-def test_complete_false_counts_only_what_is_left_to_run(tcp_client, capsys):
-    first = tcp_client.map(slow, range(10))
-    tcp_client.gather(first)
-    then = tcp_client.map(inc, first)
-    progress(then, complete=False)
-    _, *rest = final_lines(capsys.readouterr().out)
-    assert [line.split()[0] for line in rest] == ["inc"]
-    progress(then, complete=True)
-    _, *rest = final_lines(capsys.readouterr().out)
-    assert sorted(line.split()[0] for line in rest) == ["inc", "slow"]
+@gen_cluster()
+async def test_complete_false_counts_only_what_is_left_to_run(c, s, a, b):
+    first = c.map(slow, range(10))
+    await c.gather(first)
+    go = gate("go-complete")
+    then = c.map(gated, first, name="go-complete")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        left = progress(then, complete=False)
+        everything = progress(then, complete=True)
+        await poll_async(lambda: len(s.progress._bars) == 2)  # (both started: then go)
+        go.set()
+        await asyncio.gather(left, everything)
+    groups = [line.split() for line in final_lines(out.getvalue()) if line.startswith("  ")]
+    # complete=False: the tasks still to run; complete=True: those that ran already too
+    assert sorted(g[0] for g in groups) == ["gated", "gated", "slow"]
+    assert all(g[-3:] == ["10", "/", "10"] for g in groups)
 
 
 def test_group_by_a_function_of_the_key(tcp_client, capsys):
@@ -129,16 +138,15 @@ def test_group_by_a_function_of_the_key(tcp_client, capsys):
 
 def test_collections_persisted_and_not(tcp_client, capsys):
     x = da.ones((40,), chunks=10)
-    y = (x + 1).sum()
-    persisted = tcp_client.persist(y)
+    persisted = tcp_client.persist(x + 1)
     progress(persisted)
     first, *rest = final_lines(capsys.readouterr().out)
     assert "100% Completed" in first
-    assert {line.split()[0] for line in rest} >= {"ones_like", "add", "sum"} or len(rest) >= 2
+    assert [line.split()[0] for line in rest] == ["add"] and rest[0].endswith(" 4 / 4")
     progress(x)  # (not persisted: no futures, nothing to follow, as in dask)
     first, *rest = final_lines(capsys.readouterr().out)
     assert "100% Completed" in first and rest == []
-    assert float(persisted.compute()) == 80.0
+    assert persisted.sum().compute() == 80.0
 
 
 def test_bad_input_gets_a_clear_error(tcp_client):
@@ -187,7 +195,7 @@ async def test_asynchronous_client_returns_a_running_task(c, s, a, b):
     xs = c.map(gated, range(10), name="go-async")
     task = progress(xs)
     assert isinstance(task, asyncio.Task)
-    await asyncio.sleep(0.05)
+    await poll_async(lambda: s.progress._bars)  # (the bar started on the scheduler)
     assert not task.done()  # (it does not block, and the tasks wait)
     go.set()
     await asyncio.wait_for(task, 10)
@@ -197,9 +205,6 @@ async def test_asynchronous_client_returns_a_running_task(c, s, a, b):
 
 @gen_cluster()
 async def test_asynchronous_text_output(c, s, a, b):
-    import contextlib
-    import io
-
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         await progress(c.map(inc, range(5)))
@@ -377,9 +382,10 @@ def run_cell(kc, code: str) -> tuple[dict, list[dict]]:
             and msg["parent_header"].get("msg_id") == msg_id
         ):
             break
-    reply = kc.get_shell_msg(timeout=60)
-    assert reply["parent_header"]["msg_id"] == msg_id
-    return reply, messages
+    while True:  # (replies to the kernel-info requests of wait_for_ready may come first)
+        reply = kc.get_shell_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply, messages
 
 
 def printed(messages: list[dict]) -> str:
@@ -438,3 +444,53 @@ def test_the_signature_is_dask_distributed_s():
         ("group_by", P.KEYWORD_ONLY, "prefix"),
         ("kwargs", P.VAR_KEYWORD, P.empty),
     ]
+
+
+TTY_CODE = """
+import time
+from distributary import Client, LocalCluster, progress
+
+def slow(x):
+    time.sleep(0.01)
+    return x
+
+if __name__ == "__main__":
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp") as cl:
+        with Client(cl.scheduler_address) as client:
+            xs = client.map(slow, range(30))
+            ys = client.map(lambda x: x + 1, xs, key=[f"plus-{i}" for i in range(30)])
+            progress(ys, width=10)
+            print("done")
+"""
+
+
+def test_on_a_terminal_the_lines_per_prefix_are_redrawn_in_place():
+    import pty
+    import subprocess
+    import sys
+
+    master, replica = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(TTY_CODE)], stdout=replica, env=env
+    )
+    os.close(replica)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # (the child closed the terminal)
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+        assert proc.wait(timeout=60) == 0
+    out = b"".join(chunks).decode().replace("\r\n", "\n")
+    assert out.count("\x1b[3F") >= 1  # (back up over the total and the two prefixes)
+    last = out.rsplit("\x1b[3F", 1)[-1]
+    screen = [line.replace("\x1b[2K", "") for line in last.split("\n") if line]
+    assert screen[0].startswith("[##########] | 100% Completed | ")
+    assert screen[1:] == ["  plus [##########] 30 / 30", "  slow [##########] 30 / 30", "done"]

@@ -58,7 +58,7 @@ class _Follower:
         complete: bool = True,
         group_by: Any = "prefix",
     ):
-        # (Futures are held while the bar runs: their tasks stay wanted)
+        # (the futures are held while the bar runs: their tasks stay wanted)
         self.futures = [k for k in keys if isinstance(k, Future)]
         keys = [k.key if isinstance(k, Future) else k for k in keys]
         self.keys = list(dict.fromkeys(keys))
@@ -99,6 +99,7 @@ class _Follower:
                 )
                 report = self._got(await call(get))
         finally:
+            self.futures = []  # (the bar no longer keeps their results)
             if report.state == "running":
                 self.status = "stopped"
                 try:
