@@ -54,6 +54,7 @@ from distributary.scheduler.state import SchedulerState
 from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.keywords import SCHEDULER_NOT_YET, check_keywords
+from distributary.widgets.reprs import scheduler_html
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -495,10 +496,7 @@ class Scheduler(ServerNode):
         asyncio.get_running_loop().create_task(self.close())
         return "OK"
 
-    def _repr_html_(self) -> str:
-        from distributary.widgets.reprs import scheduler_html
-
-        return scheduler_html(self)
+    _repr_html_ = scheduler_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return (

@@ -41,6 +41,7 @@ from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerH
 from distributary.utils import ipython
 from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.widgets.reprs import worker_html
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 from distributary.worker import introspection, methods
@@ -572,10 +573,7 @@ class Worker(ServerNode):
         self._spawn(self.close(nanny=msg.nanny, reason="worker-close-rpc"))
         return "OK"
 
-    def _repr_html_(self) -> str:
-        from distributary.widgets.reprs import worker_html
-
-        return worker_html(self)
+    _repr_html_ = worker_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return (
