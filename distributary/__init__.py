@@ -20,6 +20,7 @@ _EXPORTS = {
     "default_client": "distributary.client.registry",
     "fire_and_forget": "distributary.client.waiting",
     "futures_of": "distributary.client.structures",
+    "progress": "distributary.diagnostics.progressbar",
     "wait": "distributary.client.waiting",
     "get_client": "distributary.client.in_task",
     "worker_client": "distributary.client.in_task",

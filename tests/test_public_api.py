@@ -600,6 +600,7 @@ PUBLIC_API = [
     "futures_of",
     "get_client",
     "get_worker",
+    "progress",
     "rejoin",
     "secede",
     "wait",

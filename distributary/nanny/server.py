@@ -49,6 +49,7 @@ from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol import requests as rq
 from distributary.utils.keywords import NANNY_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.widgets.reprs import nanny_html
 from distributary.worker.methods import scratch_directory
 from distributary.worker.server import Worker
 
@@ -425,6 +426,8 @@ class Nanny(ServerNode):
             "memory_limit": self.memory_limit,
             "name": self.name,
         }
+
+    _repr_html_ = nanny_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return f"<Nanny: {self.worker_address}, threads: {self.nthreads}>"

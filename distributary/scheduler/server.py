@@ -43,6 +43,7 @@ from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
+from distributary.scheduler.progress import ProgressExtension
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
 from distributary.scheduler.records import WorkerRecord
@@ -54,6 +55,7 @@ from distributary.scheduler.state import SchedulerState
 from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.keywords import SCHEDULER_NOT_YET, check_keywords
+from distributary.widgets.reprs import scheduler_html
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -133,6 +135,7 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
+        self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -148,6 +151,7 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
+            self.progress,
         ]
         for extension in self.extensions:
             self.add_extension(extension)
@@ -492,6 +496,8 @@ class Scheduler(ServerNode):
     async def _handle_terminate(self, comm: Any, msg: rq.Terminate) -> str:
         asyncio.get_running_loop().create_task(self.close())
         return "OK"
+
+    _repr_html_ = scheduler_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return (

@@ -42,6 +42,7 @@ from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerH
 from distributary.utils import ipython
 from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.widgets.reprs import worker_html
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 from distributary.worker import introspection, legacy, methods
@@ -574,6 +575,8 @@ class Worker(ServerNode):
     def _handle_close(self, comm: Any, msg: rq.CloseWorker) -> str:
         self._spawn(self.close(nanny=msg.nanny, reason="worker-close-rpc"))
         return "OK"
+
+    _repr_html_ = worker_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return (
