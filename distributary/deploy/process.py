@@ -66,4 +66,7 @@ class ProcessInterface:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__}: name={self.name!r}, address={self.address!r}, status={self.status}>"
+        return (
+            f"<{type(self).__name__}: name={self.name!r}, address={self.address!r}, "
+            f"status={self.status}>"
+        )

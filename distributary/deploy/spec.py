@@ -30,14 +30,12 @@ garbage collected or at interpreter exit.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
-import importlib
 import logging
 import math
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 import dask.config
@@ -45,6 +43,7 @@ from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from distributary.core import ConnectionPool
 from distributary.deploy.logs import Log, Logs, log_text
+from distributary.deploy.specs import check_spec, member_names, resolve, spec_names, whole
 from distributary.node import parse_memory_limit
 from distributary.protocol import deploy as rq_d
 from distributary.protocol import introspection as rq_i
@@ -62,7 +61,6 @@ _EXIT_CLOSE_TIMEOUT = 10.0  # seconds a forgotten cluster may take to close at e
 _RETIRE_TIMEOUT = 60.0  # seconds for the scheduler to move a leaving worker's data
 _WATCH_TIMEOUT = 10.0  # seconds of one long poll of the worker table
 _GONE = ("closing", "closed", "failed")  # statuses of worker objects that are replaced
-_SPEC_KEYS = frozenset({"cls", "options", "group"})
 
 
 class SpecCluster:
@@ -161,12 +159,12 @@ class SpecCluster:
     @property
     def plan(self) -> set:
         """The names of the workers the spec asks for (group members each)."""
-        return set(_names(self.worker_spec))
+        return set(member_names(self.worker_spec))
 
     @property
     def requested(self) -> set:
         """The names of the workers started and still asked for."""
-        return set(_names({k: v for k, v in self.worker_spec.items() if k in self.workers}))
+        return set(member_names({k: v for k, v in self.worker_spec.items() if k in self.workers}))
 
     @property
     def observed(self) -> set:
@@ -192,7 +190,7 @@ class SpecCluster:
             distributary_logger.setLevel(self._silence_logs)
         try:
             spec = self.scheduler_spec
-            self.scheduler = _resolve(spec["cls"])(**spec.get("options", {}))
+            self.scheduler = resolve(spec["cls"])(**spec.get("options", {}))
             self._finalizer = weakref.finalize(
                 self, _close_forgotten, self._runner, self.scheduler, self.workers
             )
@@ -341,11 +339,11 @@ class SpecCluster:
         return self.new_spec
 
     def _workers_for(self, n: int, memory: str | int | None, cores: int | None) -> int:
-        n = _whole(n, "n")
+        n = whole(n, "n")
         if memory is not None:
             n = max(n, math.ceil(parse_bytes(memory) / self._memory_per_worker()))
         if cores is not None:
-            n = max(n, math.ceil(_whole(cores, "cores") / self._threads_per_worker()))
+            n = max(n, math.ceil(whole(cores, "cores") / self._threads_per_worker()))
         return n
 
     def scale(self, n: int = 0, memory: str | int | None = None, cores: int | None = None) -> Any:
@@ -357,30 +355,49 @@ class SpecCluster:
         error here and leaves the plan.
         """
         n = self._workers_for(n, memory, cores)
+        return self._sync(self._scale(n))
+
+    async def _scale(
+        self, n: int, memory: str | int | None = None, cores: int | None = None
+    ) -> None:
+        n = self._workers_for(n, memory, cores)
         if len(self.worker_spec) > n:
             not_yet_launched = set(self.worker_spec) - self.observed - set(self.workers)
-            for key in list(self.worker_spec):
-                if len(self.worker_spec) <= n or not not_yet_launched:
+            for key in [k for k in self.worker_spec if k in not_yet_launched]:
+                if len(self.worker_spec) <= n:
                     break
-                if key in not_yet_launched:
-                    del self.worker_spec[key]
-                    not_yet_launched.discard(key)
+                del self.worker_spec[key]
         while len(self.worker_spec) > n:
             self.worker_spec.popitem()
         if self.status not in ("closing", "closed"):
             while len(self.worker_spec) < n:
                 self.worker_spec.update(self.new_worker_spec())
-        return self._sync(self._correct_state_now())
+        await self._correct_state_now()
 
     scale_up = scale
 
     def scale_down(self, workers: Iterable) -> Any:
         """Retire and close these workers (names or addresses) and leave them out of the
         plan (awaitable when asynchronous)."""
-        return self._sync(self._scale_down(workers))
+        return self._sync(self._scale_down(list(workers)))
 
-    async def _scale_down(self, workers: Iterable) -> None:
-        names = _spec_names(self.worker_spec, self.scheduler_info["workers"], workers)
+    async def _scale_down(self, workers: list, only_retired: bool = False) -> None:
+        """Take these workers out of the plan and close them, retired first; with
+        ``only_retired``, those whose data could not move elsewhere stay."""
+        names = spec_names(self.worker_spec, self.scheduler_info["workers"], workers)
+        if only_retired and names:
+            members = member_names({name: self.worker_spec[name] for name in names})
+            request = rq.RetireWorkers(
+                names=tuple(members), close_workers=False, remove=True, timeout=_RETIRE_TIMEOUT
+            )
+            await self._call(request, timeout=_RETIRE_TIMEOUT + 5)
+            table = self.scheduler_info["workers"].values()
+            staying = {str(info["name"]) for info in table if info["name"] in set(members)}
+            names = [
+                name
+                for name in names
+                if not staying & {str(m) for m in member_names({name: self.worker_spec[name]})}
+            ]
         for name in names:
             self.worker_spec.pop(name, None)
         await self._correct_state_now()
@@ -443,7 +460,7 @@ class SpecCluster:
     def _make_worker(self, name: Any, spec: dict) -> Any:
         options = dict(spec.get("options", {}))
         options.setdefault("name", name)
-        node = _resolve(spec["cls"])(self.scheduler.address, **options)
+        node = resolve(spec["cls"])(self.scheduler.address, **options)
         self._running_specs[name] = spec
         return node
 
@@ -452,7 +469,7 @@ class SpecCluster:
         if len(names) >= len(self.workers) or self.scheduler.status != "running":
             return
         request = rq.RetireWorkers(
-            names=tuple(_names({name: self._running_specs.get(name, {}) for name in names})),
+            names=tuple(member_names({name: self._running_specs.get(name, {}) for name in names})),
             close_workers=False,
             remove=True,
             timeout=_RETIRE_TIMEOUT,
@@ -483,7 +500,7 @@ class SpecCluster:
     def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
         """Wait until at least ``n_workers`` workers are registered with the scheduler;
         TimeoutError after ``timeout``."""
-        _whole(n_workers, "n_workers")
+        whole(n_workers, "n_workers")
         return self._sync(self._wait_for_workers(n_workers, timeout))
 
     async def _wait_for_workers(self, n_workers: int, timeout: Any = None) -> None:
@@ -495,7 +512,7 @@ class SpecCluster:
 
     def adapt(
         self,
-        Adaptive: type | None = None,
+        *args: Any,
         minimum: float = 0,
         maximum: float = math.inf,
         minimum_cores: int | None = None,
@@ -507,18 +524,26 @@ class SpecCluster:
         """Scale the cluster with the load, between ``minimum`` and ``maximum`` workers
         (or as many as ``*_cores`` threads or ``*_memory`` bytes ask for); the other
         keywords go to :class:`~distributary.Adaptive` (``interval``,
-        ``target_duration``, ``wait_count``, ...).  Returns the Adaptive, running."""
-        if Adaptive is None:
-            from distributary.deploy.adaptive import Adaptive
+        ``target_duration``, ``wait_count``, ...), or to the Adaptive class given first
+        (or as ``Adaptive=``).  Returns the Adaptive, running."""
+        from distributary.deploy.adaptive import Adaptive
+
+        if len(args) > 1:
+            raise TypeError("adapt() takes at most one positional argument (an Adaptive class)")
+        cls = args[0] if args else kwargs.pop("Adaptive", Adaptive)
         if minimum_cores is not None:
             minimum = max(minimum, math.ceil(minimum_cores / self._threads_per_worker()))
         if minimum_memory is not None:
-            minimum = max(minimum, math.ceil(parse_bytes(minimum_memory) / self._memory_per_worker()))
+            minimum = max(
+                minimum, math.ceil(parse_bytes(minimum_memory) / self._memory_per_worker())
+            )
         if maximum_cores is not None:
             maximum = min(maximum, math.floor(maximum_cores / self._threads_per_worker()))
         if maximum_memory is not None:
-            maximum = min(maximum, math.floor(parse_bytes(maximum_memory) / self._memory_per_worker()))
-        adaptive = Adaptive(self, minimum=minimum, maximum=maximum, **kwargs)
+            maximum = min(
+                maximum, math.floor(parse_bytes(maximum_memory) / self._memory_per_worker())
+            )
+        adaptive = cls(self, minimum=minimum, maximum=maximum, **kwargs)
         if self._adaptive is not None:
             self._adaptive.stop(reason="replaced")
         self._adaptive = adaptive
@@ -536,11 +561,15 @@ class SpecCluster:
         those named: addresses or names), by part (awaitable when asynchronous)."""
         return self._sync(self._get_logs(cluster, scheduler, workers))
 
-    async def _get_logs(self, cluster: bool = True, scheduler: bool = True, workers: Any = True) -> Logs:
+    async def _get_logs(
+        self, cluster: bool = True, scheduler: bool = True, workers: Any = True
+    ) -> Logs:
         logs = Logs()
         if cluster:
             logs["Cluster"] = Log(
-                "\n".join(f"{when:%Y-%m-%d %H:%M:%S} {line}" for when, line in self._cluster_manager_logs)
+                "\n".join(
+                    f"{when:%Y-%m-%d %H:%M:%S} {line}" for when, line in self._cluster_manager_logs
+                )
             )
         if scheduler:
             logs["Scheduler"] = log_text(await self._call(rq_i.GetLogs()))
@@ -593,81 +622,6 @@ class SpecCluster:
             workers=self._worker_rows() if self.status == "running" else [],
             details=[("Scaling", scaling)],
         )
-
-
-# ---------------------------------------------------------------------- specs
-
-
-def check_spec(spec: Any, what: str) -> dict:
-    """``spec`` checked: a dict with ``cls`` (a class or its dotted name), ``options`` (a
-    dict of keywords) and perhaps ``group`` (name suffixes); errors name ``what``."""
-    if not isinstance(spec, Mapping) or "cls" not in spec:
-        raise TypeError(
-            f"The {what} spec must be a dict like {{'cls': Worker, 'options': {{...}}}}, "
-            f"not {spec!r}"
-        )
-    unknown = sorted(set(spec) - _SPEC_KEYS)
-    if unknown:
-        raise TypeError(f"The {what} spec has unknown entries {unknown}: only cls, options, group")
-    try:
-        _resolve(spec["cls"])
-    except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        raise type(exc)(f"The {what} spec: {exc}") from None
-    options = spec.get("options", {})
-    if not isinstance(options, Mapping):
-        raise TypeError(f"The options of the {what} spec must be a dict, not {options!r}")
-    group = spec.get("group")
-    if group is not None and (isinstance(group, str) or not isinstance(group, Iterable)):
-        raise TypeError(f"The group of the {what} spec must be a list of suffixes, not {group!r}")
-    return copy.copy(dict(spec))
-
-
-def _resolve(cls: Any) -> Callable:
-    """A spec's class, given or by its dotted name."""
-    if isinstance(cls, str):
-        module, _, attribute = cls.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module), attribute)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ImportError(f"unknown class {cls!r} ({exc})") from None
-    if not callable(cls):
-        raise TypeError(f"'cls' must be a class, not {cls!r}")
-    return cls
-
-
-def _names(spec: Mapping) -> list:
-    """The names of the workers of these specs: each name, or name + suffix per group."""
-    names = []
-    for name, each in spec.items():
-        if each.get("group"):
-            names.extend(f"{name}{suffix}" for suffix in each["group"])
-        else:
-            names.append(name)
-    return names
-
-
-def _spec_names(spec: Mapping, workers: Mapping[str, dict], given: Iterable) -> list:
-    """The spec entries of the workers given by name, group member name or address."""
-    by_member = {}
-    for name, each in spec.items():
-        for member in _names({name: each}):
-            by_member[member] = name
-            by_member[str(member)] = name
-    for address, info in workers.items():
-        if info["name"] in by_member:
-            by_member[address] = by_member[info["name"]]
-    found = []
-    for worker in given:
-        key = by_member.get(worker, by_member.get(str(worker)))
-        if key is not None and key not in found:
-            found.append(key)
-    return found
-
-
-def _whole(n: Any, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int | float) or n < 0 or n != int(n):
-        raise ValueError(f"{what} must be a whole number at least 0, not {n!r}")
-    return int(n)
 
 
 def _noted(exc: BaseException, name: Any) -> BaseException:
