@@ -608,7 +608,7 @@ class SpecCluster:
         from distributary.widgets import render
 
         adaptive = self._adaptive
-        if adaptive is not None and adaptive.state == "running":
+        if adaptive is not None and adaptive.state in ("starting", "running"):
             scaling = f"Adaptive: minimum={adaptive.minimum}, maximum={adaptive.maximum}"
         else:
             scaling = "Manual"
