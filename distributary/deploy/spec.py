@@ -410,7 +410,8 @@ class SpecCluster:
         """The name and spec of the next new worker: ``{name: spec}``."""
         spec = self._new_spec_or_error("scale")
         name = self._new_worker_name(self._i)
-        while name in self.worker_spec or name in self.workers:
+        taken = {*self.worker_spec, *self.workers, *self.observed}
+        while name in taken:
             self._i += 1
             name = self._new_worker_name(self._i)
         self._i += 1
