@@ -605,6 +605,7 @@ def _exercise(client: distributary.Client) -> None:
 # The public API of distributary, pinned: a change here is a deliberate change of it.
 PUBLIC_API = [
     "ALL_COMPLETED",
+    "Adaptive",
     "CancelledError",
     "Client",
     "Event",
@@ -621,9 +622,11 @@ PUBLIC_API = [
     "Pub",
     "Queue",
     "Reschedule",
+    "SSHCluster",
     "Scheduler",
     "SchedulerPlugin",
     "Semaphore",
+    "SpecCluster",
     "Sub",
     "TimeoutError",
     "UploadFile",

@@ -73,7 +73,8 @@ class SpecCluster:
     worker objects running.  Use ``asynchronous=True`` and ``await`` (or ``async
     with``) inside an event loop; close it with ``close()`` or a ``with`` block.
     ``silence_logs`` is a logging level for distributary's loggers while it runs;
-    ``shutdown_scheduler=False`` leaves the scheduler running when the cluster closes.
+    ``shutdown_on_close=False`` leaves a cluster nobody closed running at interpreter
+    exit, and ``shutdown_scheduler=False`` the scheduler when the cluster closes.
     """
 
     def __init__(
@@ -187,13 +188,15 @@ class SpecCluster:
         if self._silence_logs:
             distributary_logger = logging.getLogger("distributary")
             self._old_log_level = distributary_logger.level
-            distributary_logger.setLevel(self._silence_logs)
+            level = logging.WARNING if self._silence_logs is True else self._silence_logs
+            distributary_logger.setLevel(level)
         try:
             spec = self.scheduler_spec
             self.scheduler = resolve(spec["cls"])(**spec.get("options", {}))
-            self._finalizer = weakref.finalize(
-                self, _close_forgotten, self._runner, self.scheduler, self.workers
-            )
+            if self.shutdown_on_close:
+                self._finalizer = weakref.finalize(
+                    self, _close_forgotten, self._runner, self.scheduler, self.workers
+                )
             await self.scheduler
             self._pool = ConnectionPool(role="cluster")
             inproc = getattr(self.scheduler, "inproc_address", None)
