@@ -264,6 +264,7 @@ def test_retired_and_closed_workers_leave_cluster_workers():
         LocalCluster(n_workers=3, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as c,
     ):
+        assert isinstance(cluster, SpecCluster)
         address = cluster.workers[2].worker_address
         pid = cluster.workers[2].process.pid
         assert list(c.retire_workers([address], close_workers=True)) == [address]

@@ -120,6 +120,7 @@ def test_ssh_cluster_runs_a_scheduler_and_workers_over_ssh(sshd):
             )
             assert len(set(client.gather(client.map(where, range(20), pure=False)))) >= 1
         poll(lambda: len(cluster.scheduler_info["workers"]) == 2)
+        assert cluster.dashboard_link == ""  # (the scheduler serves none)
         text = repr(cluster)
         assert text.startswith("SSHCluster(") and "workers=2, threads=4" in text
         logs = cluster.get_logs()
