@@ -135,6 +135,10 @@ def network():
     except (RuntimeError, OSError) as exc:
         run("ip", "netns", "del", f"{tag}-br")
         pytest.skip(f"this machine does not allow network namespaces here: {exc}")
+    probe = run("ip", "netns", "exec", net.bridge, "nft", "add", "table", "inet", "probe")
+    if probe.returncode:
+        net.close()
+        pytest.skip(f"nftables does not work in a network namespace here: {probe.stderr}")
     try:
         yield net
     finally:

@@ -368,6 +368,8 @@ def test_a_nanny_whose_worker_dies_at_every_start_gives_up_and_the_cluster_says_
         assert nanny.status == "closed"
         assert "2 worker processes in a row died while starting" in nanny.failure
         assert "exited with code 7" in nanny.failure
+        errors = [message for level, message in nanny.get_logs() if level == "ERROR"]
+        assert any("gives up and closes: 2 worker processes in a row" in m for m in errors)
         assert "bad" not in cluster.worker_spec  # (not started again)
         log = cluster.get_logs(scheduler=False, workers=False)["Cluster"]
         assert "Worker 'bad' failed and left the cluster: 2 worker processes" in log
