@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from distributary.protocol import data as dt
+from distributary.protocol import deploy as dp
 from distributary.protocol import error_message
 from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
@@ -40,6 +41,7 @@ CATALOGUES["scheduler"] = Catalogue(
     *(pl.RegisterSchedulerPlugin, pl.UnregisterSchedulerPlugin, pl.GetPlugins),
     *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
     *(dt.Replicate, dt.Rebalance, dt.SetMetadata, dt.GetMetadata, dt.GetErredTask),
+    *(dp.AdaptiveTarget, dp.WatchWorkers),
 )
 CATALOGUES["worker"] = Catalogue(
     *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),

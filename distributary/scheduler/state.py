@@ -532,6 +532,10 @@ class SchedulerState(TransitionEngine):
             self.idle[ws.address] = ws
         self.stealing.note(ws, present)
 
+    def queued_tasks(self) -> list[TaskRecord]:
+        """The tasks queued until a worker has room for them (in no particular order)."""
+        return [ts for _, _, ts in self._queue if ts.state == "queued"]
+
     def fill_slots(self, ws: WorkerRecord) -> Recs:
         """Recommend queued tasks for the room this worker has."""
         recs: Recs = {}
