@@ -36,6 +36,8 @@ _EXPORTS = {
     "SpecCluster": "distributary.deploy.spec",
     "Adaptive": "distributary.deploy.adaptive",
     "SSHCluster": "distributary.deploy.ssh",
+    "get_task_stream": "distributary.diagnostics.task_stream",
+    "performance_report": "distributary.diagnostics.report",
     "CancelledError": "distributary.exceptions",
     "FutureCancelledError": "distributary.exceptions",
     "KilledWorker": "distributary.exceptions",

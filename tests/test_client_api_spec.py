@@ -3,8 +3,7 @@
 parameter the spec names (by name, not only through ``**kwargs``).
 
 The spec's text is copied into tests/spec/client_api.txt (the Client section of the API
-reference), so the test reads nothing outside the repository.  Methods the spec lists that
-distributary does not support yet exist and raise ``NotImplementedError`` saying so.
+reference), so the test reads nothing outside the repository.
 """
 
 from __future__ import annotations
@@ -22,12 +21,6 @@ CLASSES = {
     "class distributed.LocalCluster(": None,  # (the end of the section read)
 }
 
-# Spec methods that are not supported yet: they raise NotImplementedError naming themselves.
-NOT_YET = {
-    "get_task_stream": "diagnostics",
-    "profile": "diagnostics",
-}
-
 MEMBERS = documented_members("client_api.txt", CLASSES)
 
 
@@ -40,10 +33,3 @@ def test_the_spec_copy_is_read():
 @pytest.mark.parametrize("cls, name, params", MEMBERS, ids=ids(MEMBERS))
 def test_the_member_exists_with_the_documented_parameters(cls, name, params):
     check_member(cls, name, params)
-
-
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_what_is_not_supported_yet_says_so(name):
-    client = Client.__new__(Client)  # (no cluster needed: it refuses before any I/O)
-    with pytest.raises(NotImplementedError, match=NOT_YET[name]):
-        getattr(client, name)()

@@ -11,6 +11,7 @@ import pytest
 
 from distributary.protocol import data as dt
 from distributary.protocol import deploy as dp
+from distributary.protocol import diagnostics as dg
 from distributary.protocol import error_message
 from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
@@ -42,10 +43,12 @@ CATALOGUES["scheduler"] = Catalogue(
     *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
     *(dt.Replicate, dt.Rebalance, dt.SetMetadata, dt.GetMetadata, dt.GetErredTask),
     *(dp.AdaptiveTarget, dp.WatchWorkers),
+    *(dg.TaskStream, dg.ClusterTransfers, dg.ClusterProfile),
 )
 CATALOGUES["worker"] = Catalogue(
     *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),
     *(ri.GetLogs, ri.GetVersions, ri.CallStack, pl.PluginAdd, pl.PluginRemove),
+    *(dg.GetTaskStream, dg.GetTransfers, dg.GetProfile),
 )
 CATALOGUES["nanny"] = Catalogue(
     *(rq.Identity, rq.Terminate, rq.Instantiate, rq.Kill, rq.RestartWorker, rq.CloseGracefully),

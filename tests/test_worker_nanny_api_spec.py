@@ -3,8 +3,6 @@ taking every parameter the spec names (by name, not only through ``**kwargs``).
 
 The spec's text is copied into tests/spec/worker_nanny_api.txt (the Worker and Nanny
 sections of the advanced Python API), so the test reads nothing outside the repository.
-Methods distributary does not support yet exist and raise ``NotImplementedError`` saying
-so.
 """
 
 from __future__ import annotations
@@ -13,9 +11,6 @@ import pytest
 from spec_api import check_member, documented_members, ids
 
 from distributary import Nanny, Worker
-
-# Spec methods that are not supported yet: they raise NotImplementedError saying why.
-NOT_YET = {"trigger_profile": "profiler"}
 
 CLASSES = {"class distributed.Worker(": Worker, "class distributed.Nanny(": Nanny}
 MEMBERS = documented_members("worker_nanny_api.txt", CLASSES, attributes=True)
@@ -31,10 +26,3 @@ def test_the_spec_copy_is_read():
 @pytest.mark.parametrize("cls, name, params", MEMBERS, ids=ids(MEMBERS))
 def test_the_member_exists_with_the_documented_parameters(cls, name, params):
     check_member(cls, name, params)
-
-
-@pytest.mark.parametrize("name", sorted(NOT_YET))
-def test_what_is_not_supported_yet_says_so(name):
-    worker = Worker.__new__(Worker)  # (no cluster needed: it refuses before any I/O)
-    with pytest.raises(NotImplementedError, match=f"Worker.{name} .*{NOT_YET[name]}"):
-        getattr(worker, name)()

@@ -21,12 +21,12 @@ from dask.utils import funcname, parse_timedelta
 from distributary.client import (
     cluster,
     data,
+    diagnostics,
     introspection,
     ipython,
     plugins,
     registry,
     replay,
-    unsupported,
 )
 from distributary.client.calls import scheduler_method
 from distributary.client.collections import GraphRunner
@@ -783,8 +783,8 @@ class Client:
     def _add_done_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
         self._outbox.add_done_callback(future, fn)
 
-    get_task_stream = unsupported.get_task_stream
-    profile = unsupported.profile
+    get_task_stream = scheduler_method(diagnostics.get_task_stream)
+    profile = scheduler_method(diagnostics.profile)
     start_ipython_scheduler = ipython.start_ipython_scheduler
     start_ipython_workers = ipython.start_ipython_workers
 

@@ -43,6 +43,7 @@ from distributary.scheduler.locks import LockExtension
 from distributary.scheduler.metadata import TaskMetadata
 from distributary.scheduler.named_events import EventExtension
 from distributary.scheduler.plugins import PluginRegistry
+from distributary.scheduler.profiling import Profiling
 from distributary.scheduler.progress import ProgressExtension
 from distributary.scheduler.pubsub import PubSubExtension
 from distributary.scheduler.queues import QueueExtension
@@ -52,6 +53,7 @@ from distributary.scheduler.replication import DataReplication
 from distributary.scheduler.semaphores import SemaphoreExtension
 from distributary.scheduler.shared import SharedValues
 from distributary.scheduler.state import SchedulerState
+from distributary.scheduler.task_stream import TaskStream
 from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.keywords import SCHEDULER_NOT_YET, check_keywords
@@ -136,6 +138,7 @@ class Scheduler(ServerNode):
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
         self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
+        self.task_stream, self.profiling = TaskStream(self), Profiling(self)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -152,6 +155,7 @@ class Scheduler(ServerNode):
             self.plugin_registry,
             *(self.replication, self.metadata),
             self.progress,
+            *(self.task_stream, self.profiling),
         ]
         for extension in self.extensions:
             self.add_extension(extension)

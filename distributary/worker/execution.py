@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,9 +15,13 @@ from distributary.protocol.tasks import loads_node, loads_task
 
 
 class TaskOutcome:
-    """What happened when a task ran: its value and size, or its error."""
+    """What happened when a task ran: its value and size, or its error; when it ran
+    (``start``, ``stop``: wall-clock seconds) and in which thread."""
 
-    __slots__ = ("value", "nbytes", "type", "duration", "error", "reschedule")
+    __slots__ = (
+        *("value", "nbytes", "type", "duration", "error", "reschedule"),
+        *("start", "stop", "thread"),
+    )
 
     def __init__(self) -> None:
         self.value: Any = None
@@ -25,11 +30,15 @@ class TaskOutcome:
         self.duration = 0.0
         self.error: RemoteError | None = None
         self.reschedule = False
+        self.start = self.stop = 0.0
+        self.thread = 0
 
 
 def run_task(payload: Mapping, dependencies: Mapping) -> TaskOutcome:
     """Unpack and call the task; never raises."""
     outcome = TaskOutcome()
+    outcome.thread = threading.get_ident()
+    outcome.start = time.time()
     start = time.perf_counter()
     try:
         if "node" in payload:  # a dask graph node: it takes its dependencies' values
@@ -45,6 +54,7 @@ def run_task(payload: Mapping, dependencies: Mapping) -> TaskOutcome:
         return outcome
     finally:
         outcome.duration = time.perf_counter() - start
+        outcome.stop = outcome.start + outcome.duration
     outcome.value = value
     try:
         outcome.nbytes = sizeof(value)

@@ -229,7 +229,7 @@ class SpillBuffer(zict.Buffer):
 
     def __init__(self, directory: str, target: int):
         self.files = _KeyedFiles(directory)
-        super().__init__({}, zict.Func(_dump, _load, self.files), target, weight=_weight)
+        super().__init__({}, _TimedFunc(self.files), target, weight=_weight)
         # zict's LRU, except that a value which cannot be spilled does not stop the others
         self.fast = _SpillLRU(
             target,
@@ -249,6 +249,16 @@ class SpillBuffer(zict.Buffer):
     def disk(self) -> MutableMapping:
         """The results spilled to disk, by key (reading one loads it)."""
         return self.slow
+
+    @property
+    def on_disk(self) -> Callable[[str, float, float], None] | None:
+        """Told ``(action, start, stop)`` of each value written to disk (``"disk-write"``)
+        or read back (``"disk-read"``), with wall-clock times; None: nobody."""
+        return self.slow.on_disk
+
+    @on_disk.setter
+    def on_disk(self, listener: Callable[[str, float, float], None] | None) -> None:
+        self.slow.on_disk = listener
 
     @property
     def memory_bytes(self) -> int:
@@ -323,6 +333,31 @@ class _SpillLRU(zict.LRU):
             if key is not None:
                 return int(weight)
         return None
+
+
+class _TimedFunc(zict.Func):
+    """The spilled values (pickled into ``files``), timing each write and read for
+    ``on_disk`` when someone listens."""
+
+    def __init__(self, files: MutableMapping):
+        super().__init__(_dump, _load, files)
+        self.on_disk: Callable[[str, float, float], None] | None = None
+
+    def __getitem__(self, key: Any) -> Any:
+        if self.on_disk is None:
+            return super().__getitem__(key)
+        start = time.time()
+        value = super().__getitem__(key)
+        self.on_disk("disk-read", start, time.time())
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if self.on_disk is None:
+            super().__setitem__(key, value)
+            return
+        start = time.time()
+        super().__setitem__(key, value)
+        self.on_disk("disk-write", start, time.time())
 
 
 class _KeyedFiles(MutableMapping):

@@ -1,6 +1,6 @@
 """Worker methods of dask.distributed's API that live beside the worker's core: running
-a function on an executor, the handle of the scheduler, where workers keep their files,
-and the methods distributary does not support yet."""
+a function on an executor, the handle of the scheduler and where workers keep their
+files."""
 
 from __future__ import annotations
 
@@ -77,8 +77,3 @@ def scratch_directory(base: str | None) -> str:
     """Where workers make their own directories: ``distributary-scratch-space`` under
     ``base`` (default: the temporary directory)."""
     return os.path.join(base or tempfile.gettempdir(), "distributary-scratch-space")
-
-
-def not_yet(method: str, why: str) -> NotImplementedError:
-    """The error of a documented method that distributary does not support yet."""
-    return NotImplementedError(f"{method} is not supported by distributary yet: {why}")

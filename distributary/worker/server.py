@@ -20,6 +20,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -50,7 +51,9 @@ from distributary.worker.context import current_task_key, set_task_context
 from distributary.worker.execution import TaskOutcome, run_task
 from distributary.worker.memory import WorkerMemoryManager
 from distributary.worker.plugins import WorkerPlugins
+from distributary.worker.profiler import WorkerProfiler
 from distributary.worker.state import WorkerState
+from distributary.worker.task_stream import TaskStreamRecorder
 from distributary.worker.threads import TaskThreads
 
 logger = logging.getLogger("distributary.worker")
@@ -168,6 +171,8 @@ class Worker(ServerNode):
         self.pool = ConnectionPool(role="worker")
         self.scheduler = methods.SchedulerHandle(self.scheduler_address, self.pool)
         self._plugins = WorkerPlugins(self)
+        self.task_stream = TaskStreamRecorder()
+        self.profiler = WorkerProfiler(self)
         self._given_plugins = tuple(plugins)
         self.server = Server(
             handlers={
@@ -179,6 +184,8 @@ class Worker(ServerNode):
                 CallStack: lambda comm, msg: self.get_call_stack(msg.keys),
                 **self.node_handlers(),
                 **self._plugins.handlers,
+                **self.task_stream.handlers,
+                **self.profiler.handlers,
             },
         )
         self.batched: BatchedSend | None = None
@@ -226,6 +233,8 @@ class Worker(ServerNode):
         os.makedirs(scratch, exist_ok=True)
         self.local_directory = tempfile.mkdtemp(prefix="worker-", dir=scratch)
         self.state.data = self.memory_manager.create_data(self.local_directory)
+        self.task_stream.watch(self.address, self.state.data)
+        self.profiler.start()
         comm, registered = await self._register()
         self.batched = BatchedSend(comm)
         # (before the first task is read)
@@ -330,6 +339,7 @@ class Worker(ServerNode):
         task.add_done_callback(self._ongoing.discard)
 
     async def _close(self) -> None:
+        self.profiler.stop()
         await self._plugins.close()
         if self._lifetime_timer is not None:
             self._lifetime_timer.cancel()
@@ -409,7 +419,9 @@ class Worker(ServerNode):
 
     def _execute(self, instruction: ins.Execute) -> None:
         ts = self.state.tasks[instruction.key]
-        deps = {dep.key: self.state.data[dep.key] for dep in ts.dependencies}
+        deps = self.task_stream.read_dependencies(
+            ts.key, (dep.key for dep in ts.dependencies), self.state.data
+        )
         loop = asyncio.get_running_loop()
         key, run_id, payload = ts.key, ts.run_id, ts.payload
 
@@ -457,7 +469,9 @@ class Worker(ServerNode):
                 outcome.type,
                 outcome.duration,
             )
+        self.task_stream.cause = key  # (what spills as the result is stored)
         self._handle(event)
+        self.task_stream.finished(key, outcome)
 
     def get_current_task(self) -> Any:
         """The key of the task running in the calling thread (None outside a task)."""
@@ -486,8 +500,21 @@ class Worker(ServerNode):
             await self.memory_manager.check(self._set_paused)
 
     def trigger_profile(self) -> None:
-        """Not supported yet: distributary has no statistical profiler."""
-        raise methods.not_yet("Worker.trigger_profile", "it has no statistical profiler")
+        """Take a sample of the stacks of the threads running tasks now, counted in the
+        worker's statistical profile."""
+        self.profiler.trigger()
+
+    def get_profile(
+        self,
+        start: float | None = None,
+        stop: float | None = None,
+        key: str | None = None,
+        server: bool = False,
+    ) -> dict:
+        """The statistical profile of the tasks that ran here between ``start`` and
+        ``stop`` (of task prefix ``key`` only, unless None), or of the worker's event
+        loop with ``server``."""
+        return self.profiler.get(start, stop, key, server)
 
     def start_ipython(self, comm: Any = None) -> dict:
         """Start an IPython kernel in this worker's process, with ``worker`` (this worker)
@@ -521,8 +548,10 @@ class Worker(ServerNode):
     async def _gather_dep(self, instruction: ins.GatherDep) -> None:
         stimulus_id = f"gather-dep-{uuid.uuid4().hex[:8]}"
         try:
+            start = time.time()
             reply = await self.pool.call(instruction.worker, rq.GetData(instruction.keys))
             data = {key: deserialize(value) for key, value in reply.data.items()}
+            stop = time.time()
         except (OSError, asyncio.TimeoutError) as exc:
             logger.info(
                 "Could not get %d keys from %s: %s", len(instruction.keys), instruction.worker, exc
@@ -539,6 +568,7 @@ class Worker(ServerNode):
             )
         else:
             nbytes = {key: sizeof(value) for key, value in data.items()}
+            self.task_stream.transferred(instruction.worker, nbytes, start, stop)
             event = ev.GatherDepSuccess(
                 stimulus_id, instruction.worker, instruction.keys, data, nbytes
             )
