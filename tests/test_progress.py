@@ -14,14 +14,13 @@ import re
 import textwrap
 import threading
 import time
-from collections import Counter
 
 import dask.array as da
 import pytest
 from conftest import gen_cluster
+from test_progress_state import active, expected_counts
 
 from distributary import Client, LocalCluster, progress
-from distributary.scheduler.progress_state import STATES
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -259,22 +258,6 @@ async def test_widgets_with_an_asynchronous_client(c, s, a, b):
 # ---------------------------------------------------------------------- the extension
 
 
-def expected_counts(s):
-    found: dict = {}
-    for ts in s.state.tasks.values():
-        found.setdefault(ts.prefix, Counter())[ts.state] += 1
-    return {prefix: dict(counter) for prefix, counter in found.items()}
-
-
-def active(counts):
-    out = {}
-    for prefix, row in counts.items():
-        kept = {state: n for state, n in row.items() if state in STATES and n}
-        if kept:
-            out[prefix] = kept
-    return out
-
-
 @gen_cluster(nthreads=(2, 1))
 async def test_counts_per_prefix_match_the_state_at_each_step(c, s, a, b):
     """After each batch of events the scheduler handles (checked at the next turn of
@@ -289,8 +272,8 @@ async def test_counts_per_prefix_match_the_state_at_each_step(c, s, a, b):
 
     def check():
         steps.append(None)
-        if active(watch.counts()) != expected_counts(s):
-            wrong.append((active(watch.counts()), expected_counts(s)))
+        if active(watch.counts()) != expected_counts(s.state):
+            wrong.append((active(watch.counts()), expected_counts(s.state)))
 
     def moved(key, start, finish, stimulus_id):
         if not steps or steps[-1] is not False:
