@@ -24,6 +24,7 @@ from benchmarks.tasks import (
     inc,
     mark_and_sleep,
     noop,
+    sleep_20ms,
     sleep_50ms,
     stamped_inc,
 )
@@ -243,6 +244,50 @@ def unbalanced_map(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figu
 
 
 @scenario(
+    "adapt",
+    headline="total_s",
+    unit="s",
+    higher_is_better=False,
+    details=("results_s", "down_s", "max_workers"),
+    own_cluster=True,
+    timeout=180,
+)
+def adapt(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """``cluster.adapt(minimum=0, maximum=4)`` on a cluster of no workers, then a burst of
+    400 tasks of 20 ms: seconds until all results are in, then (futures released) until
+    no worker is left; Adaptive's defaults (1 s interval, 3 checks before scaling down)."""
+    n = 100 if quick else 400
+    with connected(lib, {**kwargs, "n_workers": 0}) as (cluster, client):
+
+        def workers() -> int:
+            return len(client.scheduler_info()["workers"])
+
+        start = time.perf_counter()
+        cluster.adapt(minimum=0, maximum=4)
+        futures = client.map(sleep_20ms, range(n), pure=False)
+        most = 0
+        while not all(future.done() for future in futures):  # (noting the workers there are)
+            most = max(most, workers())
+            time.sleep(0.02)
+        results = time.perf_counter()
+        if client.gather(futures) != list(range(n)):
+            raise AssertionError("wrong results")
+        del futures
+        deadline = results + 120
+        while workers():
+            if time.perf_counter() > deadline:
+                raise AssertionError(f"{workers()} workers left 120 s after the results")
+            time.sleep(0.02)
+        down = time.perf_counter()
+    return {
+        "total_s": down - start,
+        "results_s": results - start,
+        "down_s": down - results,
+        "max_workers": most,
+    }
+
+
+@scenario(
     "recovery",
     headline="median_s",
     unit="s",
@@ -329,7 +374,8 @@ def _new_markers(directory: str, seen: set[str], timeout: float) -> list[str]:
 def connected(lib: ModuleType, kwargs: dict[str, Any]) -> Iterator[tuple[Any, Any]]:
     """Start ``LocalCluster(**kwargs)`` and a client with all workers; close both after."""
     with lib.LocalCluster(**kwargs) as cluster, lib.Client(cluster) as client:
-        client.wait_for_workers(kwargs["n_workers"])
+        if kwargs["n_workers"]:
+            client.wait_for_workers(kwargs["n_workers"])
         yield cluster, client
 
 

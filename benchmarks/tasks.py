@@ -51,3 +51,11 @@ def stamped_inc(x: int) -> int:
 def first_started() -> float | None:
     """Wall-clock time this process first ran :func:`stamped_inc`, or None."""
     return _first_started
+
+
+def sleep_20ms(x: int) -> int:
+    """Sleep 20 ms; return ``x``."""
+    import time
+
+    time.sleep(0.02)
+    return x

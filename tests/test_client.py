@@ -517,7 +517,7 @@ async def test_two_clients_share_a_key(c, s, a, b):
         z, z2 = c.submit(inc, 3), c2.submit(inc, 3)
         assert await z2 == 4
     # c2 is gone: what c shares with it stays, and c is the default client again
-    await apoll(lambda: not s.tasks[z.key].who_wants - {c.id})
+    await apoll(lambda: not set(s.tasks[z.key].who_wants) - {c.id})
     assert s.tasks[z.key].state == "memory"
     assert await z == 4
     assert Client.current() is c

@@ -814,6 +814,7 @@ def _peak_rss(pid: int) -> int:
 def test_peak_memory_of_large_sum():
     mb = 2**20
     with (
+        dask.config.set({"distributed.admin.low-level-log-length": 100_000}),  # (read below)
         LocalCluster(processes=True, n_workers=2, threads_per_worker=1) as cluster,
         Client(cluster) as client,
     ):

@@ -162,7 +162,7 @@ async def test_override_frees_the_old_data_and_keeps_shared_keys(c, s, a, b):
     shared_key, old_key = shared.key, old.key
     del shared, old
     gc.collect()
-    await apoll(lambda: s.tasks[old_key].who_wants == {"published-x"})
+    await apoll(lambda: s.tasks[old_key].who_wants == ("published-x",))
     new = c.submit(inc, 3)
     await c.publish_dataset([Future(shared_key, c), new], name="x", override=True)
     await apoll(lambda: not held_anywhere(old_key, s, a, b))
@@ -210,7 +210,7 @@ async def test_dataset_keeps_data_until_unpublished(c, s, a, b):
     gc.collect()
     # the publisher's release reached the scheduler: only the dataset wants the key now
     await apoll(lambda: c.id not in s.tasks[key].who_wants)
-    assert s.tasks[key].who_wants == {"published-x"}
+    assert s.tasks[key].who_wants == ("published-x",)
     assert s.tasks[key].state == "memory"
     assert any(key in w.data for w in (a, b))
 
@@ -232,7 +232,7 @@ async def test_getter_keeps_data_after_unpublish(c, s, a, b):
     async with second_client(s) as c2:
         got = await c2.get_dataset("x")
         await c.unpublish_dataset("x")
-        await apoll(lambda: s.tasks[key].who_wants == {c2.id})
+        await apoll(lambda: s.tasks[key].who_wants == (c2.id,))
         assert await got == 2
         assert s.tasks[key].state == "memory"
         del got
@@ -254,7 +254,7 @@ async def test_get_twice_and_release_once(c, s, a, b):
         await c.unpublish_dataset("x")
         del first
         gc.collect()
-        await apoll(lambda: s.tasks[key].who_wants == {c2.id})
+        await apoll(lambda: s.tasks[key].who_wants == (c2.id,))
         assert await second == 2
         del second
         gc.collect()
@@ -285,7 +285,7 @@ async def test_names_that_print_alike_have_their_own_data(c, s, a, b):
     xk, yk = x.key, y.key
     del x, y
     gc.collect()
-    await apoll(lambda: c.id not in s.tasks[xk].who_wants | s.tasks[yk].who_wants)
+    await apoll(lambda: c.id not in {*s.tasks[xk].who_wants, *s.tasks[yk].who_wants})
     await c.unpublish_dataset(1)
     await apoll(lambda: not held_anywhere(xk, s, a, b))
     assert s.tasks[yk].who_wants and await (await c.get_dataset("1")) == 3

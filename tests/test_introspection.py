@@ -160,7 +160,7 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
 
     ts = s.tasks[future.key]
     assert (ts.key, ts.state, ts.processing_on) == (future.key, "memory", None)
-    assert ts.who_has == {s.workers[a.address]} and ts.nbytes == sizeof(2)
+    assert ts.who_has == (s.workers[a.address],) and ts.nbytes == sizeof(2)
     assert future.key in a.data and a.data[future.key] == 2
     assert (a.name, a.nthreads, a.address) == (a.address, 1, s.workers[a.address].address)
     assert c.id.startswith("Client-") and c.status == "running"
@@ -537,4 +537,14 @@ def test_the_transition_log_keeps_as_many_entries_as_configured():
     with dask.config.set({"distributed.scheduler.transition-log-length": 5}):
         s = Scheduler()
     assert s.state.transition_log.maxlen == 5
-    assert Scheduler().state.transition_log.maxlen == 100_000
+    assert Scheduler().state.transition_log.maxlen == 1000  # (as in dask.distributed)
+
+
+def test_the_transition_log_length_survives_dask_distributed_renaming_its_key():
+    # (what importing dask.distributed does to the key, as dask.dataframe may import it)
+    old = "distributed.scheduler.transition-log-length"
+    new = "distributed.admin.low-level-log-length"
+    with dask.config.set({new: dask.config.get(new)}), dask.config.set({old: 7}):  # (restored)
+        dask.config.rename({old: new})
+        assert dask.config.get(old, None) is None
+        assert Scheduler().state.transition_log.maxlen == 7

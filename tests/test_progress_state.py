@@ -340,14 +340,14 @@ def test_the_extension_counts_and_follows_a_bar():
     with s.progress.acquire() as watch:
         assert active(watch.counts()) == {"a": {"no-worker": 2}}
         report = s.progress.start_bar(["a-1", "a-2"], client="c")
-        assert report.status == "running" and report.all == {"a": 2}
+        assert report.state == "running" and report.all == {"a": 2}
         assert len(s.state.observers) == 2
         out = s.state.handle(add_worker("tcp://w:1", nthreads=2))
         for ct in computes(out):
             s.handle(finished(ct))
         assert watch.counts()["a"]["memory"] == 2
         final = s.progress._report(s.progress._bars[report.id])
-        assert final.status == "finished" and final.done == {"a": 2}
+        assert final.state == "finished" and final.done == {"a": 2}
         assert report.id not in s.progress._bars  # (dropped as it reported its end)
         assert len(s.state.observers) == 1
         s.handle(ev.Restart(sid()))

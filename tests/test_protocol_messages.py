@@ -10,11 +10,13 @@ import msgspec
 import pytest
 
 from distributary.protocol import data as dt
+from distributary.protocol import deploy as dp
 from distributary.protocol import diagnostics as dg
 from distributary.protocol import error_message
 from distributary.protocol import introspection as ri
 from distributary.protocol import locks as lk
 from distributary.protocol import plugins as pl
+from distributary.protocol import progress as pg
 from distributary.protocol import requests as rq
 from distributary.protocol import shared as sh
 from distributary.protocol.client_messages import FROM_CLIENT, TO_CLIENT, TaskSpec, UpdateGraph
@@ -41,7 +43,9 @@ CATALOGUES["scheduler"] = Catalogue(
     *(pl.RegisterSchedulerPlugin, pl.UnregisterSchedulerPlugin, pl.GetPlugins),
     *(pl.RegisterWorkerPlugin, pl.UnregisterWorkerPlugin),
     *(dt.Replicate, dt.Rebalance, dt.SetMetadata, dt.GetMetadata, dt.GetErredTask),
+    *(dp.AdaptiveTarget, dp.WatchWorkers),
     *(dg.TaskStream, dg.ClusterTransfers, dg.ClusterProfile),
+    *(pg.ProgressStart, pg.ProgressGet),
 )
 CATALOGUES["worker"] = Catalogue(
     *(rq.Identity, rq.GetData, rq.UpdateData, rq.CloseWorker, rq.RunFunction),

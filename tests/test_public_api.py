@@ -13,6 +13,7 @@ import builtins
 import concurrent.futures
 import importlib
 import inspect
+import math
 import pathlib
 import subprocess
 import sys
@@ -31,6 +32,9 @@ REQUIRED_NAMES = [
     "Client",
     "Future",
     "LocalCluster",
+    "SpecCluster",
+    "Adaptive",
+    "SSHCluster",
     "wait",
     "as_completed",
     "fire_and_forget",
@@ -45,6 +49,7 @@ REQUIRED_NAMES = [
 ]
 
 CLASSES = ["Scheduler", "Worker", "Nanny", "Client", "Future", "LocalCluster", "as_completed"]
+CLASSES += ["SpecCluster", "Adaptive", "SSHCluster"]
 FUNCTIONS = ["wait", "fire_and_forget", "futures_of", "get_worker", "get_client", "secede"]
 EXCEPTIONS = ["TimeoutError", "CancelledError", "KilledWorker", "Reschedule"]
 
@@ -411,6 +416,37 @@ SPEC_SIGNATURES = {
         ("worker_class", POS, None),
         ("worker_kwargs", VAR_KW, P.empty),
     ],
+    "SpecCluster": [
+        ("workers", POS, None),
+        ("scheduler", POS, None),
+        ("worker", POS, None),
+        ("asynchronous", POS, False),
+        ("loop", POS, None),
+        ("security", POS, None),
+        ("silence_logs", POS, False),
+        ("name", POS, None),
+    ],
+    "Adaptive": [
+        ("cluster", POS, None),
+        ("interval", POS, ...),  # '1s' in the spec; None: distributed.adaptive.interval
+        ("minimum", POS, ...),  # 0, likewise from the configuration
+        ("maximum", POS, ...),  # inf
+        ("wait_count", POS, ...),  # 3
+        ("target_duration", POS, ...),  # '5s'
+        ("worker_key", POS, None),
+        ("kwargs", VAR_KW, P.empty),
+    ],
+    "SpecCluster.adapt": [
+        ("args", VAR_POS, P.empty),  # (the Adaptive class to use, if given)
+        ("minimum", KW, 0),
+        ("maximum", KW, math.inf),
+        ("minimum_cores", KW, None),
+        ("maximum_cores", KW, None),
+        ("minimum_memory", KW, None),
+        ("maximum_memory", KW, None),
+        ("kwargs", VAR_KW, P.empty),
+    ],
+    "SpecCluster.scale": [("n", POS, 0), ("memory", POS, None), ("cores", POS, None)],
 }
 
 
@@ -569,6 +605,7 @@ def _exercise(client: distributary.Client) -> None:
 # The public API of distributary, pinned: a change here is a deliberate change of it.
 PUBLIC_API = [
     "ALL_COMPLETED",
+    "Adaptive",
     "CancelledError",
     "Client",
     "Event",
@@ -585,9 +622,11 @@ PUBLIC_API = [
     "Pub",
     "Queue",
     "Reschedule",
+    "SSHCluster",
     "Scheduler",
     "SchedulerPlugin",
     "Semaphore",
+    "SpecCluster",
     "Sub",
     "TimeoutError",
     "UploadFile",
@@ -602,6 +641,7 @@ PUBLIC_API = [
     "get_task_stream",
     "get_worker",
     "performance_report",
+    "progress",
     "rejoin",
     "secede",
     "wait",

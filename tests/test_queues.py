@@ -175,7 +175,7 @@ async def test_a_future_keeps_its_data_while_queued_and_comes_out_working(c, s, 
         got = await Queue("q", client=c2).get()
         assert isinstance(got, Future) and got.client is c2 and got.key == key
         assert await got == 2
-        await apoll(lambda: s.tasks[key].who_wants == {c2.id})  # (once it confirmed)
+        await apoll(lambda: s.tasks[key].who_wants == (c2.id,))  # (once it confirmed)
         assert not s.shared_values.receipts
         del got
         gc.collect()
@@ -205,7 +205,7 @@ async def test_what_is_held_for_a_client_that_leaves_before_it_confirms_goes(c, 
     # the request alone, as a client that leaves before making its futures sends it
     (reply,) = await c2._call_scheduler(sh.QueueGet("q", client=c2.id))
     assert reply.keys == (key,) and s.shared_values.receipts == {c2.id: {reply.receipt}}
-    await apoll(lambda: s.tasks[key].who_wants == {reply.receipt})
+    await apoll(lambda: s.tasks[key].who_wants == (reply.receipt,))
     await c2.close()
     await apoll(lambda: key not in s.tasks)
     assert not s.shared_values.receipts and set(s.state.clients) == {c.id}

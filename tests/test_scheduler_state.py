@@ -777,7 +777,7 @@ def test_remove_worker_holding_data_a_dependent_needs():
     assert (cts[a].worker, cts[c].worker) == (A, B)
     ct_a = cts[a]
     s.handle(finished(ct_a))
-    assert s.tasks[a].who_has == {s.workers[A]}
+    assert s.tasks[a].who_has == (s.workers[A],)
     holder = A
 
     out = s.handle(remove_worker(holder))

@@ -105,7 +105,7 @@ async def test_a_future_keeps_its_data_until_deleted_and_leaves_then(c, s, a, b)
         assert isinstance(got, Future) and got.client is c2
         assert await got == 11
         await x.delete()
-        await apoll(lambda: s.tasks[key].who_wants == {c2.id})  # the getter's own hold
+        await apoll(lambda: s.tasks[key].who_wants == (c2.id,))  # the getter's own hold
         assert await got == 11
         del got
         gc.collect()

@@ -70,10 +70,10 @@ def test_a_stolen_task_finishes_on_its_thief_and_a_late_report_from_the_victim_i
     ct = computes(s.handle(answer(request)))[0]
     s.handle(finished(ct))
     assert s.tasks[request.key].state == "memory"
-    assert s.tasks[request.key].who_has == {s.workers[B]}
+    assert s.tasks[request.key].who_has == (s.workers[B],)
     stale = ev.TaskFinished(sid(), key=request.key, run_id=run_on_a, nbytes=8, worker=A)
     s.handle(stale)
-    assert s.tasks[request.key].who_has == {s.workers[B]}
+    assert s.tasks[request.key].who_has == (s.workers[B],)
 
 
 def test_strict_restrictions_are_never_stolen_from():

@@ -8,6 +8,7 @@ import asyncio
 import re
 import threading
 
+import pytest
 from conftest import apoll, gen_cluster
 from spec_api import SPEC
 
@@ -18,10 +19,6 @@ NOT_YET = {
     "services",
     "service_ports",
     "suspicious_deps",
-    "threads",
-    "exceptions",
-    "tracebacks",
-    "startstops",
     "durations",
 }
 
@@ -77,6 +74,21 @@ async def test_the_views_show_a_task_running_on_fetched_data(c, s, a, b):
     await apoll(lambda: "y" not in b.executing)
     assert b.active_threads == {}
     assert (a.executed_count, b.executed_count) == (1, 1)
+    assert b.threads["y"] in {t.ident for t in threading.enumerate()}
+    actions = [action for action, _, _ in b.startstops["y"]]
+    assert actions == ["transfer", "compute"] and b.exceptions == b.tracebacks == {}
+
+
+def fails() -> None:
+    raise ZeroDivisionError("nope")
+
+
+@gen_cluster(nthreads=(1,))
+async def test_the_views_keep_the_errors_of_tasks_that_ran(c, s, a):
+    f = c.submit(fails, key="bad")
+    with pytest.raises(ZeroDivisionError):
+        await f
+    assert "ZeroDivisionError" in a.exceptions["bad"] and "fails" in a.tracebacks["bad"]
 
 
 def seceded() -> str:

@@ -13,6 +13,7 @@ import click
 from distributary import __version__
 from distributary.cli.common import CONTEXT_SETTINGS
 from distributary.cli.scheduler import scheduler
+from distributary.cli.spec import spec
 from distributary.cli.worker import worker
 
 __all__ = ["main"]
@@ -34,3 +35,4 @@ def main() -> None:
 
 main.add_command(scheduler)
 main.add_command(worker)
+main.add_command(spec)

@@ -9,10 +9,12 @@ signal while closing, or a close that takes too long, kills the worker processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -129,6 +131,54 @@ def split_host(host: str | None, protocol: str | None) -> tuple[str | None, str 
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return host, protocol
+
+
+def pid_file_option(command: Callable) -> Callable:
+    """``--pid-file PATH``, as dask-scheduler and dask-worker have it."""
+    return click.option(
+        "--pid-file",
+        type=click.Path(dir_okay=False),
+        help="Write this process's id to this file (removed on exit).",
+    )(command)
+
+
+def not_yet_options(*names: str, flags: tuple[str, ...] = ()) -> Callable:
+    """Options of dask's commands that distributary does not support yet: accepted by
+    name, so that a script using one is told so plainly (a usage error) if it is given."""
+
+    def refuse(ctx: Any, param: Any, value: Any) -> None:
+        if value not in (None, False, ()):
+            raise click.UsageError(f"{param.opts[0]} is not supported yet")
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(names):
+            option = click.option(
+                name, expose_value=False, callback=refuse, help="Not supported yet.", hidden=True
+            )
+            command = option(command)
+        for name in reversed(flags):
+            option = click.option(
+                name, is_flag=True, expose_value=False, callback=refuse, hidden=True
+            )
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@contextlib.contextmanager
+def writing_pid_file(path: str | None) -> Iterator[None]:
+    """Write this process's id to ``path`` (if given) while the block runs."""
+    if not path:
+        yield
+        return
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 # ---------------------------------------------------------------------- running

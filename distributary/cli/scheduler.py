@@ -12,10 +12,13 @@ from distributary.cli.common import (
     CONTEXT_SETTINGS,
     DEFAULT_SCHEDULER_PORT,
     Duration,
+    not_yet_options,
+    pid_file_option,
     protocol_option,
     serve,
     setup_logging,
     split_host,
+    writing_pid_file,
 )
 from distributary.node import ServerNode
 from distributary.scheduler.server import Scheduler
@@ -25,6 +28,16 @@ logger = logging.getLogger("distributary.cli")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
+@pid_file_option
+@not_yet_options(
+    "--preload",
+    "--preload-argv",
+    "--dashboard-prefix",
+    "--tls-ca-file",
+    "--tls-cert",
+    "--tls-key",
+    flags=("--jupyter", "--show", "--use-xheaders"),
+)
 @click.option(
     "--host",
     help="Host name or IP address to listen on (or tcp://HOST). [default: 127.0.0.1; "
@@ -69,6 +82,7 @@ logger = logging.getLogger("distributary.cli")
     help="Remove a worker that has not been heard from for this long, like '5 minutes'.",
 )
 def scheduler(
+    pid_file: str | None,
     host: str | None,
     port: int,
     interface: str | None,
@@ -106,4 +120,6 @@ def scheduler(
         if scheduler_file:
             logger.info("Scheduler file: %s", scheduler_file)
 
-    exit_process(asyncio.run(serve("scheduler", make_nodes, on_started)))
+    with writing_pid_file(pid_file):
+        code = asyncio.run(serve("scheduler", make_nodes, on_started))
+    exit_process(code)

@@ -20,10 +20,13 @@ from distributary.cli.common import (
     MemoryLimit,
     Ports,
     Resources,
+    not_yet_options,
+    pid_file_option,
     protocol_option,
     serve,
     setup_logging,
     split_host,
+    writing_pid_file,
 )
 from distributary.comm import connect
 from distributary.comm.addressing import normalize_address, parse_address
@@ -69,6 +72,20 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
+@pid_file_option
+@click.option("--nprocs", type=WorkerCount(), hidden=True, help="Deprecated: use --nworkers.")
+@not_yet_options(
+    "--listen-address",
+    "--contact-address",
+    "--preload",
+    "--preload-nanny",
+    "--preload-argv",
+    "--dashboard-prefix",
+    "--scheduler-sni",
+    "--tls-ca-file",
+    "--tls-cert",
+    "--tls-key",
+)
 @click.argument("scheduler_address", required=False, callback=_scheduler_address)
 @click.option(
     "--scheduler-file",
@@ -170,6 +187,8 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
     "and /health.  [default: --dashboard]",
 )
 def worker(
+    pid_file: str | None,
+    nprocs: int | str | None,
     scheduler_address: str | None,
     scheduler_file: str | None,
     nworkers: int | str,
@@ -207,6 +226,9 @@ def worker(
                 "or --scheduler-file"
             )
         scheduler_address = _scheduler_address(None, None, configured)
+    if nprocs is not None:
+        logger.warning("--nprocs is deprecated: use --nworkers")
+        nworkers = nprocs
     if nanny_port and not nanny:
         raise click.UsageError("--nanny-port needs --nanny")
     if nworkers == "auto":
@@ -257,7 +279,9 @@ def worker(
             for n, wp in zip(names, worker_ports)
         ]
 
-    exit_process(asyncio.run(serve("workers", make_nodes, _log_workers)))
+    with writing_pid_file(pid_file):
+        code = asyncio.run(serve("workers", make_nodes, _log_workers))
+    exit_process(code)
 
 
 def _share_ports(ports: list[int] | None, n: int, option: str) -> list[int | None]:

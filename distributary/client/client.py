@@ -55,6 +55,7 @@ from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpe
 from distributary.protocol.tasks import dumps_task, register_reference_type
 from distributary.utils.keywords import check_client_keywords
 from distributary.utils.loop import LoopRunner, in_loop, sync
+from distributary.widgets.reprs import client_html
 from distributary.worker.context import out_of_the_pool_while_blocked
 
 logger = logging.getLogger("distributary.client")
@@ -792,6 +793,8 @@ class Client:
     profile = scheduler_method(diagnostics.profile)
     start_ipython_scheduler = ipython.start_ipython_scheduler
     start_ipython_workers = ipython.start_ipython_workers
+
+    _repr_html_ = client_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         where = self.scheduler_address or "not connected"

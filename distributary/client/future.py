@@ -12,6 +12,7 @@ from distributary.client.interface import FutureOwner
 from distributary.client.state import FutureState
 from distributary.exceptions import FutureCancelledError
 from distributary.protocol.errors import RemoteError
+from distributary.widgets.reprs import future_html
 
 
 class Future(TaskRef):
@@ -135,8 +136,7 @@ class Future(TaskRef):
 
     __str__ = __repr__  # not TaskRef's bare key
 
-    def _repr_html_(self) -> str:
-        return f"<b>Future: {self.key}</b> status: {self._state.status}"
+    _repr_html_ = future_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __hash__(self) -> int:
         return hash(self.key)

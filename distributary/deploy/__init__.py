@@ -1,2 +1,3 @@
-"""Internal: deploying clusters (LocalCluster, in ``local``); the public names are
-those of the ``distributary`` package."""
+"""Internal: deploying clusters (SpecCluster in ``spec``, LocalCluster in ``local``,
+Adaptive in ``adaptive``, SSHCluster in ``ssh``); the public names are those of the
+``distributary`` package."""

@@ -17,8 +17,10 @@ unless the process was replaced or removed meanwhile: ``kill``, ``restart`` and
 ``close`` hold the same lock and take ``self.process`` away first, so a death they
 cause is theirs.  A worker that had registered is replaced at once (a task that kills
 it is given up on by the scheduler after a few deaths); a process that dies while
-starting is replaced after a short pause, longer each time.  A worker that cannot
-start for another reason (say the scheduler is gone) closes the nanny.
+starting is replaced after a short pause, longer each time, until
+``distributed.nanny.max-failed-starts`` processes in a row have died so: then the
+nanny gives up and closes, its ``failure`` saying why.  A worker that cannot start
+for another reason (say the scheduler is gone) closes the nanny too.
 
 After ``close_gracefully`` (a worker asks for it when it closes for good) the next
 exit is not restarted and the nanny closes.  Every
@@ -49,6 +51,7 @@ from distributary.node import ServerNode, listen_address_for, parse_memory_limit
 from distributary.protocol import requests as rq
 from distributary.utils.keywords import NANNY_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.widgets.reprs import nanny_html
 from distributary.worker.methods import scratch_directory
 from distributary.worker.server import Worker
 
@@ -158,6 +161,13 @@ class Nanny(ServerNode):
         self._close_timeout = 5.0
         self._closing_gracefully = False
         self._failed_starts = 0  # worker processes in a row that died while starting
+        self.max_failed_starts = int(dask.config.get("distributed.nanny.max-failed-starts"))
+        if self.max_failed_starts < 1:
+            raise ValueError(
+                "distributed.nanny.max-failed-starts must be at least 1, "
+                f"not {self.max_failed_starts}"
+            )
+        self.failure: str | None = None  # why the nanny gave up on its worker, if it did
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -297,13 +307,25 @@ class Nanny(ServerNode):
                 and not self._closing_gracefully
             ):
                 self.process = None
-                logger.warning(
-                    "Worker process %d (%s) %s; restarting it",
-                    process.pid,
-                    process.worker_address or "while starting",
-                    process.describe_exit(),
-                )
-                failed = not await self._restart_dead_worker(process)
+                if process.worker_address is None:
+                    self._failed_starts += 1
+                if self._failed_starts >= self.max_failed_starts:
+                    self.failure = (
+                        f"{self._failed_starts} worker processes in a row died while "
+                        f"starting (the last {process.describe_exit()}; "
+                        "distributed.nanny.max-failed-starts is "
+                        f"{self.max_failed_starts})"
+                    )
+                    logger.error("%r gives up and closes: %s", self, self.failure)
+                    failed = True
+                else:
+                    logger.warning(
+                        "Worker process %d (%s) %s; restarting it",
+                        process.pid,
+                        process.worker_address or "while starting",
+                        process.describe_exit(),
+                    )
+                    failed = not await self._restart_dead_worker(process)
         if failed or (self._closing_gracefully and self.process in (None, process)):
             await self.close()
 
@@ -312,15 +334,15 @@ class Nanny(ServerNode):
         # No pause after a worker that had registered: it may have been killed by a task,
         # which the scheduler gives up on after a few deaths, and should be back soon.
         if dead.worker_address is None:
-            await asyncio.sleep(min(_BACKOFF_FIRST * 2**self._failed_starts, _BACKOFF_MAX))
-            self._failed_starts += 1
+            await asyncio.sleep(min(_BACKOFF_FIRST * 2 ** (self._failed_starts - 1), _BACKOFF_MAX))
         try:
             await self._instantiate()
         except WorkerProcessDied as exc:  # the watcher of that one tries again
             logger.info("%s", exc)
             return True
         except Exception as exc:
-            logger.error("%r could not start a new worker process (%r); closing it", self, exc)
+            self.failure = f"could not start a new worker process: {exc!r}"
+            logger.error("%r %s; closing it", self, self.failure)
             return False
         logger.info("Worker process %d restarted at %s", self.process.pid, self.worker_address)
         return True
@@ -425,6 +447,8 @@ class Nanny(ServerNode):
             "memory_limit": self.memory_limit,
             "name": self.name,
         }
+
+    _repr_html_ = nanny_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return f"<Nanny: {self.worker_address}, threads: {self.nthreads}>"

@@ -5,8 +5,8 @@ marker sent on its stream just before, so that the scheduler has every key the c
 submitted), then asks :class:`ProgressGet` at an interval of its choosing: the
 scheduler answers at once if something changed since the ``version`` the client saw,
 else when something does (or ``timeout`` passes).  Updates travel at the rate the
-client asks for them, never one per task.  A bar ends with its last report (status
-not ``running``), with :class:`ProgressStop` on the client's stream, or with its
+client asks for them, never one per task.  A bar ends with its last report (its
+``state`` not ``running``), with :class:`ProgressStop` on the client's stream, or with its
 client.
 """
 
@@ -18,18 +18,19 @@ from distributary.protocol.client_messages import FromClient
 from distributary.protocol.message import Key
 from distributary.protocol.requests import Reply, Request
 
-Status = Literal["running", "finished", "error", "cancelled"]
+State = Literal["running", "finished", "error", "cancelled"]
 
 
 class ProgressReport(Reply):
     """A bar's counts by group: its tasks (``all``), those in memory (``done``), those
-    erred, and those forgotten before they finished (``cancelled``).  ``status`` is
-    ``running`` while some remain; the first erred task and its exception are named.
+    erred, and those forgotten before they finished (``cancelled``).  ``state`` is
+    ``running`` while some remain (a field not named ``status``, which replies keep for
+    errors); the first erred task and its exception are named.
     ``version`` changes with every count."""
 
     id: str
     version: int
-    status: Status
+    state: State
     all: dict[str, int]
     done: dict[str, int]
     erred: dict[str, int]

@@ -63,6 +63,9 @@ class SchedulerContext(Protocol):
     def worker_info(self, ws: WorkerRecord) -> dict:
         """What the scheduler knows of a worker, as plain values."""
 
+    def identity(self, comm: Any = None) -> dict:
+        """The scheduler's type, id, address, start time and workers (by address)."""
+
     async def close(self) -> None:
         """Close the scheduler."""
 

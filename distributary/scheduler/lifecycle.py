@@ -27,12 +27,18 @@ workers as had nannies are registered again (the server tells of each arrival).
 
 *Reasons.*  A nanny that kills its worker (too much memory) says why first
 (``worker-killed``); the reason goes with the worker's removal into ``KilledWorker``.
+
+*Cluster managers.*  Each arrival or departure of a worker counts one more version of
+the worker table; a cluster manager's ``watch_workers`` request waits for the next
+one (a long poll), and ``adaptive_target`` says how many workers the work asks for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -40,9 +46,11 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from distributary.protocol import deploy as rq_d
 from distributary.protocol import requests as rq
 from distributary.scheduler import events as ev
 from distributary.scheduler import instructions as ins
+from distributary.scheduler import placement
 from distributary.scheduler.extension import SchedulerContext, SchedulerExtension
 from distributary.scheduler.records import WorkerRecord
 
@@ -50,6 +58,8 @@ logger = logging.getLogger("distributary.scheduler")
 
 _RETIRE_TICK = 0.02  # seconds between ticks while workers retire
 _CLOSE_TIMEOUT = 5.0  # seconds to wait for a worker (or nanny) to accept a close request
+_WATCH_TIMEOUT = 30.0  # seconds a watch_workers request waits for a change at most
+_DURATION_SAMPLE = 100  # tasks whose expected durations adaptive_target adds up, at most
 
 
 def stimulus(name: str) -> str:
@@ -64,6 +74,8 @@ class WorkerLifecycle(SchedulerExtension):
         self.exit_reasons: dict[str, str] = {}
         self._retirements: dict[str, asyncio.Future] = {}  # address -> retired?
         self._workers_changed = asyncio.Event()
+        self.workers_version = 0  # arrivals and departures of workers so far
+        self._watchers: set[asyncio.Future] = set()
         self._stopped = False
         self._tickers: set[asyncio.Task] = set()
         self._retirement_ticker: asyncio.Task | None = None
@@ -75,6 +87,8 @@ class WorkerLifecycle(SchedulerExtension):
                 rq.WorkersToClose: self._handle_workers_to_close,
                 rq.Restart: self._handle_restart,
                 rq.WaitForWorkers: self._handle_wait_for_workers,
+                rq_d.AdaptiveTarget: self._handle_adaptive_target,
+                rq_d.WatchWorkers: self._handle_watch_workers,
             }
         )
         self.instruction_handlers.update(
@@ -100,6 +114,7 @@ class WorkerLifecycle(SchedulerExtension):
         workers is told."""
         self._stopped = True
         self._workers_changed.set()
+        self._wake_watchers()
         for ticker in list(self._tickers):
             ticker.cancel()
         for outcome in self._retirements.values():
@@ -130,7 +145,15 @@ class WorkerLifecycle(SchedulerExtension):
 
     def workers_changed(self) -> None:
         """A worker came or went (the server tells): wake whoever waits for workers."""
+        self.workers_version += 1
         self._workers_changed.set()
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        for watcher in self._watchers:
+            if not watcher.done():
+                watcher.set_result(None)
+        self._watchers.clear()
 
     def _worker_silent(self, instruction: ins.WorkerSilent) -> None:
         address, silence = instruction.address, instruction.silence
@@ -158,6 +181,33 @@ class WorkerLifecycle(SchedulerExtension):
         self._closing = True
         logger.info("Closing the scheduler: idle for %.1f s", instruction.idle_for)
         asyncio.get_running_loop().create_task(self.scheduler.close())
+
+    # ------------------------------------------------------------------ adaptive scaling
+
+    def adaptive_target(self, target_duration: float = 5.0) -> int:
+        """How many workers the current work asks for: enough to run the tasks queued,
+        waiting for a worker or running in about ``target_duration`` seconds (at most
+        one per such task), twice the workers there are when they hold more than 60%
+        of their memory, and no fewer than those there is no reason to close."""
+        state = self.scheduler.state
+        workers = state.workers.values()
+        waiting = [*state.unrunnable, *state.queued_tasks()]
+        processing = [ts for ws in workers for ts in ws.processing]
+        n_tasks = len(waiting) + len(processing)
+        sample = list(itertools.islice(itertools.chain(waiting, processing), _DURATION_SAMPLE))
+        work = sum(placement.task_duration(state, ts) for ts in sample)
+        if sample:
+            work *= n_tasks / len(sample)
+        cpu = min(n_tasks, math.ceil(work / target_duration)) if target_duration > 0 else n_tasks
+        if state.unrunnable and not state.workers:
+            cpu = max(1, cpu)
+        limit = sum(ws.memory_limit for ws in workers)
+        held = sum(ws.nbytes for ws in workers)
+        memory = 2 * len(state.workers) if limit and held > 0.6 * limit else 0
+        target = max(memory, cpu)
+        if target >= len(state.workers):
+            return target
+        return len(state.workers) - len(self.workers_to_close(target=target))
 
     # ------------------------------------------------------------------ retirement
 
@@ -363,6 +413,22 @@ class WorkerLifecycle(SchedulerExtension):
     async def _handle_wait_for_workers(self, comm: Any, msg: rq.WaitForWorkers) -> str:
         await self.wait_for_workers(msg.n_workers, _seconds(msg.timeout))
         return "OK"
+
+    def _handle_adaptive_target(self, comm: Any, msg: rq_d.AdaptiveTarget) -> int:
+        return self.adaptive_target(parse_timedelta(msg.target_duration))
+
+    async def _handle_watch_workers(self, comm: Any, msg: rq_d.WatchWorkers) -> rq_d.WorkerTable:
+        if msg.since == self.workers_version and not self._stopped:
+            watcher = asyncio.get_running_loop().create_future()
+            self._watchers.add(watcher)
+            timeout = _WATCH_TIMEOUT if msg.timeout is None else min(msg.timeout, _WATCH_TIMEOUT)
+            try:
+                await asyncio.wait_for(watcher, timeout)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._watchers.discard(watcher)
+        return rq_d.WorkerTable(self.workers_version, self.scheduler.identity())
 
     async def _handle_restart(self, comm: Any, msg: rq.Restart) -> str:
         await self.restart(_seconds(msg.timeout) or 30, msg.wait_for_workers)

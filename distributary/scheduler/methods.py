@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, get_args
@@ -132,22 +131,7 @@ def adaptive_target(scheduler: Scheduler, comm: Any = None, target_duration: Any
     waiting for a worker or running in about ``target_duration`` (at most one per
     such task), twice the workers there are when they hold more than 60% of their
     memory, and no fewer than those there is no reason to close."""
-    state = scheduler.state
-    seconds = parse_timedelta(target_duration)
-    pending = [
-        ts for ts in state.tasks.values() if ts.state in ("queued", "no-worker", "processing")
-    ]
-    work = sum(placement.task_duration(state, ts) for ts in pending)
-    cpu = min(len(pending), math.ceil(work / seconds)) if seconds > 0 else len(pending)
-    if state.unrunnable and not state.workers:
-        cpu = max(1, cpu)
-    limit = sum(ws.memory_limit for ws in state.workers.values())
-    held = sum(ws.nbytes for ws in state.workers.values())
-    memory = 2 * len(state.workers) if limit and held > 0.6 * limit else 0
-    target = max(memory, cpu)
-    if target >= len(state.workers):
-        return target
-    return len(state.workers) - len(scheduler.workers_to_close(target=target))
+    return scheduler.lifecycle.adaptive_target(parse_timedelta(target_duration))
 
 
 # ---------------------------------------------------------------------- events

@@ -20,9 +20,10 @@ with the first one)::
 scheduler's tasks are in each state: ``released`` (finished and their data released,
 or not started), ``waiting`` (for dependencies), ``queued`` (for a worker with room),
 ``no-worker`` (no worker can run them), ``processing``, ``memory``, ``erred``; plus
-``forgotten``: those finished and dropped since this watch was acquired, and ``all``,
-the sum of them all.  A prefix with no task and nothing forgotten is left out.  Call it
-from the scheduler's event loop (it reads the scheduler's state).
+``forgotten``: those the scheduler dropped (done, or cancelled) since this watch was
+acquired, and ``all``, the sum of them all.  A prefix with no task and nothing
+forgotten is left out.  Call ``acquire`` and ``counts`` from the scheduler's event loop
+(they read the scheduler's state).
 
 The bars of ``progress()``
 --------------------------
@@ -204,7 +205,7 @@ class ProgressExtension(SchedulerExtension):
         return pr.ProgressReport(
             id=bar.id,
             version=progress.version,
-            status=status,  # type: ignore[arg-type]
+            state=status,  # type: ignore[arg-type]
             all=dict(progress.all),
             done=dict(progress.done),
             erred=dict(progress.erred),

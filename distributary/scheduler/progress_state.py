@@ -178,8 +178,9 @@ class KeySetProgress:
                     finished.append(ts)
                 continue
             name = self._group(group, ts)
-            if ts.state == "erred":
+            if ts.state == "erred":  # (and the erred tasks it erred for)
                 self._erred(ts.key, name, ts)
+                stack.extend(dep for dep in _known(tasks, ts) if dep.state == "erred")
                 continue
             self.remaining[ts.key] = name
             stack.extend(_known(tasks, ts))
@@ -204,11 +205,17 @@ class KeySetProgress:
         return name
 
     def _erred(self, key: Any, name: str, ts: TaskRecord | None) -> None:
+        """Count ``key`` erred; name the first error (the task it blames, and its
+        exception)."""
         self.erred[name] += 1
-        if self.error_key is None:
+        if self.exception_text:
+            return
+        blame = (ts.exception_blame or ts) if ts is not None else None
+        if blame is not None and blame.exception is not None:
+            self.error_key = blame.key
+            self.exception_text = blame.exception_text or repr(blame.exception)
+        elif self.error_key is None:
             self.error_key = key
-            if ts is not None:
-                self.exception_text = ts.exception_text or repr(ts.exception)
 
     def moved(self, key: Any, finish: str, ts: TaskRecord | None) -> bool:
         """The remaining task ``key`` moved to ``finish`` (``ts`` its record, None if

@@ -81,8 +81,8 @@ class TaskRecord:
         self.dependents: set[TaskRecord] = NO_TASKS
         self.waiting_on: set[TaskRecord] = NO_TASKS
         self.waiters: set[TaskRecord] = NO_TASKS
-        self.who_wants: set[str] = set()
-        self.who_has: set[WorkerRecord] = set()
+        self.who_wants: tuple[str, ...] = ()  # (tuples: see SchedulerState._add_want)
+        self.who_has: tuple[WorkerRecord, ...] = ()
         self.processing_on: WorkerRecord | None = None
         self.run_id = 0
         self.nbytes = -1

@@ -23,6 +23,7 @@ import msgspec
 from dask.utils import parse_timedelta
 
 from distributary.comm.addressing import normalize_address
+from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.dashboard.scheduler import SchedulerHTTP
 from distributary.node import ServerNode, listen_address_for
@@ -57,6 +58,7 @@ from distributary.scheduler.task_stream import TaskStream
 from distributary.scheduler.variables import VariableExtension
 from distributary.utils.gc_pause import gc_paused
 from distributary.utils.keywords import SCHEDULER_NOT_YET, check_keywords
+from distributary.widgets.reprs import scheduler_html
 
 logger = logging.getLogger("distributary.scheduler")
 
@@ -100,7 +102,7 @@ class Scheduler(ServerNode):
             worker_ttl=_seconds(worker_ttl, "distributed.scheduler.worker-ttl"),
             idle_timeout=_seconds(idle_timeout, "distributed.scheduler.idle-timeout"),
             work_stealing=bool(config("distributed.scheduler.work-stealing")),
-            transition_log_length=int(config("distributed.scheduler.transition-log-length")),
+            transition_log_length=transition_log_length(),
         )
         self.scheduler_file = scheduler_file
         self._listen_address = listen_address_for(None, host, port, protocol, interface)
@@ -138,8 +140,8 @@ class Scheduler(ServerNode):
         self.introspection = Introspection(self)
         self.plugin_registry = PluginRegistry(self)
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
-        self.task_stream, self.profiling = TaskStream(self), Profiling(self)
         self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
+        self.task_stream, self.profiling = TaskStream(self), Profiling(self)
         dashboard = kwargs.get("dashboard")  # (dask.distributed's switch)
         if dashboard is not None:
             dashboard_address = (dashboard_address or ":8787") if dashboard else None
@@ -159,8 +161,8 @@ class Scheduler(ServerNode):
             self.introspection,
             self.plugin_registry,
             *(self.replication, self.metadata),
-            *(self.task_stream, self.profiling),
             self.progress,
+            *(self.task_stream, self.profiling),
             self.http,
         ]
         for extension in self.extensions:
@@ -518,6 +520,8 @@ class Scheduler(ServerNode):
     async def _handle_terminate(self, comm: Any, msg: rq.Terminate) -> str:
         asyncio.get_running_loop().create_task(self.close())
         return "OK"
+
+    _repr_html_ = scheduler_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return (

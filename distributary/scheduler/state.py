@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import sys
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -235,8 +236,7 @@ class SchedulerState(TransitionEngine):
                     ins.KeyCancelled(stimulus_id, key, reason, client=cs.client_id, ack=cs.last_seq)
                 )
                 continue
-            ts.who_wants.add(cs.client_id)
-            cs.wants_what.add(ts)
+            self._add_want(ts, cs)
             found.append(ts)
         return found
 
@@ -295,8 +295,7 @@ class SchedulerState(TransitionEngine):
         for ts in tasks:
             if ts is None or cs.client_id not in ts.who_wants:
                 continue
-            ts.who_wants.discard(cs.client_id)
-            cs.wants_what.discard(ts)
+            self._drop_want(ts, cs)
             if not ts.who_wants and not ts.waiters:
                 if not ts.dependents:
                     recs[ts.key] = "forgotten"
@@ -363,8 +362,7 @@ class SchedulerState(TransitionEngine):
                 ts.state = "memory"
                 self.log(key, "released", "memory", event.stimulus_id)
             if cs is not None:
-                ts.who_wants.add(cs.client_id)
-                cs.wants_what.add(ts)
+                self._add_want(ts, cs)
             if ts.state == "released" and self._is_needed(ts):  # its workers are gone
                 recs[key] = "waiting"
         return recs
@@ -422,7 +420,7 @@ class SchedulerState(TransitionEngine):
                 self.emit(ins.FreeKeys(event.stimulus_id, (event.key,), worker=ws.address))
             return {}
         ts.nbytes = event.nbytes
-        ts.type = event.type
+        ts.type = sys.intern(event.type)  # (each message brings its own copy of "int")
         if event.duration > 0:
             old = self.durations.get(ts.prefix)
             self.durations[ts.prefix] = (
@@ -480,14 +478,27 @@ class SchedulerState(TransitionEngine):
 
     # ------------------------------------------------------------------ bookkeeping
 
+    # (who_wants and who_has are tuples, replaced when they change: most tasks have one
+    # holder and one client, and a tuple of one is a fifth of the size of a set.)
+
+    def _add_want(self, ts: TaskRecord, cs: ClientRecord) -> None:
+        if cs.client_id not in ts.who_wants:
+            ts.who_wants += (cs.client_id,)
+        cs.wants_what.add(ts)
+
+    def _drop_want(self, ts: TaskRecord, cs: ClientRecord) -> None:
+        ts.who_wants = tuple(client for client in ts.who_wants if client != cs.client_id)
+        cs.wants_what.discard(ts)
+
     def _add_replica(self, ts: TaskRecord, ws: WorkerRecord) -> None:
         if ws not in ts.who_has:
-            ts.who_has.add(ws)
+            ts.who_has += (ws,)
             ws.has_what[ts] = None
             ws.nbytes += max(ts.nbytes, 0)
 
     def remove_replica(self, ts: TaskRecord, ws: WorkerRecord) -> None:
-        ts.who_has.discard(ws)
+        if ws in ts.who_has:
+            ts.who_has = tuple(holder for holder in ts.who_has if holder is not ws)
         if ws.has_what.pop(ts, False) is None:
             ws.nbytes -= max(ts.nbytes, 0)
 
@@ -520,6 +531,10 @@ class SchedulerState(TransitionEngine):
         if present and ws.has_room():
             self.idle[ws.address] = ws
         self.stealing.note(ws, present)
+
+    def queued_tasks(self) -> list[TaskRecord]:
+        """The tasks queued until a worker has room for them (in no particular order)."""
+        return [ts for _, _, ts in self._queue if ts.state == "queued"]
 
     def fill_slots(self, ws: WorkerRecord) -> Recs:
         """Recommend queued tasks for the room this worker has."""
@@ -667,10 +682,9 @@ class SchedulerState(TransitionEngine):
         """A finished task no longer needs the fire-and-forget client's want."""
         if FIRE_AND_FORGET not in ts.who_wants:
             return False
-        ts.who_wants.discard(FIRE_AND_FORGET)
-        wants = self.clients[FIRE_AND_FORGET].wants_what
-        wants.discard(ts)
-        if not wants:  # (no record of a pseudo-client that wants nothing)
+        cs = self.clients[FIRE_AND_FORGET]
+        self._drop_want(ts, cs)
+        if not cs.wants_what:  # (no record of a pseudo-client that wants nothing)
             del self.clients[FIRE_AND_FORGET]
         return True
 

@@ -45,6 +45,18 @@ def _pending_data_per_worker(worker: Worker) -> dict[str, list]:
     return pending
 
 
+def _ran(worker: Worker) -> list[dict]:
+    """The task stream's records of the tasks this worker ran lately."""
+    return worker.task_stream.records()
+
+
+def _startstops(worker: Worker) -> dict[Any, list[tuple]]:
+    return {
+        r["key"]: [(p["action"], p["start"], p["stop"]) for p in r["startstops"]]
+        for r in _ran(worker)
+    }
+
+
 VIEWS: dict[str, tuple[Callable[[Worker], Any], str]] = {
     "total_out_connections": (
         lambda w: w.state.max_peers_in_flight,
@@ -149,6 +161,23 @@ VIEWS: dict[str, tuple[Callable[[Worker], Any], str]] = {
     "active_threads": (
         lambda w: dict(running_tasks(w)),
         "The key each busy thread runs, by thread ident.",
+    ),
+    "threads": (
+        lambda w: {r["key"]: r["thread"] for r in _ran(w)},
+        "The ident of the thread each task ran on, by key (of the task stream's records).",
+    ),
+    "startstops": (
+        _startstops,
+        "What each task did when, ``[(action, start, stop)]`` by key: transfer, disk-read, "
+        "compute and disk-write phases (of the task stream's records).",
+    ),
+    "exceptions": (
+        lambda w: {r["key"]: r["exception_text"] for r in _ran(w) if r["status"] == "error"},
+        "The exception each erred task raised, as text, by key (of the task stream's records).",
+    ),
+    "tracebacks": (
+        lambda w: {r["key"]: r["traceback_text"] for r in _ran(w) if r["status"] == "error"},
+        "The traceback of each erred task, as text, by key (of the task stream's records).",
     ),
     "priorities": (
         lambda w: {ts.key: ts.priority for ts in _tasks(w) if ts.run_id},

@@ -30,6 +30,7 @@ from dask.sizeof import sizeof
 
 from distributary.comm import CommClosedError, connect
 from distributary.comm.addressing import get_address_host
+from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.core.run import run_function
 from distributary.dashboard.system import UsageMeter
@@ -44,6 +45,7 @@ from distributary.protocol.worker_messages import TO_WORKER, Unregister, WorkerH
 from distributary.utils import ipython
 from distributary.utils.keywords import WORKER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
+from distributary.widgets.reprs import worker_html
 from distributary.worker import events as ev
 from distributary.worker import instructions as ins
 from distributary.worker import introspection, legacy, methods
@@ -160,6 +162,7 @@ class Worker(ServerNode):
             resources=self.resources,
             transfer_batch_bytes=dask.config.get("distributed.worker.transfer-batch-bytes"),
             max_peers_in_flight=dask.config.get("distributed.worker.connections.outgoing"),
+            transition_log_length=transition_log_length(),
             validate=validate,
         )
         # (the state machine decides how many tasks run: the threads set no limit)
@@ -614,6 +617,8 @@ class Worker(ServerNode):
     def _handle_close(self, comm: Any, msg: rq.CloseWorker) -> str:
         self._spawn(self.close(nanny=msg.nanny, reason="worker-close-rpc"))
         return "OK"
+
+    _repr_html_ = worker_html  # (the notebook's HTML: widgets/reprs.py)
 
     def __repr__(self) -> str:
         return (
