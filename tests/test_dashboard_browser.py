@@ -49,71 +49,60 @@ def received(page) -> int:
 
 def test_the_status_page_shows_the_workers_and_its_task_stream_grows(cluster):
     cluster, client = cluster
+    grown = "() => +document.getElementById('task-stream').dataset.received > {}"
     with open_page(client.dashboard_link) as (page, errors):
-        status_page_follows_the_cluster(cluster, client, page)
+        page.wait_for_selector("nav .live.on")
+        for ws in cluster.scheduler.workers.values():
+            page.wait_for_selector(f'#memory g[data-row="{ws.name}"]')
+            page.wait_for_selector(f'#processing g[data-row="{ws.name}"]')
+        assert page.inner_text('[data-fact="Workers"] b') == "2"
+        assert received(page) == 0
+
+        futures = client.map(slow_inc, range(400))
+        page.wait_for_function(grown.format(0))
+        page.wait_for_function(grown.format(received(page)))
+        assert not all(f.done() for f in futures)  # (it grew while the computation ran)
+        client.gather(futures)
+        page.wait_for_function(grown.format(399))
+        page.wait_for_function(
+            "() => document.querySelector('#progress g[data-row=\"slow_inc\"]')"
+            "?.textContent.includes('400 / 400')"
+        )
+        screenshot(page, "dashboard-status")
         assert errors == []
 
 
-def status_page_follows_the_cluster(cluster: LocalCluster, client: Client, page) -> None:
-    page.wait_for_selector("nav .live.on")
-    names = [str(ws.name) for ws in cluster.scheduler.workers.values()]
-    for name in names:
-        page.wait_for_selector(f'#memory g[data-row="{name}"]')
-        page.wait_for_selector(f'#processing g[data-row="{name}"]')
-    assert page.inner_text('[data-fact="Workers"] b') == "2"
-    assert received(page) == 0
-
-    futures = client.map(slow_inc, range(400))
-    page.wait_for_function("() => +document.getElementById('task-stream').dataset.received > 0")
-    early = received(page)
-    page.wait_for_function(
-        f"() => +document.getElementById('task-stream').dataset.received > {early}"
-    )
-    assert not all(f.done() for f in futures)  # (it grew while the computation ran)
-    client.gather(futures)
-    page.wait_for_function("() => +document.getElementById('task-stream').dataset.received >= 400")
-    page.wait_for_selector('#progress g[data-row="slow_inc"]')
-    page.wait_for_function(
-        "() => document.querySelector('#progress g[data-row=\"slow_inc\"]')"
-        ".textContent.includes('400 / 400')"
-    )
-    screenshot(page, "dashboard-status")
-
-
-def test_the_workers_page_lists_every_worker_live(cluster, browser):
+def test_the_workers_page_lists_every_worker_live(cluster):
     cluster, client = cluster
-    page, errors = open_page(
-        browser, cluster.scheduler.dashboard_link.replace("/status", "/workers")
-    )
-    addresses = set(cluster.scheduler.workers)
-    rows = "document.querySelectorAll('#workers-table tr[data-address]').length"
-    page.wait_for_function(f"() => {rows} == {len(addresses)}")
-    shown = page.eval_on_selector_all(
-        "#workers-table tr[data-address]", "rows => rows.map(r => r.dataset.address)"
-    )
-    assert set(shown) == addresses
-    cluster.scale(3)
-    client.wait_for_workers(3)
-    page.wait_for_function(
-        "() => document.querySelectorAll('#workers-table tr[data-address]').length == 3"
-    )
-    screenshot(page, "dashboard-workers")
-    assert errors == []
+    with open_page(client.dashboard_link.replace("/status", "/workers")) as (page, errors):
+        addresses = set(cluster.scheduler.workers)
+        rows = "document.querySelectorAll('#workers-table tr[data-address]').length"
+        page.wait_for_function(f"() => {rows} == {len(addresses)}")
+        shown = page.eval_on_selector_all(
+            "#workers-table tr[data-address]", "rows => rows.map(r => r.dataset.address)"
+        )
+        assert set(shown) == addresses
+        cluster.scale(3)
+        client.wait_for_workers(3)
+        page.wait_for_function(f"() => {rows} == 3")
+        screenshot(page, "dashboard-workers")
+        assert errors == []
 
 
-def test_the_info_pages_of_a_worker_and_of_a_task(cluster, browser):
+def test_the_info_pages_of_a_worker_and_of_a_task(cluster):
     cluster, client = cluster
     future = client.submit(slow_inc, 1, key=("x", 1))
     assert future.result() == 2
     [holder] = client.who_has(future)[future.key]
-    base = cluster.scheduler.dashboard_link.replace("/status", "")
-    page, errors = open_page(browser, f"{base}/info/worker/{quote(holder, safe='')}")
-    page.wait_for_selector("text=Worker")
-    assert holder in page.inner_text("main")
-    page.click("text=('x', 1)")  # the key it holds, to the task's page
-    page.wait_for_selector("text=Story")
-    text = page.inner_text("main")
-    assert "memory" in text and "processing" in text and holder in text
-    screenshot(page, "dashboard-task")
-    page.goto(f"{base}/info/task/{quote('no-such-key')}")
-    page.wait_for_selector("text=No task 'no-such-key'")
+    base = client.dashboard_link.replace("/status", "")
+    with open_page(f"{base}/info/worker/{quote(holder, safe='')}") as (page, errors):
+        page.wait_for_selector("text=Worker")
+        assert holder in page.inner_text("main")
+        page.click("text=('x', 1)")  # the key it holds, to the task's page
+        page.wait_for_selector("text=Story")
+        text = page.inner_text("main")
+        assert "memory" in text and "processing" in text and holder in text
+        screenshot(page, "dashboard-task")
+        page.goto(f"{base}/info/task/{quote('no-such-key')}")
+        page.wait_for_selector("text=No task 'no-such-key'")
+        assert [e for e in errors if "404" not in e] == []  # (the page of a missing key)
