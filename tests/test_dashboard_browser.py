@@ -105,4 +105,10 @@ def test_the_info_pages_of_a_worker_and_of_a_task(cluster):
         screenshot(page, "dashboard-task")
         page.goto(f"{base}/info/task/{quote('no-such-key')}")
         page.wait_for_selector("text=No task 'no-such-key'")
+        marked = client.submit(slow_inc, 2, key="<b id=injected>bold</b>")
+        assert marked.result() == 3
+        page.goto(f"{base}/info/task/{quote(marked.key)}")
+        page.wait_for_selector("text=Story")
+        assert marked.key in page.inner_text("main")  # (shown as text, not as markup)
+        assert page.query_selector("#injected") is None
         assert [e for e in errors if "404" not in e] == []  # (the page of a missing key)
