@@ -133,7 +133,7 @@ def record(key, worker, thread, start, stop, action="compute", status="OK"):
 
 
 def test_the_cursor_sends_each_record_once_and_asks_for_a_bounded_amount():
-    cursor = StreamCursor(limit=4)
+    cursor = StreamCursor(limit=8)  # (4 per update)
     assert cursor.request(workers=2) == {"count": 2}  # the first time: each worker's newest
     first = [record(("x", i), "tcp://a:1", 111, 10.0 + i, 10.5 + i) for i in range(3)]
     rectangles = cursor.take(first, now=20.0)
@@ -146,9 +146,9 @@ def test_the_cursor_sends_each_record_once_and_asks_for_a_bounded_amount():
     [new] = cursor.take(again, now=21.0)  # (the overlap is not sent twice)
     assert (new["k"], new["t"], new["x"]) == ("y", 1, "error")
     busy = [record(i, "tcp://b:2", 5, 20.0 + i / 10, 20.05 + i / 10) for i in range(10)]
-    assert len(cursor.take(busy, now=22.0)) == 4  # at most ``limit`` per update
+    assert len(cursor.take(busy, now=22.0)) == 4  # at most half a page per update
     assert cursor.request(3) == {"count": 2}  # busy: only the newest next time
-    assert len(cursor.recent) == 4 and cursor.recent[-1]["k"] == "9"
+    assert len(cursor.recent) == 8 and cursor.recent[-1]["k"] == "9"
     old = [record("z", "tcp://b:2", 5, 1.0, 2.0)]  # long gone: not drawn again
     assert cursor.take(old, now=23.0) == [] and cursor.request(1) == {"start": 22.0}
 

@@ -4,10 +4,10 @@ The workers keep the records of the tasks they ran (:mod:`distributary.scheduler
 task_stream` gathers them when asked).  While a page is open the dashboard asks, once
 per update, for what finished since it last asked (with a second of overlap, for the
 clocks of other hosts and for records made while it asked), and :class:`StreamCursor`
-keeps out what was sent already.  When more finished than a page shows
-(``distributed.scheduler.dashboard.status.task-stream-length``), the next update asks
-each worker for only its newest share of that many: a busy cluster costs each update a
-bounded amount, whatever its rate of tasks.
+keeps out what was sent already.  An update carries at most half of what a page shows
+(``distributed.scheduler.dashboard.status.task-stream-length``); when more finished,
+the next update asks each worker for only its newest share of that many: a busy
+cluster costs each update a bounded amount, whatever its rate of tasks.
 
 A rectangle is one phase of a task's run: ``{"k": key (as text), "p": task prefix,
 "w": worker, "t": thread (numbered from 0 on each worker), "s": start, "e": stop, "a":
@@ -32,6 +32,7 @@ class StreamCursor:
 
     def __init__(self, limit: int):
         self.limit = max(int(limit), 1)
+        self.per_update = max(self.limit // 2, 1)  # (a page fills up in two updates)
         self.asked: float | None = None  # when the previous request was made
         self.busy = True  # the newest ``limit`` (as on the first request)
         self._sent: dict[tuple, float] = {}  # record -> its end
@@ -43,12 +44,12 @@ class StreamCursor:
         previous request (``start``), or the newest ones, a share of ``limit``
         (``count``)."""
         if self.busy or self.asked is None:
-            return {"count": -(-self.limit // max(workers, 1))}
+            return {"count": -(-self.per_update // max(workers, 1))}
         return {"start": self.asked - OVERLAP}
 
     def take(self, records: Iterable[dict], now: float) -> list[dict]:
-        """The rectangles of the records not sent yet (the newest ``limit``), out of
-        those asked for at ``now``."""
+        """The rectangles of the records not sent yet (the newest half of ``limit``),
+        out of those asked for at ``now``."""
         horizon = None if self.asked is None else self.asked - 2 * OVERLAP
         new = []
         for record in records:
@@ -62,12 +63,12 @@ class StreamCursor:
                 continue
             self._sent[ident] = end
             new.append(record)
-        self.busy = len(new) >= self.limit
+        self.busy = len(new) >= self.per_update
         self.asked = now
         oldest = now - 4 * OVERLAP
         self._sent = {ident: end for ident, end in self._sent.items() if end >= oldest}
-        rectangles = [r for record in new[-self.limit :] for r in self._rectangles(record)]
-        rectangles = rectangles[-self.limit :]
+        rectangles = [r for record in new[-self.per_update :] for r in self._rectangles(record)]
+        rectangles = rectangles[-self.per_update :]
         self.recent.extend(rectangles)
         return rectangles
 
