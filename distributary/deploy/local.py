@@ -24,6 +24,7 @@ from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from distributary.nanny.server import Nanny
 from distributary.node import parse_memory_limit
 from distributary.scheduler.server import Scheduler
+from distributary.security import as_security
 from distributary.utils.keywords import LOCAL_CLUSTER_NOT_YET, check_keywords
 from distributary.utils.loop import LoopRunner
 from distributary.utils.process import cpu_count
@@ -78,10 +79,10 @@ class LocalCluster:
             "services": services,
             "worker_services": worker_services,
             "service_kwargs": service_kwargs,
-            "security": security,
-            "blocked_handlers": blocked_handlers,
         }
         check_keywords("LocalCluster", not_yet, LOCAL_CLUSTER_NOT_YET)
+        # security= (h-security): a Security, True for temporary credentials, or None
+        self.security = security = as_security(security, "LocalCluster", temporary=True)
         if ip is not None:
             warnings.warn(
                 "The `ip` parameter is deprecated; use `host`", DeprecationWarning, stacklevel=2
@@ -105,6 +106,8 @@ class LocalCluster:
         if protocol is None:
             if host and "://" in host:
                 protocol = host.split("://")[0]
+            elif security.require_encryption:  # (h-security)
+                protocol = "tls"
             elif not processes and not scheduler_port:
                 protocol = "inproc"
             else:
@@ -128,6 +131,7 @@ class LocalCluster:
             interface=interface,
             dashboard_address=worker_dashboard_address,
             silence_logs=silence_logs,
+            security=security,  # (h-security)
         )
         self.scheduler_spec = {
             "cls": Scheduler,
@@ -137,6 +141,8 @@ class LocalCluster:
                 "protocol": protocol,
                 "interface": interface,
                 "dashboard_address": dashboard_address,
+                "security": security,  # (h-security)
+                "blocked_handlers": blocked_handlers,  # (h-security)
                 **(scheduler_kwargs or {}),
             },
         }
