@@ -436,8 +436,6 @@ LOCAL_CLUSTER_NOT_YET = {
     "services",
     "worker_services",
     "service_kwargs",
-    "security",
-    "blocked_handlers",
 }
 
 
@@ -587,6 +585,7 @@ PUBLIC_API = [
     "Reschedule",
     "Scheduler",
     "SchedulerPlugin",
+    "Security",
     "Semaphore",
     "Sub",
     "TimeoutError",
