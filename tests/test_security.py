@@ -17,12 +17,12 @@ import struct
 import dask.config
 import msgpack
 import pytest
+from conftest import apoll, run
 
 from distributary import Client, LocalCluster, Nanny, Scheduler, Security, Worker
 from distributary.comm import PROTOCOL_VERSION, connect, listen
 from distributary.security import as_security
 from distributary.utils.certificates import new_authority
-from tests.conftest import apoll, run
 
 pytestmark = pytest.mark.timeout(60)
 
