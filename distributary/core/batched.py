@@ -41,7 +41,7 @@ __all__ = ["SPILL_MESSAGES", "BatchedSend", "read_messages", "send_buffer_limit"
 logger = logging.getLogger("distributary.core")
 
 # Messages sent while a write waits that are encoded (and counted) together.
-SPILL_MESSAGES = 256
+SPILL_MESSAGES = 64
 
 
 def send_buffer_limit() -> int:
