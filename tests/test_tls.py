@@ -189,44 +189,59 @@ def test_an_untrusted_client_certificate_is_refused_before_anything_is_read(auth
     assert "max-message-size" not in caplog.text  # (the forged frame was never parsed)
 
 
-def test_wrong_transports_and_credentials_are_clear_errors_naming_the_cause(caplog):
-    sec = Security.temporary()
+def test_wrong_transports_and_credentials_are_clear_errors_naming_the_cause(authority, caplog):
+    """Against a TLS scheduler and a plain one: each wrong client fails at once (within
+    the connect timeout) with an error naming the cause; the schedulers go on serving."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    expired = authority.issue("expired", now - datetime.timedelta(days=9), now)
+
+    def credentials(role: str, issued) -> Security:
+        return Security(
+            tls_ca_file=authority.cert,
+            **{f"tls_{role}_cert": issued.cert, f"tls_{role}_key": issued.key},
+        )
+
+    server = credentials("scheduler", authority.issue("scheduler"))
+    good = credentials("client", authority.issue("client"))
 
     async def main():
-        tls = await echo_listener(sec, [])
-        plain = await listen("tcp://127.0.0.1:0", lambda comm: comm.read())
-        try:
+        async with (
+            Scheduler(security=server) as tls,
+            Scheduler(protocol="tcp") as plain,
+            Worker(tls.address, nthreads=1, security=credentials("worker", authority.issue("w"))),
+            Worker(plain.address, nthreads=1),
+            Client(tls.address, asynchronous=True, security=good) as c,
+            Client(plain.address, asynchronous=True, set_as_default=False) as d,
+        ):
             cases = [
-                # a plain client against a TLS listener
-                (tls.address.replace("tls://", "tcp://"), {}, "takes TLS connections only"),
-                # a TLS client against a plain listener
-                (plain.address.replace("tcp://", "tls://"), sec, "plain tcp:// server"),
-                # a client that trusts another CA
+                # a plain client against the TLS scheduler
+                (tls.address.replace("tls://", "tcp://"), None, "takes TLS connections only"),
+                # a TLS client against the plain scheduler
+                (plain.address.replace("tcp://", "tls://"), good, "plain tcp:// server"),
+                # a client that trusts another CA (and whose certificate another CA signed)
                 (tls.address, Security.temporary(), "certificate was not accepted"),
-                # no credentials for a tls:// address
-                (tls.address, Security(), "needs TLS credentials"),
+                # a client whose certificate has expired
+                (tls.address, credentials("client", expired), "certificate"),
                 # a client without a certificate
-                (tls.address, Security(tls_ca_file=sec.tls_ca_file), "certificate"),
+                (tls.address, Security(tls_ca_file=authority.cert), "certificate"),
+                # no credentials at all for a tls:// address
+                (tls.address, Security(), "needs TLS credentials"),
             ]
-            for address, client_sec, match in cases:
-                args = client_sec.get_connection_args("client") if client_sec else {}
+            for address, security, match in cases:
                 start = time.monotonic()
                 with pytest.raises((OSError, ValueError), match=match):
-                    await connect(address, timeout=5, **args)
+                    await Client(address, asynchronous=True, security=security, timeout=5)
                 assert time.monotonic() - start < 5, match
-            comm = await connect(tls.address, timeout=5, **sec.get_connection_args("client"))
-            await comm.write(1)
-            assert await comm.read() == 1
-            await comm.close()
-        finally:
-            await tls.close()
-            await plain.close()
+            assert await c.submit(inc, 1) == 2
+            assert await d.submit(inc, 2) == 3
+            assert len(tls.workers) == len(plain.workers) == 1
 
     with caplog.at_level(logging.WARNING, logger="distributary.comm"):
-        run(main())
-    assert "does not speak TLS" in caplog.text  # (the TLS listener, of the plain client)
-    assert "the peer speaks TLS" in caplog.text  # (the plain listener, of the TLS client)
+        run(main(), timeout=60)
+    assert "does not speak TLS" in caplog.text  # (the TLS scheduler, of the plain client)
+    assert "the peer speaks TLS" in caplog.text  # (the plain scheduler, of the TLS client)
     assert "did not return a certificate" in caplog.text
+    assert "certificate has expired" in caplog.text
 
 
 def test_expired_certificates_are_refused_on_both_sides(authority, caplog):

@@ -243,6 +243,13 @@ class TLSListener(TCPListener):
         except OSError:
             conn.close()
 
+    async def close(self) -> None:
+        """Stop accepting, drop the connections in their TLS handshake, and close the
+        comms accepted."""
+        handshakes = list(self._handshakes)
+        await super().close()
+        await asyncio.gather(*handshakes, return_exceptions=True)
+
     def stop(self) -> None:
         """Stop accepting connections (idempotent); those still in their TLS handshake
         are dropped."""
