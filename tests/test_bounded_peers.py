@@ -148,7 +148,7 @@ def test_a_thousand_half_open_connections_cost_little_and_are_dropped(protocol):
             await c.submit(inc, 0)
 
             def pending() -> int:  # (connections not yet past their handshake, and others)
-                return len(listener._waiting) if protocol == "tls" else len(listener._tasks)
+                return len(listener._pending) if protocol == "tls" else len(listener._tasks)
 
             served = pending()  # (the worker's and the client's)
             before = rss()

@@ -296,7 +296,7 @@ def test_a_tls_listener_drops_peers_that_say_nothing():
                 assert await asyncio.wait_for(reader.read(), 5) == b""
                 writer.close()
             assert time.monotonic() - start < 3
-            await apoll(lambda: not listener._waiting and not listener._handshakes)
+            await apoll(lambda: not listener._pending)
         finally:
             await listener.close()
 

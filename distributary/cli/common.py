@@ -115,7 +115,7 @@ def protocol_option(ctx: Any, param: Any, value: str | None) -> str | None:
         return None
     protocol = value.lower().rstrip(":/")
     if protocol not in ("tcp", "tls"):
-        raise click.BadParameter(f"{value!r} is not supported; 'tcp' and 'tls' are")
+        raise click.BadParameter(f"{value!r} is not supported; only 'tcp' and 'tls' are")
     return protocol
 
 
