@@ -121,10 +121,6 @@ def _nbytes(frame: bytes | bytearray | memoryview) -> int:
 class _FrameProtocol(asyncio.BufferedProtocol):
     """Parses the frame stream of one connection into a queue of messages."""
 
-    # The write buffer's high-water mark that pauses writing whenever it is not empty
-    # (asyncio's socket transports pause above the mark, its SSL transports at it).
-    empty_mark = 0
-
     def __init__(self, max_size: int, on_connection: Callable | None = None, scheme: str = "tcp"):
         # the handshake's limits, until it is accepted
         self.max_size = HANDSHAKE_MAX_BYTES
@@ -471,7 +467,7 @@ class TCP(Comm):
                     if not streaming:
                         # Hand big frames over only when the transport's buffer is
                         # empty, so that it sends them from our memory, not a copy.
-                        transport.set_write_buffer_limits(high=protocol.empty_mark, low=0)
+                        transport.set_write_buffer_limits(high=0, low=0)
                         streaming = True
                     transport.write(b"".join(pending))
                     pending = []
@@ -548,8 +544,6 @@ class TCPListener(Listener):
     """Accepts TCP connections."""
 
     scheme = "tcp"
-    _protocol_class: type[_FrameProtocol] = _FrameProtocol
-    _backlog = 2048
 
     def __init__(self, handle_comm: HandleComm, handshake_info: dict):
         super().__init__(handle_comm, handshake_info)
@@ -564,7 +558,10 @@ class TCPListener(Listener):
         family, _, _, _, sockaddr = infos[0]
         bind_host = sockaddr[0]
         self._accepting = True
-        bound_port = await self._bind(family, bind_host, port)
+        self._server = await loop.create_server(
+            self._make_protocol, bind_host, port, family=family, backlog=2048
+        )
+        bound_port = self._server.sockets[0].getsockname()[1]
         contact = _contact_host(bind_host, family) if bind_host in ("0.0.0.0", "::") else bind_host
         self.address = f"{self.scheme}://" + unparse_host_port(contact, bound_port)
         if self.scheme == "tcp" and not ipaddress.ip_address(bind_host).is_loopback:
@@ -577,15 +574,8 @@ class TCPListener(Listener):
                 f"tcp://{unparse_host_port(bind_host, bound_port)}",
             )
 
-    async def _bind(self, family: int, host: str, port: int) -> int:
-        """Listen on ``host:port``; the port bound."""
-        self._server = await asyncio.get_running_loop().create_server(
-            self._make_protocol, host, port, family=family, backlog=self._backlog
-        )
-        return self._server.sockets[0].getsockname()[1]
-
     def _make_protocol(self) -> _FrameProtocol:
-        return self._protocol_class(self._max_size, self._on_connection, self.scheme)
+        return _FrameProtocol(self._max_size, self._on_connection)
 
     def _on_connection(self, protocol: _FrameProtocol) -> None:
         if not self._accepting:
