@@ -43,6 +43,8 @@ _FIELDS = (
     "extra_conn_args",
 )
 _PEM_MARK = "-----BEGIN"
+# Whether files can live in memory (and be opened by path): Linux's memfd
+_MEMORY_FILES = hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 # What extra_conn_args may pass on to the event loop's create_connection (the comm layer
 # sets the rest: the address, the protocol and the TLS context).
 _SET_BY_COMM = {"self", "protocol_factory", "host", "port", "ssl", "sock", "server_hostname"}
@@ -346,15 +348,17 @@ def _connection_args(value: Any) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _as_files(cert: str, key: str | None) -> Iterator[tuple[str, str | None]]:
+def _as_files(
+    cert: str, key: str | None, in_memory: bool = _MEMORY_FILES
+) -> Iterator[tuple[str, str | None]]:
     """Paths the ssl module can load ``cert`` and ``key`` from: their own, or for PEM
-    text a file that lives in memory (Linux) or, elsewhere, a private temporary file
-    removed at once."""
+    text a file that lives in memory (``in_memory``: Linux) or else a private temporary
+    file, removed at once."""
     if not _is_pem(cert) and (key is None or not _is_pem(key)):
         yield cert, key
         return
     data = "\n".join(_text(value) for value in (cert, key) if value is not None).encode()
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+    if in_memory:
         fd = os.memfd_create("distributary-tls", os.MFD_CLOEXEC)
         try:
             with os.fdopen(os.dup(fd), "wb") as f:

@@ -171,6 +171,22 @@ def test_temporary_credentials_are_in_memory_and_pickle_without_contexts():
     assert "_contexts" not in copy.__getstate__()
 
 
+@pytest.mark.parametrize("in_memory", [True, False], ids=["memfd", "temporary-file"])
+def test_credentials_in_memory_are_loaded_without_leaving_a_file(in_memory, tmp_path):
+    from distributary.security import _MEMORY_FILES, _as_files
+
+    if in_memory and not _MEMORY_FILES:
+        pytest.skip("no files in memory on this system")
+    credentials = new_authority().issue()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with _as_files(credentials.cert, credentials.key, in_memory=in_memory) as (path, key):
+        assert key is None and (path.startswith("/proc/self/fd/") == in_memory)
+        ctx.load_cert_chain(path)
+        if not in_memory:
+            assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(path) or in_memory
+
+
 def test_extra_conn_args_are_checked_and_passed_to_the_connection():
     with pytest.raises(TypeError, match="bogus"):
         Security(extra_conn_args={"bogus": 1})

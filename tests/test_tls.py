@@ -16,6 +16,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 import dask.config
@@ -500,7 +501,8 @@ def test_command_line_tls_options(files, tmp_path):
 
 def test_a_nanny_in_a_worker_process_keeps_its_credentials_in_memory(tmp_path):
     """Temporary credentials reach a worker process through the nanny's pipe, not a
-    file: nothing is written under the worker's directories."""
+    file, and are loaded from memory: no key is written to any file."""
+    temporary = set(os.listdir(tempfile.gettempdir()))
     sec = Security.temporary()
     with (
         LocalCluster(
@@ -513,3 +515,5 @@ def test_a_nanny_in_a_worker_process_keeps_its_credentials_in_memory(tmp_path):
             for name in names:
                 with open(os.path.join(root, name), "rb") as f:
                     assert b"PRIVATE KEY" not in f.read(), name
+        made = set(os.listdir(tempfile.gettempdir())) - temporary
+        assert not [name for name in made if name.startswith("distributary-tls-")]
