@@ -16,6 +16,7 @@ from distributary.deploy.spec import SpecCluster
 from distributary.nanny.server import Nanny
 from distributary.node import parse_memory_limit
 from distributary.scheduler.server import Scheduler
+from distributary.security import as_security
 from distributary.utils.keywords import LOCAL_CLUSTER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker.server import Worker
@@ -65,10 +66,10 @@ class LocalCluster(SpecCluster):
             "services": services,
             "worker_services": worker_services,
             "service_kwargs": service_kwargs,
-            "security": security,
-            "blocked_handlers": blocked_handlers,
         }
         check_keywords("LocalCluster", not_yet, LOCAL_CLUSTER_NOT_YET)
+        # security= (h-security): a Security, True for temporary credentials, or None
+        self.security = security = as_security(security, "LocalCluster", temporary=True)
         if ip is not None:
             warnings.warn(
                 "The `ip` parameter is deprecated; use `host`", DeprecationWarning, stacklevel=2
@@ -88,6 +89,8 @@ class LocalCluster(SpecCluster):
         if protocol is None:
             if host and "://" in host:
                 protocol = host.split("://")[0]
+            elif security.require_encryption:  # (h-security)
+                protocol = "tls"
             elif not processes and not scheduler_port:
                 protocol = "inproc"
             else:
@@ -110,6 +113,7 @@ class LocalCluster(SpecCluster):
             interface=interface,
             dashboard_address=worker_dashboard_address,
             silence_logs=silence_logs,
+            security=security,  # (h-security)
         )
         scheduler = {
             "cls": Scheduler,
@@ -119,6 +123,8 @@ class LocalCluster(SpecCluster):
                 "protocol": protocol,
                 "interface": interface,
                 "dashboard_address": dashboard_address,
+                "security": security,  # (h-security)
+                "blocked_handlers": blocked_handlers,  # (h-security)
                 **(scheduler_kwargs or {}),
             },
         }
