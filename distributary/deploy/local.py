@@ -68,8 +68,7 @@ class LocalCluster(SpecCluster):
             "service_kwargs": service_kwargs,
         }
         check_keywords("LocalCluster", not_yet, LOCAL_CLUSTER_NOT_YET)
-        # security= (h-security): a Security, True for temporary credentials, or None
-        self.security = security = as_security(security, "LocalCluster", temporary=True)
+        security = as_security(security, "LocalCluster", temporary=True)
         if ip is not None:
             warnings.warn(
                 "The `ip` parameter is deprecated; use `host`", DeprecationWarning, stacklevel=2
@@ -89,7 +88,7 @@ class LocalCluster(SpecCluster):
         if protocol is None:
             if host and "://" in host:
                 protocol = host.split("://")[0]
-            elif security.require_encryption:  # (h-security)
+            elif security.require_encryption:
                 protocol = "tls"
             elif not processes and not scheduler_port:
                 protocol = "inproc"
@@ -113,7 +112,7 @@ class LocalCluster(SpecCluster):
             interface=interface,
             dashboard_address=worker_dashboard_address,
             silence_logs=silence_logs,
-            security=security,  # (h-security)
+            security=security,
         )
         scheduler = {
             "cls": Scheduler,
@@ -123,8 +122,8 @@ class LocalCluster(SpecCluster):
                 "protocol": protocol,
                 "interface": interface,
                 "dashboard_address": dashboard_address,
-                "security": security,  # (h-security)
-                "blocked_handlers": blocked_handlers,  # (h-security)
+                "security": security,
+                "blocked_handlers": blocked_handlers,
                 **(scheduler_kwargs or {}),
             },
         }
@@ -134,6 +133,7 @@ class LocalCluster(SpecCluster):
             scheduler=scheduler,
             worker=worker,
             asynchronous=asynchronous,
+            security=security,
             silence_logs=silence_logs,
             name=name,
         )
