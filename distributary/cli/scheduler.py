@@ -34,9 +34,6 @@ logger = logging.getLogger("distributary.cli")
     "--preload",
     "--preload-argv",
     "--dashboard-prefix",
-    "--tls-ca-file",
-    "--tls-cert",
-    "--tls-key",
     flags=("--jupyter", "--show", "--use-xheaders"),
 )
 @click.option(

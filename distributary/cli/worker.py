@@ -83,9 +83,6 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
     "--preload-argv",
     "--dashboard-prefix",
     "--scheduler-sni",
-    "--tls-ca-file",
-    "--tls-cert",
-    "--tls-key",
 )
 @click.argument("scheduler_address", required=False, callback=_scheduler_address)
 @click.option(
