@@ -609,5 +609,53 @@ def scheduler_memory(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Fi
     }
 
 
+# ---------------------------------------------------------------------------------------
+# Over TLS: the latency and map-throughput scenarios on a cluster whose connections all
+# use TLS with temporary credentials (``Security.temporary()``, mutual authentication),
+# on both libraries.  Compare their ratios with those of ``latency`` and
+# ``map-throughput`` in the same run.
+
+
+@contextmanager
+def tls_connected(lib: ModuleType, kwargs: dict[str, Any]) -> Iterator[Any]:
+    """A client of a fresh ``LocalCluster(security=Security.temporary(), **kwargs)``."""
+    security = lib.Security.temporary()
+    with lib.LocalCluster(security=security, **kwargs) as cluster, lib.Client(cluster) as client:
+        if not cluster.scheduler_address.startswith("tls://"):
+            raise AssertionError(f"not a TLS cluster: {cluster.scheduler_address}")
+        client.wait_for_workers(kwargs["n_workers"])
+        yield client
+
+
+@scenario(
+    "tls-latency",
+    headline="median_ms",
+    unit="ms",
+    higher_is_better=False,
+    details=("p90_ms",),
+    own_cluster=True,
+    kinds=("processes",),
+)
+def tls_latency(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """``latency`` over TLS."""
+    with tls_connected(lib, kwargs) as client:
+        return latency(lib, client, quick)
+
+
+@scenario(
+    "tls-map-throughput",
+    headline="tasks_per_s",
+    unit="tasks/s",
+    higher_is_better=True,
+    details=("seconds",),
+    own_cluster=True,
+    kinds=("processes",),
+)
+def tls_map_throughput(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> Figures:
+    """``map-throughput`` over TLS."""
+    with tls_connected(lib, kwargs) as client:
+        return map_throughput(lib, client, quick)
+
+
 # The dashboard's scenarios register themselves (their module needs the registry above).
 from benchmarks import dashboard as _dashboard  # noqa: E402, F401

@@ -49,6 +49,7 @@ _EXPORTS = {
     "UploadFile": "distributary.plugins",
     "WorkerPlugin": "distributary.plugins",
     "Scheduler": "distributary.scheduler.server",
+    "Security": "distributary.security",
     "get_worker": "distributary.worker.context",
     "secede": "distributary.worker.context",
     "rejoin": "distributary.worker.context",

@@ -3,6 +3,9 @@
 Each is created, then awaited (or entered with ``async with``) to start, and closed with
 ``await node.close()``; ``await node.finished()`` waits until it has closed.  While it
 runs it keeps its logger's recent records, and answers for them and for its versions.
+Each has its :class:`~distributary.Security` (the TLS credentials of its role) and the
+operations it refuses (``blocked_handlers``, by default
+``distributed.<role>.blocked-handlers``).
 """
 
 from __future__ import annotations
@@ -14,13 +17,15 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
+import dask.config
 import psutil
 from dask.utils import parse_bytes
 
 from distributary.comm.addressing import get_address_host_port, normalize_address, parse_address
 from distributary.protocol.introspection import GetLogs, GetVersions
+from distributary.security import Security, as_security
 from distributary.utils.logs import RecentLogs
 from distributary.utils.process import cpu_count
 from distributary.utils.versions import get_versions
@@ -29,10 +34,17 @@ from distributary.utils.versions import get_versions
 class ServerNode:
     """Awaitable lifecycle: ``init -> starting -> running -> closing -> closed``.
 
-    ``logger`` is the node's logger, whose records it keeps while it runs.
+    ``logger`` is the node's logger, whose records it keeps while it runs.  ``security``
+    (a Security, a dict of its parameters, or None for the configuration's) gives the
+    TLS credentials of :attr:`security_role`; ``blocked_handlers`` the operations refused.
     """
 
-    def __init__(self, logger: logging.Logger) -> None:
+    # whose TLS credentials the node uses, and its configuration section
+    security_role: ClassVar[str] = "worker"
+
+    def __init__(
+        self, logger: logging.Logger, security: Any = None, blocked_handlers: Any = None
+    ) -> None:
         self.id = f"{type(self).__name__}-{uuid.uuid4()}"
         self.status = "init"
         self._logger_name = logger.name
@@ -40,6 +52,23 @@ class ServerNode:
         self._start_lock: asyncio.Lock | None = None
         self._closed_event: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.security: Security = as_security(security, type(self).__name__)
+        self.connection_args = self.security.get_connection_args(self.security_role)
+        self.listen_args = self.security.get_listen_args(self.security_role)
+        if blocked_handlers is None:
+            blocked_handlers = dask.config.get(
+                f"distributed.{self.security_role}.blocked-handlers", default=None
+            )
+        self.blocked_handlers = _operation_names(blocked_handlers)
+
+    def server_options(self) -> dict[str, Any]:
+        """What the node's Server takes: its TLS settings, the operations it refuses and
+        the node's name for messages."""
+        return {
+            "listen_args": self.listen_args,
+            "blocked": self.blocked_handlers,
+            "name": type(self).__name__,
+        }
 
     async def _start(self) -> None:
         raise NotImplementedError
@@ -131,12 +160,17 @@ def listen_address_for(
     port: int | None,
     protocol: str | None,
     interface: str | None = None,
+    security: Security | None = None,
 ) -> str:
-    """Where a node should listen: the scheduler's transport, on ``host`` (or the address
-    of ``interface``); by default on this machine's address on the route to the
-    scheduler, which is loopback when the scheduler is on this machine or unknown."""
+    """Where a node should listen: the scheduler's transport (TLS, without a scheduler,
+    if ``security`` requires encryption), on ``host`` (or the address of ``interface``);
+    by default on this machine's address on the route to the scheduler, which is
+    loopback when the scheduler is on this machine or unknown."""
     if protocol is None:
-        protocol = parse_address(scheduler_address)[0] if scheduler_address else "tcp"
+        if scheduler_address:
+            protocol = parse_address(scheduler_address)[0]
+        else:
+            protocol = "tls" if security is not None and security.require_encryption else "tcp"
     protocol = protocol.rstrip(":/")
     if protocol == "inproc":
         return "inproc://"
@@ -145,6 +179,20 @@ def listen_address_for(
     if host is None and scheduler_address and not scheduler_address.startswith("inproc"):
         host = _host_facing(scheduler_address)
     return f"{protocol}://{host or '127.0.0.1'}:{port or 0}"
+
+
+def _operation_names(names: Any) -> list[str]:
+    """``blocked_handlers`` as a list of operation names."""
+    if names is None:
+        return []
+    if not isinstance(names, list | tuple | set | frozenset) or not all(
+        isinstance(name, str) for name in names
+    ):
+        raise TypeError(
+            f"blocked_handlers must be a list of operation names (like ['run_function']), "
+            f"not {names!r}"
+        )
+    return list(names)
 
 
 def _host_facing(scheduler_address: str) -> str | None:

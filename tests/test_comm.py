@@ -121,9 +121,13 @@ def test_normalize_address_rejects_malformed(addr):
     assert repr(addr) in str(info.value)
 
 
-def test_tls_not_implemented():
-    with pytest.raises(NotImplementedError):
-        normalize_address("tls://127.0.0.1:8786")
+def test_tls_addresses_are_host_and_port_like_tcp():
+    # (TLS itself is tested in tests/test_tls.py)
+    assert normalize_address("TLS://127.0.0.1:8786") == "tls://127.0.0.1:8786"
+    assert normalize_address("tls://[::1]:8786") == "tls://[::1]:8786"
+    assert get_address_host_port("tls://10.0.0.1:5") == ("10.0.0.1", 5)
+    with pytest.raises(ValueError, match="tls://127.0.0.1"):
+        normalize_address("tls://127.0.0.1")
 
 
 def test_address_helpers():

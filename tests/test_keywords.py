@@ -38,7 +38,7 @@ def test_an_unknown_keyword_is_a_type_error_naming_it(make):
         (lambda: Worker("tcp://127.0.0.1:8786", reconnect=False), "reconnect"),
         (lambda: Scheduler(extensions={"x": object}), "extensions"),
         (lambda: Nanny("tcp://127.0.0.1:8786", quiet=True), "quiet"),
-        (lambda: Client("tcp://127.0.0.1:8786", security=object()), "security"),
+        (lambda: Client("tcp://127.0.0.1:8786", deserializers=["pickle"]), "deserializers"),
         (lambda: Client("tcp://127.0.0.1:8786", serializers=["pickle"]), "serializers"),
         (lambda: Client("tcp://127.0.0.1:8786", direct_to_workers=False), "direct_to_workers"),
     ],

@@ -472,8 +472,6 @@ LOCAL_CLUSTER_NOT_YET = {
     "services",
     "worker_services",
     "service_kwargs",
-    "security",
-    "blocked_handlers",
 }
 
 
@@ -625,6 +623,7 @@ PUBLIC_API = [
     "SSHCluster",
     "Scheduler",
     "SchedulerPlugin",
+    "Security",
     "Semaphore",
     "SpecCluster",
     "Sub",

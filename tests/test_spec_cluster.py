@@ -290,13 +290,31 @@ class FailingWorker(Worker):
         raise RuntimeError("this worker refuses to start")
 
 
+def test_security_reaches_the_scheduler_and_every_worker():
+    tls = {"protocol": "tls", "host": "127.0.0.1"}
+    with (
+        SpecCluster(
+            scheduler={"cls": Scheduler, "options": {"dashboard_address": None, **tls}},
+            workers={0: {"cls": Worker, "options": {"nthreads": 1, **tls}}},
+            worker={"cls": Nanny, "options": {"nthreads": 1, **tls}},
+            security=True,  # (temporary credentials, for all of them)
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        cluster.scale(2)
+        c.wait_for_workers(2, timeout=30)
+        assert cluster.scheduler_address.startswith("tls://")
+        assert all(addr.startswith("tls://") for addr in c.scheduler_info()["workers"])
+        assert c.submit(lambda x: x + 1, 1).result(timeout=30) == 2
+
+
 def test_bad_input_is_a_clear_error_and_the_cluster_keeps_working():
     with pytest.raises(TypeError, match="worker 'x' spec must be a dict"):
         SpecCluster(scheduler=SCHEDULER, workers={"x": "Worker"})
     with pytest.raises(ImportError, match="unknown class 'nowhere.Worker'"):
         SpecCluster(scheduler=SCHEDULER, worker={"cls": "nowhere.Worker"})
-    with pytest.raises(NotImplementedError, match=r"security=\.\.\."):
-        SpecCluster(scheduler=SCHEDULER, security=True)
+    with pytest.raises(TypeError, match=r"SpecCluster\(security=\.\.\.\) must be a Security"):
+        SpecCluster(scheduler=SCHEDULER, security="yes")
     with pytest.raises(TypeError, match="unexpected keyword argument 'nthreadz'"):
         SpecCluster(scheduler=SCHEDULER, workers={0: {"cls": Worker, "options": {"nthreadz": 1}}})
     with SpecCluster(scheduler=SCHEDULER, workers={0: ONE_THREAD}) as cluster, Client(cluster) as c:

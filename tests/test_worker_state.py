@@ -383,9 +383,11 @@ def test_gather_failure_tries_another_holder():
     out = step(s, fail)
     assert out[0] == ins.MissingData(fail.stimulus_id, "a", P1)
     assert one(out, ins.GatherDep).worker == P2
-    assert s.tasks["a"].who_has == {P2}
+    assert s.tasks["a"].who_has == {P2} and s.suspicious == {"a": 1}
     out = step(s, gathered(one(out, ins.GatherDep)))
     assert executes(out) == ["x"]
+    step(s, success("x"), free("x", "a"))
+    assert "a" not in s.tasks and s.suspicious == {}  # (counted while the key is known)
 
 
 def test_key_missing_from_reply():

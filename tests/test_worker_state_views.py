@@ -18,8 +18,6 @@ from distributary import get_worker, secede
 NOT_YET = {
     "services",
     "service_ports",
-    "suspicious_deps",
-    "durations",
 }
 
 
@@ -77,6 +75,7 @@ async def test_the_views_show_a_task_running_on_fetched_data(c, s, a, b):
     assert b.threads["y"] in {t.ident for t in threading.enumerate()}
     actions = [action for action, _, _ in b.startstops["y"]]
     assert actions == ["transfer", "compute"] and b.exceptions == b.tracebacks == {}
+    assert 0 < b.durations["y"] < 10 and b.suspicious_deps == {}
 
 
 def fails() -> None:

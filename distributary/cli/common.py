@@ -112,12 +112,12 @@ class Ports(click.ParamType):
 
 
 def protocol_option(ctx: Any, param: Any, value: str | None) -> str | None:
-    """Validate ``--protocol``: only TCP for now."""
+    """Validate ``--protocol``: TCP or TLS."""
     if value is None:
         return None
     protocol = value.lower().rstrip(":/")
-    if protocol != "tcp":
-        raise click.BadParameter(f"{value!r} is not supported; only 'tcp' is, for now")
+    if protocol not in ("tcp", "tls"):
+        raise click.BadParameter(f"{value!r} is not supported; only 'tcp' and 'tls' are")
     return protocol
 
 

@@ -20,6 +20,7 @@ from distributary.cli.common import (
     split_host,
     writing_pid_file,
 )
+from distributary.cli.tls import security_from_options, tls_options
 from distributary.node import ServerNode
 from distributary.scheduler.server import Scheduler
 from distributary.utils.process import exit_process
@@ -33,9 +34,6 @@ logger = logging.getLogger("distributary.cli")
     "--preload",
     "--preload-argv",
     "--dashboard-prefix",
-    "--tls-ca-file",
-    "--tls-cert",
-    "--tls-key",
     flags=("--jupyter", "--show", "--use-xheaders"),
 )
 @click.option(
@@ -51,7 +49,7 @@ logger = logging.getLogger("distributary.cli")
     help="Port to listen on; 0 picks a free one.",
 )
 @click.option("--interface", help="Network interface to listen on, like 'eth0' or 'ib0'.")
-@click.option("--protocol", callback=protocol_option, help="Transport protocol: tcp.")
+@click.option("--protocol", callback=protocol_option, help="Transport protocol: tcp or tls.")
 @click.option(
     "--scheduler-file",
     type=click.Path(dir_okay=False),
@@ -81,6 +79,7 @@ logger = logging.getLogger("distributary.cli")
     type=Duration(),
     help="Remove a worker that has not been heard from for this long, like '5 minutes'.",
 )
+@tls_options
 def scheduler(
     pid_file: str | None,
     host: str | None,
@@ -92,6 +91,9 @@ def scheduler(
     dashboard: bool,
     idle_timeout: float | None,
     worker_ttl: float | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Start a scheduler; stop it with Ctrl-C (SIGINT) or SIGTERM.
 
@@ -112,6 +114,7 @@ def scheduler(
                 dashboard_address=dashboard_address if dashboard else None,
                 idle_timeout=idle_timeout,
                 worker_ttl=worker_ttl,
+                security=security_from_options("scheduler", tls_ca_file, tls_cert, tls_key),
             )
         ]
 

@@ -28,6 +28,7 @@ from distributary.cli.common import (
     split_host,
     writing_pid_file,
 )
+from distributary.cli.tls import security_from_options, tls_options
 from distributary.comm import connect
 from distributary.comm.addressing import normalize_address, parse_address
 from distributary.deploy.local import _workers_and_threads
@@ -64,8 +65,8 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
         return None
     try:
         scheme, location = parse_address(value)
-        if scheme == "tcp" and (location.endswith("]") or ":" not in location):
-            value = f"tcp://{location}:{DEFAULT_SCHEDULER_PORT}"
+        if scheme in ("tcp", "tls") and (location.endswith("]") or ":" not in location):
+            value = f"{scheme}://{location}:{DEFAULT_SCHEDULER_PORT}"
         return normalize_address(value)
     except (ValueError, NotImplementedError) as exc:
         raise click.BadParameter(str(exc)) from None
@@ -82,9 +83,6 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
     "--preload-argv",
     "--dashboard-prefix",
     "--scheduler-sni",
-    "--tls-ca-file",
-    "--tls-cert",
-    "--tls-key",
 )
 @click.argument("scheduler_address", required=False, callback=_scheduler_address)
 @click.option(
@@ -132,7 +130,7 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
     "workers must be able to reach. [default: the address facing the scheduler]",
 )
 @click.option("--interface", help="Network interface to listen on, like 'eth0' or 'ib0'.")
-@click.option("--protocol", callback=protocol_option, help="Transport protocol: tcp.")
+@click.option("--protocol", callback=protocol_option, help="Transport protocol: tcp or tls.")
 @click.option(
     "--worker-port",
     type=Ports(),
@@ -186,6 +184,7 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
     help="Accepted for dask.distributed's command line: each worker always serves /metrics "
     "and /health.  [default: --dashboard]",
 )
+@tls_options
 def worker(
     pid_file: str | None,
     nprocs: int | str | None,
@@ -209,6 +208,9 @@ def worker(
     lifetime_restart: bool | None,
     dashboard_address: str | None,
     dashboard: bool,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Start workers for a scheduler.
 
@@ -246,6 +248,7 @@ def worker(
         "interface": interface,
         "local_directory": local_directory,
         "death_timeout": death_timeout,
+        "security": security_from_options("worker", tls_ca_file, tls_cert, tls_key),
     }
     # Passed only when given, so that workers without these parameters still start.
     optional = {
@@ -267,7 +270,8 @@ def worker(
             address,
         )
         # Fail fast, with the connection's own error, before starting any process.
-        comm = await connect(address, timeout=death_timeout)
+        security = options["security"].get_connection_args("worker")
+        comm = await connect(address, timeout=death_timeout, **security)
         await comm.close()
         if nanny:
             return [

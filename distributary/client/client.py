@@ -53,6 +53,7 @@ from distributary.dashboard.address import scheduler_dashboard_link
 from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpec
 from distributary.protocol.tasks import dumps_task, register_reference_type
+from distributary.security import client_security
 from distributary.utils.keywords import check_client_keywords
 from distributary.utils.loop import LoopRunner, in_loop, sync
 from distributary.widgets.reprs import client_html
@@ -70,7 +71,8 @@ class Client:
     its); ``Client("tcp://host:port")`` or ``Client(cluster)`` connects to a running one.
     ``loop`` and ``heartbeat_interval`` have no effect (the client runs its own loop and
     its stream tells when the scheduler is gone); data always goes straight between the
-    client and the workers (``direct_to_workers``).
+    client and the workers (``direct_to_workers``).  ``security``: a Security (by default
+    its cluster's), or True for temporary credentials, with the LocalCluster it starts.
     """
 
     # A Client is an I/O shell around its ClientState: its ``Outbox`` (the state, its
@@ -92,7 +94,8 @@ class Client:
         connection_limit: int = 512,
         **kwargs: Any,
     ):
-        check_client_keywords(address, scheduler_file, security, direct_to_workers, kwargs)
+        check_client_keywords(address, scheduler_file, direct_to_workers, kwargs)
+        self.security = client_security(security, address, scheduler_file, kwargs)
         self.id = f"{name or 'Client'}-{uuid.uuid4()}"
         self._asynchronous = bool(asynchronous)
         self.status = "newly-created"
@@ -108,7 +111,8 @@ class Client:
         self._restart_waiters: set[asyncio.Event] = set()  # set when a restart is reported
         self._stream_task: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None  # (start() of an asynchronous client)
-        self.pool = ConnectionPool(limit=connection_limit, role="client")
+        args = self.security.get_connection_args("client")
+        self.pool = ConnectionPool(limit=connection_limit, role="client", connection_args=args)
         self._graphs = GraphRunner(self, self._outbox, self.gather)
         self._windows = SubmissionWindows()
         self._transfer = DataTransfer(
@@ -181,7 +185,7 @@ class Client:
         ):
             self.pool.routes[self.scheduler_address] = scheduler.inproc_address
         route = self.pool.routes.get(self.scheduler_address, self.scheduler_address)
-        comm = await connect(route, timeout=self._timeout)
+        comm = await connect(route, timeout=self._timeout, **self.pool.connection_args)
         await comm.write(rq.RegisterClient(self.id))
         reply = await asyncio.wait_for(comm.read(), self._timeout)
         try:

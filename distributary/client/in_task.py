@@ -52,7 +52,11 @@ def _client_of(worker: Any, timeout: Any) -> Client:
             if default is not None and default.scheduler_address == scheduler:
                 return default
             client = worker.task_client = Client(
-                scheduler, timeout=timeout, set_as_default=False, name=f"worker-{worker.name}"
+                scheduler,
+                timeout=timeout,
+                set_as_default=False,
+                name=f"worker-{worker.name}",
+                security=worker.security._as_client_for("worker"),
             )
         return client
 

@@ -1,7 +1,7 @@
-"""Internal: connections between processes: addresses, comms, listeners (TCP and
+"""Internal: connections between processes: addresses, comms, listeners (TCP, TLS and
 in-process)."""
 
-from distributary.comm import inproc, tcp  # noqa: F401  (register the transports)
+from distributary.comm import inproc, tcp, tls  # noqa: F401  (register the transports)
 from distributary.comm.addressing import (
     get_address_host,
     get_address_host_port,

@@ -1,7 +1,7 @@
 """Addresses: ``scheme://location`` strings such as ``tcp://10.0.0.1:8786``.
 
-TCP locations are ``host:port`` (IPv6 hosts in brackets: ``[::1]:8786``); inproc
-locations are ``<host>/<pid>/<counter>`` or any name given to ``listen``.
+TCP and TLS locations are ``host:port`` (IPv6 hosts in brackets: ``[::1]:8786``);
+inproc locations are ``<host>/<pid>/<counter>`` or any name given to ``listen``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ __all__ = [
     "unparse_address",
     "unparse_host_port",
 ]
+
+
+_HOST_PORT_SCHEMES = ("tcp", "tls")
 
 
 def parse_address(addr: str) -> tuple[str, str]:
@@ -66,11 +69,11 @@ def _split_host_port(loc: str, addr: object) -> tuple[str, int]:
 
 
 def normalize_address(addr: str | tuple) -> str:
-    """Return the canonical form of an address (``tcp://host:port`` or ``inproc://...``).
+    """Return the canonical form of an address (``tcp://host:port``,
+    ``tls://host:port`` or ``inproc://...``).
 
-    Accepts ``tcp://host:port``, ``host:port``, ``(host, port)`` and ``inproc``
-    addresses; raises ValueError naming the address if it is malformed and
-    NotImplementedError for ``tls://``.
+    Accepts ``tcp://host:port``, ``host:port``, ``(host, port)``, ``tls://host:port``
+    and ``inproc`` addresses; raises ValueError naming the address if it is malformed.
     """
     try:
         return _normalize(addr)
@@ -91,13 +94,11 @@ def _normalize(addr: str | tuple) -> str:
     if addr.lower() == "inproc":
         return "inproc://"
     scheme, loc = parse_address(addr)
-    if scheme == "tcp":
+    if scheme in _HOST_PORT_SCHEMES:
         host, port = _split_host_port(loc, addr)
-        return "tcp://" + unparse_host_port(host, port)
+        return f"{scheme}://" + unparse_host_port(host, port)
     if scheme == "inproc":
         return "inproc://" + loc
-    if scheme == "tls":
-        raise NotImplementedError(f"TLS is not supported yet: {addr!r}")
     raise ValueError(f"Unknown scheme {scheme!r} in address {addr!r}")
 
 
@@ -110,8 +111,8 @@ def get_address_host(addr: str) -> str:
 
 
 def get_address_host_port(addr: str) -> tuple[str, int]:
-    """``(host, port)`` of a TCP address; ValueError for addresses without a port."""
+    """``(host, port)`` of a TCP or TLS address; ValueError for addresses without a port."""
     scheme, loc = parse_address(normalize_address(addr))
-    if scheme != "tcp":
+    if scheme not in _HOST_PORT_SCHEMES:
         raise ValueError(f"Address {addr!r} has no host and port")
     return _split_host_port(loc, addr)

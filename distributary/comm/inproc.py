@@ -81,6 +81,8 @@ class InProc(Comm):
     returns 0: nothing is serialized.
     """
 
+    encodes = False
+
     def __init__(self, local_address: str, peer_address: str, inbox: _Inbox, outbox: _Inbox):
         super().__init__(local_address, peer_address)
         self._inbox = inbox
@@ -165,10 +167,15 @@ class InProcBackend(Backend):
 
     Connecting to an address nobody listens on raises ConnectionRefusedError,
     which :func:`distributary.comm.connect` retries until its timeout and then
-    reports as TimeoutError, exactly as for TCP.
+    reports as TimeoutError, exactly as for TCP.  Nothing leaves the process, so
+    nothing needs encrypting: the TLS arguments are not used.
     """
 
-    async def connect(self, loc: str) -> Comm:
+    encrypted = True
+
+    async def connect(
+        self, loc: str, ssl_context: Any = None, extra_conn_args: dict | None = None
+    ) -> Comm:
         """Connect to the listener registered at ``inproc://loc``."""
         address = "inproc://" + loc
         with _registry_lock:
@@ -185,7 +192,9 @@ class InProcBackend(Backend):
             raise ConnectionRefusedError(f"The listener at {address} has no event loop") from err
         return comm
 
-    async def listen(self, loc: str, handle_comm: HandleComm, handshake_info: dict) -> Listener:
+    async def listen(
+        self, loc: str, handle_comm: HandleComm, handshake_info: dict, ssl_context: Any = None
+    ) -> Listener:
         """Register a listener at ``inproc://loc`` (a fresh address if ``loc`` is empty)."""
         address = "inproc://" + loc if loc else _new_address()
         listener = InProcListener(address, handle_comm, handshake_info)

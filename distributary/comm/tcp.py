@@ -5,7 +5,10 @@ Theory of operation
 A message is sent as: the frame count (u64, little-endian), the length of each
 frame (u64 each), then the frames. The receiver checks the count against
 ``MAX_FRAMES`` and the total length against ``distributed.comm.max-message-size``
-before it allocates anything for the frames.
+before it allocates anything for the frames.  The first message, the peer's
+handshake, may only be one frame of ``HANDSHAKE_MAX_BYTES``; once it has arrived
+nothing more is parsed (and reading pauses) until the handshake is accepted, so that a
+peer not yet accepted costs a small buffer and no more.
 
 Reading uses :class:`asyncio.BufferedProtocol`. Headers and small frames are
 received into a scratch buffer and parsed from there (many small messages per
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import socket
 import struct
@@ -44,19 +48,27 @@ from distributary.comm.core import (
     Comm,
     CommClosedError,
     HandleComm,
+    HandshakeError,
     Listener,
     backends,
 )
-from distributary.protocol.wire import ProtocolError, dumps_message, loads_message
+from distributary.protocol.wire import (
+    HANDSHAKE_MAX_BYTES,
+    ProtocolError,
+    dumps_message,
+    loads_handshake,
+    loads_message,
+)
 from distributary.utils.gc_pause import gc_paused
 
-__all__ = ["TCP", "TCPBackend", "TCPListener"]
+__all__ = ["TCP", "TCPBackend", "TCPListener", "frame_message"]
 
 logger = logging.getLogger("distributary.comm")
 
 # Frames at least this big are received into (and sent from) their own buffer.
 BIG_FRAME = 64 * 1024
 _SCRATCH_SIZE = 16 * 1024
+_HANDSHAKE_SCRATCH = 512  # (a connection that has not sent its handshake yet)
 # Large frames are handed to the transport in slices of this size.
 _WRITE_CHUNK = 1024 * 1024
 # Writers of small messages wait (drain) while more than this is buffered.
@@ -96,6 +108,12 @@ def _allocate(nbytes: int) -> bytearray | memoryview:
     return memoryview(empty(nbytes, dtype="u1"))
 
 
+def frame_message(msg: object) -> bytes:
+    """The bytes of a small message of one frame on the wire (for raw sockets)."""
+    (frame,) = dumps_message(msg)
+    return _ONE_FRAME_HEADER.pack(1, len(frame)) + frame
+
+
 def _nbytes(frame: bytes | bytearray | memoryview) -> int:
     return frame.nbytes if isinstance(frame, memoryview) else len(frame)
 
@@ -103,9 +121,15 @@ def _nbytes(frame: bytes | bytearray | memoryview) -> int:
 class _FrameProtocol(asyncio.BufferedProtocol):
     """Parses the frame stream of one connection into a queue of messages."""
 
-    def __init__(self, max_size: int, on_connection: Callable | None = None):
-        self.max_size = max_size
+    def __init__(self, max_size: int, on_connection: Callable | None = None, scheme: str = "tcp"):
+        # the handshake's limits, until it is accepted
+        self.max_size = HANDSHAKE_MAX_BYTES
+        self.max_frames = 1
+        self.handshaking = True
+        self._message_max_size = max_size
+        self._held = False  # the handshake has arrived: nothing more is parsed yet
         self._on_connection = on_connection
+        self.scheme = scheme
         self.transport: Any = None
         self.peer = "unknown peer"
         # complete messages: (frames, nbytes)
@@ -119,7 +143,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self.paused_reading = False
         self._drain_waiter: asyncio.Future | None = None
         # parser state
-        self._buf = bytearray(_SCRATCH_SIZE)
+        self._buf = bytearray(_HANDSHAKE_SCRATCH)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -146,7 +170,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER, low=0)
         peername = transport.get_extra_info("peername")
         if peername:
-            self.peer = "tcp://" + unparse_host_port(peername[0], peername[1])
+            self.peer = f"{self.scheme}://" + unparse_host_port(peername[0], peername[1])
         if self._on_connection is not None:
             self._on_connection(self)
 
@@ -181,6 +205,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.error is not None:
             return
+        if self._held:  # (bytes the transport had already read when reading paused)
+            self._end += nbytes
+            return
         if self._big is not None:
             self._big_pos += nbytes
             if self._big_pos < len(self._big):
@@ -203,8 +230,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                     need = 8
                     break
                 nframes = _U64.unpack_from(view, start)[0]
-                if not 0 < nframes <= MAX_FRAMES:
-                    self._fail(f"message announces {nframes} frames (at most {MAX_FRAMES})")
+                if not 0 < nframes <= self.max_frames:
+                    self._fail(self._too_many_frames(nframes, view[start : start + 2]))
                     return
                 self._nframes = nframes
                 self._start += 8
@@ -215,16 +242,17 @@ class _FrameProtocol(asyncio.BufferedProtocol):
                 lengths = struct.unpack_from(f"<{self._nframes}Q", view, start)
                 total = sum(lengths)
                 if total > self.max_size:
-                    self._fail(
-                        f"message announces {total} bytes, more than "
-                        f"distributed.comm.max-message-size ({self.max_size})"
-                    )
+                    self._fail(self._too_big(total))
                     return
                 self._lengths = lengths
                 self._total = total
                 self._start += need
             elif len(self._frames) == self._nframes:
                 self._deliver()
+                if self.handshaking:
+                    self._held = True  # until accept_handshake()
+                    self.transport.pause_reading()
+                    return
             else:
                 need = self._lengths[len(self._frames)]
                 if avail >= need:
@@ -244,7 +272,7 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         # wait for `need` bytes from self._start
         if self._start == self._end:
             self._start = self._end = 0
-            if len(self._buf) > _SCRATCH_SIZE:
+            if len(self._buf) != _SCRATCH_SIZE and not self.handshaking:
                 self._buf = bytearray(_SCRATCH_SIZE)
                 self._view = memoryview(self._buf)
         elif self._start + need > len(self._buf):
@@ -275,6 +303,40 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         ) and not self.paused_reading:
             self.paused_reading = True
             self.transport.pause_reading()
+
+    def _too_many_frames(self, nframes: int, first: memoryview) -> str:
+        if not self.handshaking:
+            return f"message announces {nframes} frames (at most {MAX_FRAMES})"
+        if self.scheme == "tcp" and bytes(first) == b"\x16\x03":  # a TLS ClientHello
+            return (
+                "the peer speaks TLS, but this address is plain tcp:// (the peer should "
+                "connect with tcp://, or this server listen on tls://)"
+            )
+        return f"handshake announces {nframes} frames (a handshake is one frame)"
+
+    def _too_big(self, total: int) -> str:
+        if self.handshaking:
+            return (
+                f"handshake announces {total} bytes, more than the {self.max_size} a handshake "
+                "may have (distributed.comm.max-message-size applies after it)"
+            )
+        return (
+            f"message announces {total} bytes, more than "
+            f"distributed.comm.max-message-size ({self.max_size})"
+        )
+
+    def accept_handshake(self) -> None:
+        """The peer's handshake is accepted: take its messages, within the usual limits."""
+        if not self.handshaking:
+            return
+        self.handshaking = self._held = False
+        self.max_size = self._message_max_size
+        self.max_frames = MAX_FRAMES
+        if self.lost or self.error is not None:
+            return
+        if not self.paused_reading:
+            self.transport.resume_reading()
+        self._parse()
 
     def _fail(self, reason: str) -> None:
         logger.warning("Closing the connection with %s: %s", self.peer, reason)
@@ -309,12 +371,12 @@ class _FrameProtocol(asyncio.BufferedProtocol):
 
 
 class TCP(Comm):
-    """A comm over a TCP connection."""
+    """A comm over a TCP connection (or a TLS one: see :mod:`distributary.comm.tls`)."""
 
     def __init__(self, protocol: _FrameProtocol):
         transport = protocol.transport
         sockname = transport.get_extra_info("sockname")
-        local = "tcp://" + unparse_host_port(sockname[0], sockname[1])
+        local = f"{protocol.scheme}://" + unparse_host_port(sockname[0], sockname[1])
         super().__init__(local, protocol.peer)
         self._protocol = protocol
         self._transport = transport
@@ -328,8 +390,8 @@ class TCP(Comm):
         reason = self._protocol.error or "closed by the peer"
         return CommClosedError(f"Connection {self.local_address} -> {self.peer_address}: {reason}")
 
-    async def read(self) -> object:
-        """Return the next message; raise CommClosedError once the comm is closed."""
+    async def _next_frames(self) -> tuple[list, int]:
+        """The frames of the next message and their size, once it has arrived."""
         protocol = self._protocol
         while not protocol.messages or self._closed:
             if self._closed or protocol.lost:
@@ -343,6 +405,24 @@ class TCP(Comm):
                 protocol.reader = None
         frames, nbytes = protocol.messages.popleft()
         protocol.message_taken(nbytes)
+        return frames, nbytes
+
+    async def read_handshake(self) -> dict:
+        """Return the peer's handshake: plain data, or HandshakeError."""
+        frames, _ = await self._next_frames()
+        try:
+            return loads_handshake(frames)
+        except ProtocolError as err:
+            self.abort()
+            raise HandshakeError(f"Malformed handshake from {self.peer_address}: {err}") from None
+
+    def handshake_accepted(self) -> None:
+        """Read the peer's messages from now on."""
+        self._protocol.accept_handshake()
+
+    async def read(self) -> object:
+        """Return the next message; raise CommClosedError once the comm is closed."""
+        frames, nbytes = await self._next_frames()
         try:
             if nbytes < _BIG_MESSAGE:
                 return loads_message(frames)
@@ -463,9 +543,12 @@ def _contact_host(bound_host: str, family: int) -> str:
 class TCPListener(Listener):
     """Accepts TCP connections."""
 
+    scheme = "tcp"
+
     def __init__(self, handle_comm: HandleComm, handshake_info: dict):
         super().__init__(handle_comm, handshake_info)
         self._server: asyncio.Server | None = None
+        self._accepting = False
         self._max_size = _max_message_size()
 
     async def start(self, host: str, port: int) -> None:
@@ -474,43 +557,57 @@ class TCPListener(Listener):
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, sockaddr = infos[0]
         bind_host = sockaddr[0]
+        self._accepting = True
         self._server = await loop.create_server(
             self._make_protocol, bind_host, port, family=family, backlog=2048
         )
         bound_port = self._server.sockets[0].getsockname()[1]
-        if bind_host in ("0.0.0.0", "::"):
-            bind_host = _contact_host(bind_host, family)
-        self.address = "tcp://" + unparse_host_port(bind_host, bound_port)
+        contact = _contact_host(bind_host, family) if bind_host in ("0.0.0.0", "::") else bind_host
+        self.address = f"{self.scheme}://" + unparse_host_port(contact, bound_port)
+        if self.scheme == "tcp" and not ipaddress.ip_address(bind_host).is_loopback:
+            logger.warning(
+                "Listening on %s without TLS, on an address other machines can reach: "
+                "anyone who can connect to it can run any code here and on every worker "
+                "of this cluster, and read its data. Use tls:// with security=Security(...) "
+                "(--tls-ca-file, --tls-cert and --tls-key on the command line), or listen "
+                "on 127.0.0.1.",
+                f"tcp://{unparse_host_port(bind_host, bound_port)}",
+            )
 
     def _make_protocol(self) -> _FrameProtocol:
-        return _FrameProtocol(self._max_size, on_connection=self._on_connection)
+        return _FrameProtocol(self._max_size, self._on_connection)
 
     def _on_connection(self, protocol: _FrameProtocol) -> None:
-        if self._server is None:
+        if not self._accepting:
             protocol.transport.abort()
             return
         self._accept(TCP(protocol))
 
     def stop(self) -> None:
         """Stop accepting connections (idempotent)."""
+        self._accepting = False
         if self._server is not None:
             self._server.close()
             self._server = None
 
 
 class TCPBackend(Backend):
-    """The ``tcp://`` transport."""
+    """The ``tcp://`` transport (not encrypted: the TLS arguments are not used)."""
 
-    async def connect(self, loc: str) -> Comm:
+    async def connect(
+        self, loc: str, ssl_context: Any = None, extra_conn_args: dict | None = None
+    ) -> Comm:
         """Open a TCP connection to ``host:port``."""
         host, port = get_address_host_port("tcp://" + loc)
         max_size = _max_message_size()
         _, protocol = await asyncio.get_running_loop().create_connection(
-            lambda: _FrameProtocol(max_size), host, port
+            lambda: _FrameProtocol(max_size), host, port, **(extra_conn_args or {})
         )
         return TCP(protocol)
 
-    async def listen(self, loc: str, handle_comm: HandleComm, handshake_info: dict) -> Listener:
+    async def listen(
+        self, loc: str, handle_comm: HandleComm, handshake_info: dict, ssl_context: Any = None
+    ) -> Listener:
         """Listen on ``host:port`` (port 0 picks a free port)."""
         host, port = get_address_host_port("tcp://" + loc)
         listener = TCPListener(handle_comm, handshake_info)

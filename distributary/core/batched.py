@@ -6,6 +6,13 @@ turn goes out as one message (a list of dicts); while a write is in progress new
 messages accumulate and go out together right after it. With ``interval > 0``
 writes are at least ``interval`` seconds apart.
 
+With a ``send_limit`` (the scheduler's streams: ``distributed.comm.send-buffer-limit``) a
+peer that reads too slowly cannot make the sender hold messages without bound: while a
+write waits for the peer, every :data:`SPILL_MESSAGES` messages sent meanwhile are
+encoded at once (work the write would do anyway) and held as bytes; past
+``send_limit`` such bytes the connection is dropped, with a warning, and the peer is
+treated as gone.
+
 The reader decodes each batch into the message classes of
 :mod:`distributary.protocol` that the peer may send, for the one who handles them
 (the scheduler, a worker, a client): the only loop that reads a stream.
@@ -16,25 +23,45 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import dask.config
+from dask.utils import format_bytes, parse_bytes
+
 from distributary.comm import Comm, CommClosedError
 from distributary.protocol.message import Catalogue, Message
-from distributary.protocol.wire import ProtocolError
+from distributary.protocol.wire import Encoded, ProtocolError, encode
 from distributary.utils.gc_pause import gc_paused
 
-__all__ = ["BatchedSend", "read_messages"]
+__all__ = ["SPILL_MESSAGES", "BatchedSend", "read_messages", "send_buffer_limit"]
 
 logger = logging.getLogger("distributary.core")
 
+# Messages sent while a write waits that are encoded (and counted) together.
+SPILL_MESSAGES = 64
+
+
+def send_buffer_limit() -> int:
+    """The configured ``distributed.comm.send-buffer-limit``, in bytes."""
+    return parse_bytes(dask.config.get("distributed.comm.send-buffer-limit"))
+
 
 class BatchedSend:
-    """Send messages over ``comm`` in batches, without ever blocking the sender."""
+    """Send messages over ``comm`` in batches, without ever blocking the sender; with a
+    ``send_limit`` (bytes), drop the connection of a peer that falls that far behind."""
 
-    def __init__(self, comm: Comm, interval: float = 0.0):
+    def __init__(self, comm: Comm, interval: float = 0.0, send_limit: int | None = None):
         self.comm = comm
         self.interval = interval
+        self.send_limit = send_limit
+        # messages held while a write waits, beyond which they are encoded
+        self._spill_at = SPILL_MESSAGES if send_limit is not None and comm.encodes else sys.maxsize
+        self._spilled: deque[Encoded] = deque()
+        self._spilled_bytes = 0
+        self._writing = False
         self._buffer: list = []
         self._closed = False
         self._task: asyncio.Task | None = None
@@ -50,11 +77,49 @@ class BatchedSend:
             self._task = asyncio.get_running_loop().create_task(self._background())
         elif self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
+        elif self._writing and len(self._buffer) >= self._spill_at:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Encode what waits (a peer slow to read), and drop the peer past the limit."""
+        payload, self._buffer = self._buffer, []
+        try:
+            encoded = encode(payload)
+        except Exception:
+            encoded = encode(self._encodable(payload))
+        self._spilled.append(encoded)
+        self._spilled_bytes += encoded.nbytes
+        if self._spilled_bytes > self.send_limit:
+            logger.warning(
+                "Dropping the connection to %s: it reads too slowly (%s waiting to be sent, "
+                "more than distributed.comm.send-buffer-limit: %s)",
+                self.comm.peer_address,
+                format_bytes(self._spilled_bytes),
+                format_bytes(self.send_limit),
+            )
+            self.abort()
+
+    def _encodable(self, payload: list) -> list:
+        """The messages of ``payload`` that can be encoded; the others are logged."""
+        kept = []
+        for msg in payload:
+            try:
+                encode([msg])
+            except Exception:
+                logger.exception("Dropping a message to %s", self.comm.peer_address)
+            else:
+                kept.append(msg)
+        return kept
 
     async def _background(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                if self._spilled:
+                    spilled = self._spilled.popleft()
+                    self._spilled_bytes -= spilled.nbytes
+                    await self._write(spilled)
+                    continue
                 if not self._buffer:
                     if self._closed:
                         return
@@ -80,13 +145,17 @@ class BatchedSend:
         finally:
             self._closed = True
             self._buffer.clear()
+            self._spilled.clear()
 
-    async def _write(self, payload: list) -> None:
+    async def _write(self, payload: list | Encoded) -> None:
+        self._writing = True
         try:
             await self.comm.write(payload)
         except CommClosedError:
             raise
         except Exception:
+            if type(payload) is Encoded:
+                raise
             # Some message cannot be encoded: send the others, drop and log that one.
             for msg in payload:
                 try:
@@ -95,6 +164,8 @@ class BatchedSend:
                     raise
                 except Exception:
                     logger.exception("Dropping a message to %s", self.comm.peer_address)
+        finally:
+            self._writing = False
 
     async def close(self, timeout: float | None = None) -> None:
         """Flush what is buffered (waiting at most ``timeout`` seconds), then close."""
@@ -113,6 +184,7 @@ class BatchedSend:
         """Drop what is buffered and abort the comm."""
         self._closed = True
         self._buffer.clear()
+        self._spilled.clear()
         if self._task is not None:
             self._task.cancel()
         self.comm.abort()

@@ -8,6 +8,8 @@ interrupted (error, timeout, cancellation) is aborted rather than reused, since
 a reply may still be on its way. A refused connection fails at once
 (ConnectionRefusedError, an OSError) rather than being retried: the pool talks to
 servers that were listening already, so a refusal means the peer is gone.
+``connection_args`` (``ssl_context``, ``require_encryption``, ``extra_conn_args``: see
+:meth:`distributary.Security.get_connection_args`) go to every ``connect``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,17 @@ __all__ = ["ConnectionPool"]
 class ConnectionPool:
     """Reusable comms to many addresses, at most ``limit`` open at once."""
 
-    def __init__(self, limit: int = 512, timeout: float | None = None, **handshake_info: Any):
+    def __init__(
+        self,
+        limit: int = 512,
+        timeout: float | None = None,
+        *,
+        connection_args: dict | None = None,
+        **handshake_info: Any,
+    ):
         self.limit = limit
         self.timeout = timeout
+        self.connection_args = dict(connection_args or {})
         self.handshake_info = handshake_info
         self._idle: dict[str, list[Comm]] = {}
         self._busy: dict[Comm, str] = {}
@@ -72,6 +82,7 @@ class ConnectionPool:
                 self.routes.get(addr, addr),
                 timeout=self.timeout,
                 retry_refused=False,
+                **self.connection_args,
                 **self.handshake_info,
             )
         except BaseException:

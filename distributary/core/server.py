@@ -8,6 +8,11 @@ that does not decode, or a handler that raises, makes the reply an error message
 :func:`distributary.protocol.error_message`) and the server keeps serving the comm.
 A handler may also take the comm over for good, e.g. to read it as a batched stream
 (:func:`distributary.core.read_messages`); :meth:`Server.close` aborts it then too.
+
+``blocked`` names operations the server refuses (its ``blocked_handlers``): their
+handlers are replaced by one that raises a ValueError saying so, which the caller gets
+as the reply.  Names are the ops (``run``, ``who-has``; ``_`` and ``-`` alike) or
+dask.distributed's names for them (``run_function``, ``broadcast``).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from distributary.comm import Comm, CommClosedError, Listener, listen
@@ -27,6 +32,14 @@ __all__ = ["Server"]
 
 logger = logging.getLogger("distributary.core")
 
+# dask.distributed's names of operations that have other names here
+_DASK_NAMES = {"run_function": "run", "broadcast": "run_on_workers"}
+
+
+def _canonical(name: str) -> str:
+    name = name.replace("-", "_")
+    return _DASK_NAMES.get(name, name)
+
 
 def _describe(msg: object, limit: int = 200) -> str:
     text = repr(msg)
@@ -36,11 +49,23 @@ def _describe(msg: object, limit: int = 200) -> str:
 class Server:
     """Serve ``handlers``: request/reply operations, by request class."""
 
-    def __init__(self, handlers: dict[type, Callable], handshake_info: dict | None = None):
+    def __init__(
+        self,
+        handlers: dict[type, Callable],
+        handshake_info: dict | None = None,
+        *,
+        listen_args: dict | None = None,
+        blocked: Iterable[str] = (),
+        name: str = "Server",
+    ):
+        self.name = name
+        self.blocked_handlers = [str(op) for op in blocked]
+        self._blocked = {_canonical(op) for op in self.blocked_handlers}
         self.handlers: dict[type, Callable] = {}
         self._requests = Catalogue()
         self.add_handlers(handlers)
         self.handshake_info = dict(handshake_info or {})
+        self.listen_args = dict(listen_args or {})
         self.listeners: list[Listener] = []
         # comms being served, and the task serving each
         self._comms: dict[Comm, asyncio.Task | None] = {}
@@ -51,7 +76,12 @@ class Server:
         served = set(self.handlers) & set(handlers)
         if served:
             raise ValueError(f"requests served twice: {sorted(cls.op for cls in served)}")
-        self.handlers.update(handlers)
+        self.handlers.update(
+            {
+                cls: self._refuse if _canonical(cls.op) in self._blocked else handler
+                for cls, handler in handlers.items()
+            }
+        )
         self._requests = Catalogue(*self.handlers)
 
     @property
@@ -66,11 +96,32 @@ class Server:
         """Whether :meth:`close` was called."""
         return self._closed
 
+    def _refuse(self, comm: Comm, request: Request) -> None:
+        raise ValueError(
+            f"The {request.op!r} operation is blocked on this {self.name} (its "
+            "blocked_handlers), so that peers cannot use it"
+        )
+
+    def _check_blocked_names(self) -> None:
+        known = {_canonical(cls.op) for cls in self.handlers}
+        unknown = sorted(op for op in self.blocked_handlers if _canonical(op) not in known)
+        if unknown:
+            logger.warning(
+                "blocked_handlers of the %s: %s name no operation of it (it has: %s)",
+                self.name,
+                ", ".join(map(repr, unknown)),
+                ", ".join(sorted(cls.op for cls in self.handlers)),
+            )
+
     async def listen(self, address: str) -> Listener:
         """Start accepting comms on ``address``; may be called for several addresses."""
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
-        listener = await listen(address, self.handle_comm, **self.handshake_info)
+        if not self.listeners:
+            self._check_blocked_names()
+        listener = await listen(
+            address, self.handle_comm, **self.listen_args, **self.handshake_info
+        )
         self.listeners.append(listener)
         return listener
 

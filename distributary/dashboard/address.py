@@ -86,5 +86,5 @@ def scheduler_dashboard_link(scheduler_address: str, services: dict[str, int]) -
     if port is None:
         return ""
     scheme, _ = parse_address(scheduler_address)
-    host = get_address_host(scheduler_address) if scheme == "tcp" else "127.0.0.1"
+    host = get_address_host(scheduler_address) if scheme in ("tcp", "tls") else "127.0.0.1"
     return format_dashboard_link(link_host(host, None), port)

@@ -256,8 +256,8 @@ def _stream_length() -> int:
 
 
 def _tcp_host(address: str | None) -> str | None:
-    """The host of a TCP address (None for another transport)."""
-    if not address or parse_address(address)[0] != "tcp":
+    """The host of a TCP or TLS address (None for another transport)."""
+    if not address or parse_address(address)[0] not in ("tcp", "tls"):
         return None
     try:
         return get_address_host(address)

@@ -44,7 +44,8 @@ class WorkerHTTP:
         host, port = self._address or ("", 0)
         if not host:
             address = self.worker.address
-            host = get_address_host(address) if address.startswith("tcp://") else "127.0.0.1"
+            tcp = address.startswith(("tcp://", "tls://"))
+            host = get_address_host(address) if tcp else "127.0.0.1"
         await self.server.start(host, port)
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from distributary.deploy.spec import SpecCluster
 from distributary.nanny.server import Nanny
 from distributary.node import parse_memory_limit
 from distributary.scheduler.server import Scheduler
+from distributary.security import as_security
 from distributary.utils.keywords import LOCAL_CLUSTER_NOT_YET, check_keywords
 from distributary.utils.process import cpu_count
 from distributary.worker.server import Worker
@@ -65,10 +66,9 @@ class LocalCluster(SpecCluster):
             "services": services,
             "worker_services": worker_services,
             "service_kwargs": service_kwargs,
-            "security": security,
-            "blocked_handlers": blocked_handlers,
         }
         check_keywords("LocalCluster", not_yet, LOCAL_CLUSTER_NOT_YET)
+        security = as_security(security, "LocalCluster", temporary=True)
         if ip is not None:
             warnings.warn(
                 "The `ip` parameter is deprecated; use `host`", DeprecationWarning, stacklevel=2
@@ -88,6 +88,8 @@ class LocalCluster(SpecCluster):
         if protocol is None:
             if host and "://" in host:
                 protocol = host.split("://")[0]
+            elif security.require_encryption:
+                protocol = "tls"
             elif not processes and not scheduler_port:
                 protocol = "inproc"
             else:
@@ -110,6 +112,7 @@ class LocalCluster(SpecCluster):
             interface=interface,
             dashboard_address=worker_dashboard_address,
             silence_logs=silence_logs,
+            security=security,
         )
         scheduler = {
             "cls": Scheduler,
@@ -119,6 +122,8 @@ class LocalCluster(SpecCluster):
                 "protocol": protocol,
                 "interface": interface,
                 "dashboard_address": dashboard_address,
+                "security": security,
+                "blocked_handlers": blocked_handlers,
                 **(scheduler_kwargs or {}),
             },
         }
@@ -128,6 +133,7 @@ class LocalCluster(SpecCluster):
             scheduler=scheduler,
             worker=worker,
             asynchronous=asynchronous,
+            security=security,
             silence_logs=silence_logs,
             name=name,
         )

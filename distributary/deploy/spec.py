@@ -49,6 +49,7 @@ from distributary.protocol import deploy as rq_d
 from distributary.protocol import introspection as rq_i
 from distributary.protocol import requests as rq
 from distributary.scheduler.server import Scheduler
+from distributary.security import as_security
 from distributary.utils.loop import LoopRunner
 from distributary.utils.process import cpu_count
 
@@ -90,8 +91,7 @@ class SpecCluster:
         shutdown_on_close: bool = True,
         shutdown_scheduler: bool = True,
     ):
-        if security not in (None, False):
-            raise NotImplementedError(f"{type(self).__name__}(security=...) is not supported yet")
+        self.security = as_security(security, type(self).__name__, temporary=True)
         self.scheduler_spec = check_spec(
             scheduler or {"cls": Scheduler, "options": {"dashboard": True}}, "scheduler"
         )
@@ -99,6 +99,10 @@ class SpecCluster:
             key: check_spec(spec, f"worker {key!r}") for key, spec in (workers or {}).items()
         }
         self.new_spec = None if worker is None else check_spec(worker, "worker=")
+        if security not in (None, False):  # (every server of the cluster gets it)
+            for spec in (self.scheduler_spec, *self.worker_spec.values(), self.new_spec):
+                if spec is not None:
+                    spec["options"] = {"security": self.security, **spec.get("options", {})}
         self.name = name if name is not None else uuid.uuid4().hex[:8]
         self.asynchronous = asynchronous
         self.shutdown_on_close = shutdown_on_close
@@ -198,7 +202,9 @@ class SpecCluster:
                     self, _close_forgotten, self._runner, self.scheduler, self.workers
                 )
             await self.scheduler
-            self._pool = ConnectionPool(role="cluster")
+            self._pool = ConnectionPool(
+                role="cluster", connection_args=self.security.get_connection_args("client")
+            )
             inproc = getattr(self.scheduler, "inproc_address", None)
             if inproc:
                 self._pool.routes[self.scheduler.address] = inproc

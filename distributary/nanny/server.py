@@ -101,7 +101,10 @@ class Nanny(ServerNode):
             "Nanny", {k: v for k, v in worker_kwargs.items() if k not in accepted}, NANNY_NOT_YET
         )
         worker_kwargs = {k: v for k, v in worker_kwargs.items() if k in accepted}
-        super().__init__(logger)
+        # (h-security) the worker's TLS credentials and blocked handlers are the nanny's too
+        super().__init__(
+            logger, worker_kwargs.get("security"), worker_kwargs.get("blocked_handlers")
+        )
         self.scheduler_address = self._scheduler_address(
             scheduler_ip, scheduler_port, scheduler_file
         )
@@ -142,7 +145,7 @@ class Nanny(ServerNode):
             self.scheduler_address, host, port, protocol, interface
         )
         self.process: WorkerProcess | None = None
-        self.pool = ConnectionPool(role="nanny")
+        self.pool = ConnectionPool(role="nanny", connection_args=self.connection_args)
         self._plugins = NannyPlugins(self)
         self.server = Server(
             handlers={
@@ -156,6 +159,7 @@ class Nanny(ServerNode):
                 **self.node_handlers(),
                 **self._plugins.handlers,
             },
+            **self.server_options(),  # (h-security)
         )
         self._lock = asyncio.Lock()
         self._close_timeout = 5.0

@@ -11,6 +11,10 @@ a payload (the scheduler) never unpickles it.
 
 Arrays are decoded as tuples, so keys such as ``("x", 0, (1, 2))`` come back
 exactly, and map keys may be any hashable msgpack value.
+
+A connection's handshake is decoded by :func:`loads_handshake` instead: plain data only
+(one frame of at most :data:`HANDSHAKE_MAX_BYTES`, a map with string keys, no
+extension types), since it comes from a peer not yet accepted.
 """
 
 from __future__ import annotations
@@ -23,13 +27,23 @@ import msgspec
 
 from distributary.protocol.serialize import Serialize, Serialized, serialize
 
-__all__ = ["ProtocolError", "dumps_message", "loads_message"]
+__all__ = [
+    "HANDSHAKE_MAX_BYTES",
+    "Encoded",
+    "ProtocolError",
+    "dumps_message",
+    "encode",
+    "loads_handshake",
+    "loads_message",
+]
 
 _EXT_SERIALIZED = 42
 _EXT_INLINE = 43  # a small serialized value: its frames, msgpack-encoded in the extension
 # (index of the first frame, number of frames) of one serialized value
 _EXT_PAYLOAD = struct.Struct("<II")
 _INLINE_MAX = 64 * 1024  # bytes of frames below which a serialized value is inlined
+# The largest handshake a peer may send (handshakes are a few dozen bytes).
+HANDSHAKE_MAX_BYTES = 16 * 1024
 
 
 class ProtocolError(ValueError):
@@ -47,8 +61,25 @@ class ProtocolError(ValueError):
         return type(self), (self.problem, self.op, self.field)
 
 
+class Encoded:
+    """A message already encoded into its frames (by :func:`encode`), written as is."""
+
+    __slots__ = ("frames", "nbytes")
+
+    def __init__(self, frames: list):
+        self.frames = frames
+        self.nbytes = sum(map(_nbytes, frames))
+
+
+def encode(msg: Any) -> Encoded:
+    """Encode ``msg`` now, to write later."""
+    return Encoded(dumps_message(msg))
+
+
 def dumps_message(msg: Any) -> list:
     """Encode a message into a list of frames (one frame if nothing is pickled)."""
+    if type(msg) is Encoded:
+        return msg.frames
     frames: list = [b""]
 
     def encode_default(obj: Any) -> Any:
@@ -106,6 +137,28 @@ def loads_message(frames: list) -> Any:
         raise
     except Exception as err:
         raise ProtocolError(f"Malformed message: {type(err).__name__}: {err}") from err
+
+
+def loads_handshake(frames: list) -> dict:
+    """Decode a peer's handshake: one frame holding a map of plain data; raise
+    ProtocolError otherwise.  Nothing in it is unpickled, nor kept as a pickle."""
+    if len(frames) != 1:
+        raise ProtocolError(f"A handshake is one frame, not {len(frames)}")
+    if _nbytes(frames[0]) > HANDSHAKE_MAX_BYTES:
+        raise ProtocolError(f"A handshake has at most {HANDSHAKE_MAX_BYTES} bytes")
+    try:
+        msg = msgpack.unpackb(frames[0], use_list=False, raw=False, ext_hook=_refuse_ext)
+    except ProtocolError:
+        raise
+    except Exception as err:
+        raise ProtocolError(f"Malformed handshake: {type(err).__name__}: {err}") from err
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"A handshake is a map, not {type(msg).__name__}")
+    return msg
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"A handshake is plain data: it holds a msgpack extension ({code})")
 
 
 def _nbytes(frame: Any) -> int:

@@ -313,7 +313,8 @@ def resolve(address: str) -> str:
     except ValueError:  # a host name
         pass
     ip = _ip_of(host)
-    return normalize_address((ip, port)) if ip is not None else address
+    scheme = address.partition("://")[0]  # (tcp or tls)
+    return normalize_address(f"{scheme}://{ip}:{port}") if ip is not None else address
 
 
 @functools.lru_cache(maxsize=256)

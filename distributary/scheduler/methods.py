@@ -552,7 +552,8 @@ def get_worker_service_addr(
     port = ws.services.get(service_name)
     if port is None:
         return None
-    host = ws.host if ws.address.startswith("tcp://") else "127.0.0.1"  # (inproc: loopback)
+    tcp = ws.address.startswith(("tcp://", "tls://"))
+    host = ws.host if tcp else "127.0.0.1"  # (inproc: loopback)
     return f"tcp://{unparse_host_port(host, port)}" if protocol else (host, port)
 
 

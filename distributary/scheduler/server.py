@@ -25,6 +25,7 @@ from dask.utils import parse_timedelta
 from distributary.comm.addressing import normalize_address
 from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
+from distributary.core.batched import send_buffer_limit
 from distributary.dashboard.scheduler import SchedulerHTTP
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import error_message
@@ -67,10 +68,14 @@ class Scheduler(ServerNode):
     """The scheduler: tracks tasks, workers and clients and decides where tasks run.
 
     ``Scheduler(host=..., port=..., protocol=...)``; await it (or ``async with``) to
-    start it; ``s.address`` is where workers and clients connect.  With a
-    ``dashboard_address`` (``":8787"``; ``":0"`` for a random port) it serves the
+    start it; ``s.address`` is where workers and clients connect.  ``security`` (a
+    Security) gives its TLS credentials; ``blocked_handlers`` names the operations it
+    refuses (like ``["run_function"]``; ``distributed.scheduler.blocked-handlers``).
+    With a ``dashboard_address`` (``":8787"``; ``":0"`` for a random port) it serves the
     dashboard, ``/metrics`` and ``/health`` over HTTP (``s.dashboard_link``).
     """
+
+    security_role = "scheduler"
 
     def __init__(
         self,
@@ -86,10 +91,12 @@ class Scheduler(ServerNode):
         scheduler_file: str | None = None,
         dashboard_address: Any = None,
         validate: bool = False,
+        security: Any = None,
+        blocked_handlers: list | None = None,
         **kwargs: Any,
     ):
         check_keywords("Scheduler", kwargs, SCHEDULER_NOT_YET)
-        super().__init__(logger)
+        super().__init__(logger, security, blocked_handlers)
         config = dask.config.get
         if allowed_failures is None:
             allowed_failures = config("distributed.scheduler.allowed-failures")
@@ -105,7 +112,9 @@ class Scheduler(ServerNode):
             transition_log_length=transition_log_length(),
         )
         self.scheduler_file = scheduler_file
-        self._listen_address = listen_address_for(None, host, port, protocol, interface)
+        self._listen_address = listen_address_for(
+            None, host, port, protocol, interface, self.security
+        )
         self.server = Server(
             handlers={
                 rq.RegisterWorker: self._handle_register_worker,
@@ -115,6 +124,7 @@ class Scheduler(ServerNode):
                 rq.Terminate: self._handle_terminate,
                 **self.node_handlers(),
             },
+            **self.server_options(),
         )
         self.worker_streams: dict[str, BatchedSend] = {}
         self.client_streams: dict[str, BatchedSend] = {}
@@ -124,7 +134,7 @@ class Scheduler(ServerNode):
         }
         # The state's instructions for the server itself: by class, who takes them.
         self.instruction_handlers: dict[type, list[Callable[[Any], None]]] = {}
-        self.pool = ConnectionPool(role="scheduler")
+        self.pool = ConnectionPool(role="scheduler", connection_args=self.connection_args)
         self.inproc_address: str | None = None  # the same server, in memory
         self.flushes = StreamFlushes(self)
         self.datasets = DatasetExtension(self)
@@ -472,7 +482,7 @@ class Scheduler(ServerNode):
         ):
             await comm.write(error_message(ValueError(f"name or address taken: {name!r}")))
             return
-        stream = BatchedSend(comm)
+        stream = BatchedSend(comm, send_limit=send_buffer_limit())
         self.worker_streams[address] = stream
         self.handle(methods.worker_added(msg, time.time()))
         await comm.write(rq.Registered(self.id, plugins=self.plugin_registry.registered()))
@@ -495,7 +505,7 @@ class Scheduler(ServerNode):
 
     async def _handle_register_client(self, comm: Any, msg: rq.RegisterClient) -> None:
         client = msg.client
-        stream = BatchedSend(comm)
+        stream = BatchedSend(comm, send_limit=send_buffer_limit())
         self.client_streams[client] = stream
         self.handle(ev.AddClient(f"add-client-{client}", client))
         await comm.write(rq.Registered(self.id, services=self.service_ports))

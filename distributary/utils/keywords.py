@@ -19,7 +19,6 @@ WORKER_NOT_YET: Mapping[str, Any] = {
     "service_kwargs": None,
     "preload": None,
     "preload_argv": None,
-    "security": None,
     "contact_address": None,
     "extensions": None,
     "metrics": None,
@@ -34,20 +33,15 @@ LOCAL_CLUSTER_NOT_YET: Mapping[str, Any] = {
     "services": None,
     "worker_services": None,
     "service_kwargs": None,
-    "security": None,
-    "blocked_handlers": None,
 }
 SCHEDULER_NOT_YET: Mapping[str, Any] = {
     "services": None,
     "service_kwargs": None,
     "extensions": None,
-    "security": None,
     "preload": None,
     "preload_argv": None,
-    "blocked_handlers": None,
 }
 CLIENT_NOT_YET: Mapping[str, Any] = {
-    "security": None,
     "serializers": None,
     "deserializers": None,
     "extensions": None,
@@ -90,9 +84,7 @@ def _given(value: Any, default: Any) -> bool:
     return not (type(value) is type(default) and value == default)
 
 
-def check_client_keywords(
-    address: Any, scheduler_file: Any, security: Any, direct: Any, kwargs: dict
-) -> None:
+def check_client_keywords(address: Any, scheduler_file: Any, direct: Any, kwargs: dict) -> None:
     """Refuse the keywords a Client cannot honour; ``kwargs`` are those for its
     LocalCluster (taken out of them: those that are the Client's own)."""
     if direct is False:
@@ -101,7 +93,7 @@ def check_client_keywords(
             "always goes straight between the client and the workers"
         )
     given = {name: kwargs.pop(name) for name in CLIENT_NOT_YET if name in kwargs}
-    check_keywords("Client", {"security": security, **given}, CLIENT_NOT_YET)
+    check_keywords("Client", given, CLIENT_NOT_YET)
     if kwargs and (address is not None or scheduler_file is not None):
         raise TypeError(
             f"Client() got keywords for a LocalCluster ({', '.join(map(repr, kwargs))}) "

@@ -57,6 +57,10 @@ def _startstops(worker: Worker) -> dict[Any, list[tuple]]:
     }
 
 
+def _compute_seconds(record: dict) -> float:
+    return sum(p["stop"] - p["start"] for p in record["startstops"] if p["action"] == "compute")
+
+
 VIEWS: dict[str, tuple[Callable[[Worker], Any], str]] = {
     "total_out_connections": (
         lambda w: w.state.max_peers_in_flight,
@@ -178,6 +182,15 @@ VIEWS: dict[str, tuple[Callable[[Worker], Any], str]] = {
     "tracebacks": (
         lambda w: {r["key"]: r["traceback_text"] for r in _ran(w) if r["status"] == "error"},
         "The traceback of each erred task, as text, by key (of the task stream's records).",
+    ),
+    "durations": (
+        lambda w: {r["key"]: _compute_seconds(r) for r in _ran(w)},
+        "How long each task's function ran, in seconds, by key (of the task stream's "
+        "records: distributary's workers are not told expected durations).",
+    ),
+    "suspicious_deps": (
+        lambda w: dict(w.state.suspicious),
+        "How many peers said to hold each dependency did not have it, by key.",
     ),
     "priorities": (
         lambda w: {ts.key: ts.priority for ts in _tasks(w) if ts.run_id},

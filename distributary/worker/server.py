@@ -78,6 +78,8 @@ class Worker(ServerNode):
     it pauses.  After ``lifetime`` (give or take ``lifetime_stagger``) it closes
     gracefully, to be restarted by its nanny if ``lifetime_restart``.  ``plugins``
     (WorkerPlugins) are set up as it starts, with those registered on the scheduler.
+    ``security`` (a Security) gives its TLS credentials; ``blocked_handlers`` names the
+    operations it refuses (like ``["run"]``; ``distributed.worker.blocked-handlers``).
     It serves ``/metrics`` and ``/health`` over HTTP on ``dashboard_address`` (a random
     port by default).
     """
@@ -114,11 +116,13 @@ class Worker(ServerNode):
         lifetime_restart: bool | None = None,
         plugins: Any = (),
         silence_logs: int | None = None,
+        security: Any = None,
+        blocked_handlers: list | None = None,
         dashboard_address: Any = None,
         **kwargs: Any,
     ):
         check_keywords("Worker", kwargs, WORKER_NOT_YET)
-        super().__init__(logger)
+        super().__init__(logger, security, blocked_handlers)
         if silence_logs:
             logger.setLevel(silence_logs)
         self.scheduler_address = self._scheduler_address(
@@ -173,7 +177,7 @@ class Worker(ServerNode):
         # with the worker.
         self.task_client: Any = None
         self.task_client_lock = threading.Lock()
-        self.pool = ConnectionPool(role="worker")
+        self.pool = ConnectionPool(role="worker", connection_args=self.connection_args)
         self.scheduler = methods.SchedulerHandle(self.scheduler_address, self.pool)
         self._plugins = WorkerPlugins(self)
         self.task_stream = TaskStreamRecorder()
@@ -192,6 +196,7 @@ class Worker(ServerNode):
                 **self.task_stream.handlers,
                 **self.profiler.handlers,
             },
+            **self.server_options(),
         )
         self.batched: BatchedSend | None = None
         self._ipython: dict | None = None  # (the connection info of its IPython kernel)
@@ -271,7 +276,7 @@ class Worker(ServerNode):
             ) from None
 
     async def _connect_and_register(self, timeout: float | None) -> Any:
-        comm = await connect(self.scheduler_address, timeout=timeout)
+        comm = await connect(self.scheduler_address, timeout=timeout, **self.connection_args)
         try:
             register = rq.RegisterWorker(
                 self.address,

@@ -121,6 +121,7 @@ class WorkerState(TransitionEngine):
         self.paused = False
         self.nbytes = 0  # total size of the results held (the tasks in memory)
         self.executed_count = 0  # tasks run to their end here (whatever the outcome)
+        self.suspicious: dict[Any, int] = {}  # by key: peers that did not have it
         self.tasks: dict[Any, WorkerTask] = {}
         self.executing: set[WorkerTask] = set()
         self.long_running: set[WorkerTask] = set()
@@ -411,6 +412,7 @@ class WorkerState(TransitionEngine):
         """``worker`` did not give us ``ts``: try another holder, or give the dependents back."""
         ts.coming_from = None
         ts.who_has.discard(worker)
+        self.suspicious[ts.key] = self.suspicious.get(ts.key, 0) + 1
         if ts.state == "cancelled":
             return {ts.key: "released"}
         self._out.append(ins.MissingData(stimulus_id, ts.key, worker))
@@ -725,6 +727,8 @@ class WorkerState(TransitionEngine):
             return {}
         ts.state = "forgotten"
         del self.tasks[ts.key]
+        if self.suspicious:
+            self.suspicious.pop(ts.key, None)
         return {}
 
     # ------------------------------------------------------------------ checks
