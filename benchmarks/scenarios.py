@@ -655,3 +655,7 @@ def tls_map_throughput(lib: ModuleType, kwargs: dict[str, Any], quick: bool) -> 
     """``map-throughput`` over TLS."""
     with tls_connected(lib, kwargs) as client:
         return map_throughput(lib, client, quick)
+
+
+# The dashboard's scenarios register themselves (their module needs the registry above).
+from benchmarks import dashboard as _dashboard  # noqa: E402, F401

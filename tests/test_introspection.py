@@ -141,7 +141,8 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
         assert w["local_directory"] == worker.local_directory and os.path.isdir(
             w["local_directory"]
         )
-        assert w["nanny"] is None and w["status"] == "running" and w["services"] == {}
+        assert w["nanny"] is None and w["status"] == "running"
+        assert w["services"] == worker.http.services == {"dashboard": worker.http.server.port}
         assert w["last_seen"] > 0 and {"memory", "managed_bytes"} <= set(w["metrics"])
         record = s.workers[worker.address]
         assert (record.address, record.name, record.host) == (worker.address,) * 2 + ("127.0.0.1",)
@@ -163,12 +164,12 @@ async def test_scheduler_info_and_the_records_behind_it(c, s, a, b):
     assert future.key in a.data and a.data[future.key] == 2
     assert (a.name, a.nthreads, a.address) == (a.address, 1, s.workers[a.address].address)
     assert c.id.startswith("Client-") and c.status == "running"
-    assert c.loop is asyncio.get_running_loop() and c.dashboard_link is None
+    assert c.loop is asyncio.get_running_loop() and c.dashboard_link == ""  # (none served)
     assert await c.sync(c.nthreads) == await c.nthreads()
 
 
-def test_a_client_of_a_cluster_object_has_an_empty_dashboard_link(c):
-    assert c.dashboard_link == ""
+def test_a_client_of_a_cluster_object_has_the_clusters_dashboard_link(c):
+    assert c.dashboard_link == c.cluster.scheduler.dashboard_link
 
 
 @pytest.mark.timeout(30)

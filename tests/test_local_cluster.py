@@ -40,7 +40,7 @@ def test_threads_blocking():
             r"workers=2, threads=6, memory=[\d.]+ \w+\)",
             text,
         ), text
-        assert cluster.dashboard_link == ""
+        assert cluster.dashboard_link == cluster.scheduler.dashboard_link != ""
     assert cluster.status == "closed"
     assert cluster.workers == {}
     cluster.close()  # idempotent

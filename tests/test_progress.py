@@ -320,7 +320,9 @@ async def test_no_observer_while_nobody_wants_progress(c, s, a, b):
 KERNEL_CODE = """
 import time
 from distributary import Client, Event, LocalCluster, progress
-cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp")
+cluster = LocalCluster(
+    n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None
+)
 client = Client(cluster.scheduler_address)
 
 def gated(x):

@@ -4,12 +4,14 @@ distributary installed and no ``distributed``."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import subprocess
 import sys
 import textwrap
 
+import dask.config
 from conftest import gen_cluster
 from dask.utils import format_bytes
 
@@ -50,7 +52,8 @@ def test_client_repr_shows_the_cluster_s_numbers():
         assert row(page, "Scheduler") == cl.scheduler_address
         assert row(page, "Workers") == "2" and row(page, "Threads") == "4"
         assert row(page, "Memory") == format_bytes(sum(limits))
-        assert row(page, "Connection") == "Direct" and row(page, "Dashboard") == "none"
+        assert row(page, "Connection") == "Direct"
+        assert row(page, "Dashboard") == cl.scheduler.dashboard_link != ""
         assert row(page, "Status") == "running"
         assert client.id in page
         for worker in cl.workers.values():
@@ -147,12 +150,16 @@ def test_nanny_repr(processes):
     assert repr(nanny).startswith("<Nanny: ")
 
 
-@gen_cluster()
-async def test_a_dashboard_link_is_a_link(c, s, a, b):
-    s.dashboard_link = "http://127.0.0.1:8787/status?x=<1>"
-    page = s._repr_html_()
-    assert '<a href="http://127.0.0.1:8787/status?x=&lt;1&gt;"' in page
-    del s.dashboard_link
+def test_a_dashboard_link_is_a_link():
+    async def main():
+        template = {"distributed.dashboard.link": "{scheme}://{host}:{port}/status?x=<1>"}
+        with dask.config.set(template):
+            async with Scheduler(dashboard_address=":0") as s:
+                port = s.service_ports["dashboard"]
+                page = s._repr_html_()
+        assert f'<a href="http://127.0.0.1:{port}/status?x=&lt;1&gt;"' in page
+
+    asyncio.run(main())
 
 
 # ---------------------------------------------------------------------- the cluster template

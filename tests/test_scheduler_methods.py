@@ -242,8 +242,11 @@ async def test_workers_come_and_go(c, s, a, b):
     assert await s.remove_worker(address="ghost", close=False) == "OK"
     assert "tcp://127.0.0.1:1" not in s.workers and "k" not in s.tasks
     assert await s.remove_worker(address="tcp://127.0.0.1:1") == "already-removed"
-    with pytest.raises(NotImplementedError, match="services"):
-        await s.add_worker(address="tcp://127.0.0.1:2", nthreads=1, services={"x": 1})
+    await s.add_worker(address="tcp://127.0.0.1:2", nthreads=1, services={"dashboard": 9})
+    assert s.get_worker_service_addr("tcp://127.0.0.1:2", "dashboard") == ("127.0.0.1", 9)
+    assert s.get_worker_service_addr("tcp://127.0.0.1:2", "dashboard", True).endswith(":9")
+    assert s.get_worker_service_addr("tcp://127.0.0.1:2", "x") is None
+    await s.remove_worker(address="tcp://127.0.0.1:2", close=False)
     assert s.get_worker_service_addr(a.address, "nanny") is None  # (no nanny)
     await s.close_worker(worker=b.address)
     assert b.address not in s.workers
@@ -346,7 +349,7 @@ def test_restart_and_the_nanny_service_with_worker_processes():
             assert s.get_worker_service_addr(address, "nanny", protocol=True) == ws.nanny
             host, port = s.get_worker_service_addr(address, "nanny")
             assert ws.nanny.endswith(f"{host}:{port}")
-            assert s.get_worker_service_addr(address, "dashboard") is None
+            assert s.get_worker_service_addr(address, "dashboard")[1] == ws.services["dashboard"]
             before = (await c.run(pid))[address]
             await s.restart(client=c.id, timeout=20)
             [(new, _)] = s.workers.items()

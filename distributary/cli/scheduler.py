@@ -60,12 +60,14 @@ logger = logging.getLogger("distributary.cli")
     "--dashboard-address",
     default=":8787",
     show_default=True,
-    help="Address for the diagnostic dashboard (accepted; there is no dashboard yet).",
+    help="Address of the diagnostic dashboard (also /metrics and /health), like ':8787' "
+    "or '0.0.0.0:8787'; ':0' picks a free port.  It listens on --host unless the address "
+    "names one; a port in use is a warning and another port.",
 )
 @click.option(
     "--dashboard/--no-dashboard",
     default=True,
-    help="Serve the dashboard or not (there is none yet).  [default: --dashboard]",
+    help="Serve the dashboard (and /metrics, /health) or not.  [default: --dashboard]",
 )
 @click.option(
     "--idle-timeout",
@@ -100,8 +102,6 @@ def scheduler(
     """
     host, protocol = split_host(host, protocol)
     setup_logging()
-    if dashboard:
-        logger.info("There is no dashboard yet: nothing is served at %s", dashboard_address)
 
     async def make_nodes() -> list[ServerNode]:
         return [

@@ -175,12 +175,14 @@ def _scheduler_address(ctx: Any, param: Any, value: str | None) -> str | None:
 )
 @click.option(
     "--dashboard-address",
-    help="Address of each worker's diagnostic dashboard (not served: there is no dashboard yet).",
+    help="Address of each worker's HTTP server (/metrics and /health), like ':8790'; "
+    "a random port by default.",
 )
 @click.option(
     "--dashboard/--no-dashboard",
     default=True,
-    help="Serve the workers' dashboards or not (there are none yet).  [default: --dashboard]",
+    help="Accepted for dask.distributed's command line: each worker always serves /metrics "
+    "and /health.  [default: --dashboard]",
 )
 @tls_options
 def worker(
@@ -257,8 +259,6 @@ def worker(
     }
     options.update({key: value for key, value in optional.items() if value is not None})
     setup_logging()
-    if dashboard_address and dashboard:
-        logger.info("There is no dashboard yet: nothing is served at %s", dashboard_address)
 
     async def make_nodes() -> list[ServerNode]:
         address = scheduler_address or await _read_scheduler_file(scheduler_file, death_timeout)

@@ -49,6 +49,7 @@ from distributary.client.transfer import DataTransfer
 from distributary.comm import connect
 from distributary.comm.addressing import normalize_address
 from distributary.core import BatchedSend, ConnectionPool, read_messages
+from distributary.dashboard.address import scheduler_dashboard_link
 from distributary.protocol import requests as rq
 from distributary.protocol.client_messages import TO_CLIENT, FromClient, TaskSpec
 from distributary.protocol.tasks import dumps_task, register_reference_type
@@ -120,6 +121,7 @@ class Client:
         self._datasets = DatasetRequests(self.id, self, self._outbox, self._call_scheduler)
         self._placement = data.PlacementRequests(self.id, self._outbox, self._call_scheduler)
         self.scheduler_address: str | None = None
+        self._scheduler_services: dict[str, int] = {}  # (their ports, as it registered us)
         self.scheduler_file = scheduler_file
         if scheduler_file is not None:
             with open(scheduler_file) as f:
@@ -187,7 +189,7 @@ class Client:
         await comm.write(rq.RegisterClient(self.id))
         reply = await asyncio.wait_for(comm.read(), self._timeout)
         try:
-            rq.decode_reply(rq.RegisterClient, reply)
+            self._scheduler_services = rq.decode_reply(rq.RegisterClient, reply).services
         except Exception as exc:
             await comm.close()
             raise RuntimeError(f"The scheduler refused this client: {exc}") from None
@@ -662,8 +664,12 @@ class Client:
 
     @property
     def dashboard_link(self) -> str | None:
-        """The dashboard's address: none yet, so ``""`` with a cluster object, else None."""
-        return getattr(self.cluster, "dashboard_link", None)
+        """The URL of the dashboard's status page: the cluster's, or the one the
+        scheduler serves ("" if none); None before the client connects."""
+        link = getattr(self.cluster, "dashboard_link", None)
+        if link or self.scheduler_address is None:
+            return link
+        return scheduler_dashboard_link(self.scheduler_address, self._scheduler_services)
 
     def restart(self, timeout: Any = 30, wait_for_workers: bool = True, **kwargs: Any) -> Any:
         """Restart the cluster: kill all work, delete all data, start new worker processes.

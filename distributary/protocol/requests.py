@@ -69,12 +69,14 @@ class Registered(Reply):
     """A worker or a client is registered: the connection is its stream from now on.
 
     A worker is given the worker plugins registered (``protocol.plugins.Plugin``
-    values), to set up before it reads its first task.
+    values), to set up before it reads its first task; a client the ports of the
+    scheduler's services (``{"dashboard": 8787}``).
     """
 
     id: str
     status: OK = "OK"
     plugins: tuple[Any, ...] = ()
+    services: dict[str, int] = msgspec.field(default_factory=dict)  # the scheduler's ports
 
 
 class Dataset(Reply):
@@ -154,6 +156,7 @@ class RegisterWorker(Request):
     nanny: str | None = None
     pid: int = 0
     local_directory: str = ""
+    services: dict[str, int] = msgspec.field(default_factory=dict)  # ports, by name
 
 
 class RegisterClient(Request):

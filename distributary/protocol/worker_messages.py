@@ -157,12 +157,15 @@ class WorkerStatusChange(FromWorker):
 
 class WorkerHeartbeat(FromWorker, kw_only=True):
     """The worker is alive; ``memory`` holds its ``process``, ``managed`` and
-    ``spilled`` bytes.  ``time`` is when the scheduler heard it."""
+    ``spilled`` bytes; ``usage`` what it used since its previous heartbeat: ``cpu``
+    (percent of one core taken by its process), ``read_bps`` and ``write_bps`` (bytes
+    per second received and sent by its host).  ``time`` is when the scheduler heard it."""
 
     op: ClassVar[str] = "heartbeat"
     arrival_fields: ClassVar[tuple[str, ...]] = ("time",)
 
     memory: dict[str, int] = msgspec.field(default_factory=dict)
+    usage: dict[str, float] = msgspec.field(default_factory=dict)
     time: float = 0.0
 
 

@@ -101,6 +101,7 @@ class AddWorker(SchedulerEvent):
     time: float = 0.0
     pid: int = 0
     local_directory: str = ""
+    services: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ class SchedulerContext(Protocol):
     pool: ConnectionPool  # to call workers and nannies
     id: str
     address: str  # where workers and clients connect
+    service_ports: dict[str, int]  # the ports of its services ("dashboard"), by name
 
     def handle(self, *events: AnyEvent) -> None:
         """Hand events to the state machine and carry out what it answers."""

@@ -40,6 +40,7 @@ def add_worker(state: SchedulerState, event: ev.AddWorker) -> Recs:
     ws.last_seen = event.time
     ws.pid = event.pid
     ws.local_directory = event.local_directory
+    ws.services = dict(event.services)
     state.workers[ws.address] = ws
     if ws.name is not None:
         state.workers_by_name[ws.name] = ws.address
@@ -112,6 +113,7 @@ def worker_heartbeat(state: SchedulerState, event: ev.WorkerHeartbeat) -> Recs:
         ws.memory = MemoryState(
             memory.get("process", 0), memory.get("managed", 0), memory.get("spilled", 0)
         )
+        ws.usage = event.usage
     return {}
 
 

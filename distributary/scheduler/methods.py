@@ -22,7 +22,11 @@ from typing import TYPE_CHECKING, Any, get_args
 import msgspec
 from dask.utils import parse_timedelta
 
-from distributary.comm.addressing import get_address_host, get_address_host_port
+from distributary.comm.addressing import (
+    get_address_host,
+    get_address_host_port,
+    unparse_host_port,
+)
 from distributary.core import read_messages
 from distributary.core.run import run_function as run_request
 from distributary.node import ServerNode
@@ -382,8 +386,6 @@ async def add_worker(
     for option, value in (("host_info", host_info), ("metrics", metrics), ("extra", extra)):
         if value:
             raise NotImplementedError(f"add_worker({option}=...) is not supported yet")
-    if services:
-        raise NotImplementedError("add_worker(services=...): workers have no services")
     if not address or not nthreads:
         raise ValueError("add_worker needs the worker's address and its nthreads")
     address = scheduler.coerce_address(address, resolve=resolve_address)
@@ -396,6 +398,7 @@ async def add_worker(
         nanny,
         pid,
         local_directory or "",
+        dict(services or {}),
     )
     if comm is not None:
         await scheduler._handle_register_worker(comm, register)
@@ -427,6 +430,7 @@ def worker_added(msg: rq.RegisterWorker, now: float) -> ev.AddWorker:
         time=now,
         pid=msg.pid,
         local_directory=msg.local_directory,
+        services=dict(msg.services),
     )
 
 
@@ -538,12 +542,19 @@ def get_worker_service_addr(
     scheduler: Scheduler, worker: str, service_name: str, protocol: bool = False
 ) -> Any:
     """Where the named service of ``worker`` listens: ``(host, port)``, or the full
-    address with ``protocol``; None if it has none.  Workers have no services but their
-    nanny (``"nanny"``)."""
-    nanny = _worker(scheduler, worker).nanny
-    if service_name != "nanny" or not nanny:
+    address with ``protocol``; None if it has none.  Workers serve ``"dashboard"`` (their
+    HTTP server: /metrics, /health), and their nanny is ``"nanny"``."""
+    ws = _worker(scheduler, worker)
+    if service_name == "nanny":
+        if not ws.nanny:
+            return None
+        return ws.nanny if protocol else get_address_host_port(ws.nanny)
+    port = ws.services.get(service_name)
+    if port is None:
         return None
-    return nanny if protocol else get_address_host_port(nanny)
+    tcp = ws.address.startswith(("tcp://", "tls://"))
+    host = ws.host if tcp else "127.0.0.1"  # (inproc: loopback)
+    return f"tcp://{unparse_host_port(host, port)}" if protocol else (host, port)
 
 
 # ---------------------------------------------------------------------- messages and data

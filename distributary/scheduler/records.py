@@ -164,8 +164,10 @@ class WorkerRecord:
         "slots",
         "last_seen",
         "memory",
+        "usage",
         "pid",
         "local_directory",
+        "services",
     )
 
     def __init__(
@@ -196,19 +198,26 @@ class WorkerRecord:
         )
         self.last_seen = 0.0
         self.memory = MemoryState()
+        self.usage: dict[str, float] = {}  # CPU and network, as last reported (heartbeat)
         self.pid = 0
         self.local_directory = ""
+        self.services: dict[str, int] = {}  # the ports of its services ("dashboard")
 
     @property
-    def metrics(self) -> dict[str, int]:
-        """The worker's memory as it last reported it, in bytes, named as dask.distributed
-        names it."""
-        memory = self.memory
+    def metrics(self) -> dict[str, Any]:
+        """The worker's memory (bytes), CPU (percent of a core) and host network use
+        (bytes per second) as it last reported them, named as dask.distributed names them."""
+        memory, usage = self.memory, self.usage
         return {
             "memory": memory.process,
             "managed_bytes": memory.managed,
             "spilled_bytes": memory.spilled,
             "unmanaged_bytes": memory.unmanaged,
+            "cpu": usage.get("cpu", 0.0),
+            "host_net_io": {
+                "read_bps": usage.get("read_bps", 0.0),
+                "write_bps": usage.get("write_bps", 0.0),
+            },
         }
 
     @property

@@ -26,6 +26,7 @@ from distributary.comm.addressing import normalize_address
 from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.core.batched import send_buffer_limit
+from distributary.dashboard.scheduler import SchedulerHTTP
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import error_message
 from distributary.protocol import requests as rq
@@ -70,6 +71,8 @@ class Scheduler(ServerNode):
     start it; ``s.address`` is where workers and clients connect.  ``security`` (a
     Security) gives its TLS credentials; ``blocked_handlers`` names the operations it
     refuses (like ``["run_function"]``; ``distributed.scheduler.blocked-handlers``).
+    With a ``dashboard_address`` (``":8787"``; ``":0"`` for a random port) it serves the
+    dashboard, ``/metrics`` and ``/health`` over HTTP (``s.dashboard_link``).
     """
 
     security_role = "scheduler"
@@ -149,6 +152,10 @@ class Scheduler(ServerNode):
         self.replication, self.metadata = DataReplication(self), TaskMetadata(self)
         self.progress = ProgressExtension(self)  # counts per task prefix, progress() bars
         self.task_stream, self.profiling = TaskStream(self), Profiling(self)
+        dashboard = kwargs.get("dashboard")  # (dask.distributed's switch)
+        if dashboard is not None:
+            dashboard_address = (dashboard_address or ":8787") if dashboard else None
+        self.http = SchedulerHTTP(self, dashboard_address, self.progress)
         self.extensions: list[SchedulerExtension] = [
             self.flushes,
             self.datasets,
@@ -166,6 +173,7 @@ class Scheduler(ServerNode):
             *(self.replication, self.metadata),
             self.progress,
             *(self.task_stream, self.profiling),
+            self.http,
         ]
         for extension in self.extensions:
             self.add_extension(extension)
@@ -185,6 +193,16 @@ class Scheduler(ServerNode):
     def address(self) -> str:
         """Where workers and clients connect."""
         return self.server.address
+
+    @property
+    def dashboard_link(self) -> str:
+        """The URL of the dashboard's status page ("" without a dashboard)."""
+        return self.http.link
+
+    @property
+    def service_ports(self) -> dict[str, int]:
+        """The ports of the services served, by name: ``{"dashboard": 8787}``."""
+        return self.http.service_ports
 
     @property
     def workers(self) -> dict:
@@ -366,6 +384,7 @@ class Scheduler(ServerNode):
         if self.scheduler_file:
             with open(self.scheduler_file, "w") as f:
                 json.dump({"address": self.address, "id": self.id, "type": "Scheduler"}, f)
+        await self.http.serve(self._listen_address)
         for extension in self.extensions:
             extension.start()
         await self.plugin_registry.start_plugins()
@@ -377,6 +396,7 @@ class Scheduler(ServerNode):
             extension.stop()
         for stream in [*self.worker_streams.values(), *self.client_streams.values()]:
             stream.abort()
+        await self.http.close()
         await self.server.close()
         await self.pool.close()
         if self.scheduler_file and os.path.exists(self.scheduler_file):
@@ -488,7 +508,7 @@ class Scheduler(ServerNode):
         stream = BatchedSend(comm, send_limit=send_buffer_limit())
         self.client_streams[client] = stream
         self.handle(ev.AddClient(f"add-client-{client}", client))
-        await comm.write(rq.Registered(self.id))
+        await comm.write(rq.Registered(self.id, services=self.service_ports))
         try:
             await read_messages(comm, FROM_CLIENT, client, self._handle_messages)
         finally:

@@ -33,6 +33,8 @@ from distributary.comm.addressing import get_address_host
 from distributary.config import transition_log_length
 from distributary.core import BatchedSend, ConnectionPool, Server, read_messages
 from distributary.core.run import run_function
+from distributary.dashboard.system import UsageMeter
+from distributary.dashboard.worker import WorkerHTTP
 from distributary.node import ServerNode, listen_address_for
 from distributary.protocol import requests as rq
 from distributary.protocol.errors import RemoteError
@@ -78,6 +80,8 @@ class Worker(ServerNode):
     (WorkerPlugins) are set up as it starts, with those registered on the scheduler.
     ``security`` (a Security) gives its TLS credentials; ``blocked_handlers`` names the
     operations it refuses (like ``["run"]``; ``distributed.worker.blocked-handlers``).
+    It serves ``/metrics`` and ``/health`` over HTTP on ``dashboard_address`` (a random
+    port by default).
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class Worker(ServerNode):
         silence_logs: int | None = None,
         security: Any = None,
         blocked_handlers: list | None = None,
+        dashboard_address: Any = None,
         **kwargs: Any,
     ):
         check_keywords("Worker", kwargs, WORKER_NOT_YET)
@@ -200,6 +205,8 @@ class Worker(ServerNode):
         self._periodic: list[asyncio.Task] = []  # cancelled on close
         self._ongoing: set[asyncio.Task] = set()  # closing: left to finish
         self._lifetime_timer: asyncio.TimerHandle | None = None
+        self.http = WorkerHTTP(self, dashboard_address)
+        self._usage = UsageMeter()
 
     @property
     def data(self) -> Any:
@@ -232,6 +239,7 @@ class Worker(ServerNode):
     async def _start(self) -> None:
         await self.server.listen(self._listen_address)
         self.state.address = self.address
+        await self.http.start()
         if self.name is None:
             self.name = self.address
         scratch = methods.scratch_directory(self._base_directory)
@@ -279,6 +287,7 @@ class Worker(ServerNode):
                 nanny=self.nanny,
                 pid=os.getpid(),
                 local_directory=self.local_directory,
+                services=self.http.services,
             )
             await comm.write(register)
             reply = await comm.read()
@@ -361,6 +370,7 @@ class Worker(ServerNode):
         for task in list(self._gathers):
             task.cancel()
         await self.server.close()
+        await self.http.stop()
         await self.pool.close()
         for woken in self._rejoins.values():  # (their results go nowhere now)
             woken.set()
@@ -389,7 +399,8 @@ class Worker(ServerNode):
     async def _heartbeats(self) -> None:
         for n in itertools.count():
             await asyncio.sleep(self.heartbeat_interval)
-            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory()))
+            usage = self._usage.read()
+            self._send(WorkerHeartbeat(f"heartbeat-{n}", memory=self.memory(), usage=usage))
 
     def memory(self) -> dict[str, int]:
         """Bytes of memory: ``process`` (resident), ``managed`` (results in memory) and
@@ -605,6 +616,7 @@ class Worker(ServerNode):
             "nthreads": self.nthreads,
             "memory_limit": self.memory_limit,
             "name": self.name,
+            "services": self.http.services,
         }
 
     def _handle_close(self, comm: Any, msg: rq.CloseWorker) -> str:
