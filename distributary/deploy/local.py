@@ -29,8 +29,8 @@ class LocalCluster(SpecCluster):
     and returns when every worker is registered; workers run in separate processes
     (each under a :class:`~distributary.Nanny`) unless ``processes=False``.  Use
     ``asynchronous=True`` and ``await`` (or ``async with``) inside an event loop.
-    Close it with ``close()`` or a ``with`` block.  ``loop`` and the dashboard
-    addresses are accepted for compatibility and not used: there is no dashboard yet.
+    Close it with ``close()`` or a ``with`` block.  Its scheduler serves the dashboard on
+    ``dashboard_address`` (``None``: no dashboard); ``loop`` is accepted and not used.
     Scale it with :meth:`~SpecCluster.scale` or :meth:`~SpecCluster.adapt`.
     """
 

@@ -38,10 +38,10 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-import dask.config
 from dask.utils import format_bytes, parse_bytes, parse_timedelta
 
 from distributary.core import ConnectionPool
+from distributary.dashboard.address import scheduler_dashboard_link
 from distributary.deploy.logs import Log, Logs, log_text
 from distributary.deploy.specs import check_spec, member_names, resolve, spec_names, whole
 from distributary.node import parse_memory_limit
@@ -153,13 +153,11 @@ class SpecCluster:
     def dashboard_link(self) -> str:
         """The address of the scheduler's dashboard, ``""`` if it has none."""
         if isinstance(self.scheduler, Scheduler):
-            return getattr(self.scheduler, "dashboard_link", "")
-        port = self.scheduler_info.get("services", {}).get("dashboard")
-        if not port or self.scheduler_address.startswith("<"):
+            return self.scheduler.dashboard_link
+        if self.scheduler_address.startswith("<"):
             return ""
-        host = self.scheduler_address.split("://", 1)[-1].rsplit(":", 1)[0]
-        template = dask.config.get("distributed.dashboard.link", "{scheme}://{host}:{port}/status")
-        return template.format(scheme="http", host=host, port=port)
+        services = self.scheduler_info.get("services", {})
+        return scheduler_dashboard_link(self.scheduler_address, services)
 
     @property
     def plan(self) -> set:

@@ -47,7 +47,8 @@ CLIENT_NOT_YET: Mapping[str, Any] = {
     "extensions": None,
 }
 # Accepted and without effect: the loop (each server runs on the loop it is started
-# in), the dashboard (there is none yet) and the timings of loops distributary has not.
+# in), a worker's dashboard switch (a worker always serves /metrics and /health) and the
+# timings of loops distributary has not.
 NO_EFFECT = frozenset(
     {
         "loop",

@@ -74,6 +74,14 @@ VIEWS: dict[str, tuple[Callable[[Worker], Any], str]] = {
         lambda w: w.state.transfer_batch_bytes,
         "The most bytes fetched from one peer in one request.",
     ),
+    "services": (
+        lambda w: {name: w.http for name in w.http.services},
+        "The web servers of this worker, by name (``dashboard``: /metrics and /health).",
+    ),
+    "service_ports": (
+        lambda w: dict(w.http.services),
+        "The ports of this worker's web servers, by name.",
+    ),
     "batched_stream": (
         lambda w: w.batched,
         "The batched stream to the scheduler.",
