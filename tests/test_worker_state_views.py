@@ -14,6 +14,7 @@ from spec_api import SPEC
 
 from distributary import get_worker, secede
 
+
 def documented_state() -> list[str]:
     """The attribute names of the Worker docstring's "State" lists."""
     text = (SPEC / "worker_nanny_api.txt").read_text()
