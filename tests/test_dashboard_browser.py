@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 from browser import open_page, requires_chromium
 
-from distributary import Client, LocalCluster
+from distributary import Client, Event, LocalCluster
 
 ARTIFACTS = pathlib.Path(__file__).parent.parent / "test-artifacts"
 
@@ -112,3 +112,24 @@ def test_the_info_pages_of_a_worker_and_of_a_task(cluster):
         assert marked.key in page.inner_text("main")  # (shown as text, not as markup)
         assert page.query_selector("#injected") is None
         assert [e for e in errors if "404" not in e] == []  # (the page of a missing key)
+
+
+def wait_for(event_name: str) -> str:
+    Event(event_name).wait(timeout=60)
+    return "done"
+
+
+def test_an_info_page_follows_its_task_as_the_feed_pushes(cluster):
+    cluster, client = cluster
+    go = Event("go")
+    future = client.submit(wait_for, "go", key="waiter")
+    base = client.dashboard_link.replace("/status", "")
+    state = "() => document.querySelector('main dl dd')?.textContent"
+    with open_page(f"{base}/info/task/waiter") as (page, errors):
+        page.wait_for_function(f"{state} === 'processing'")
+        feed = cluster.scheduler.http.feed
+        assert feed is not None and feed.connections == 1  # (the page is on the live feed)
+        go.set()
+        assert future.result(timeout=30) == "done"
+        page.wait_for_function(f"{state} === 'memory'")  # (no reload: the page read again)
+        assert errors == []

@@ -1,8 +1,8 @@
 // distributary dashboard: the info page of one worker (/info/worker/ADDRESS) or one task
-// (/info/task/KEY), read from /api/worker/... or /api/task/... and read again every 2 s.
+// (/info/task/KEY), read from /api/worker/... or /api/task/..., and read again whenever
+// the live feed pushes a frame (one read at a time).
 "use strict";
 
-const REFRESH_MS = 2000;
 const [, , kind, ...rest] = location.pathname.split("/");
 const target = decodeURIComponent(rest.join("/"));
 
@@ -85,7 +85,27 @@ async function load() {
   const data = await response.json();
   document.title = (kind === "worker" ? "Worker " : "Task ") + target + " - distributary";
   DS.fill(main, [DS.el("div", { class: "grid" }, kind === "worker" ? worker(data) : task(data))]);
-  setTimeout(load, REFRESH_MS);
 }
 
-load();
+let reading = false;
+let again = false;
+
+async function refresh() {
+  if (reading) {
+    again = true;
+    return;
+  }
+  reading = true;
+  try {
+    await load();
+  } finally {
+    reading = false;
+    if (again) {
+      again = false;
+      refresh();
+    }
+  }
+}
+
+DS.connect(refresh);
+refresh();
