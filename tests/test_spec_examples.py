@@ -33,6 +33,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -301,12 +302,24 @@ def poll(predicate: Callable[[], object], timeout: float = 30, what: str = "") -
 
 
 def listening_ports(pid: int) -> set[int]:
-    """The TCP ports that process ``pid`` listens on."""
+    """The ports of the servers that process ``pid`` runs (not their web servers: a
+    worker serves /metrics and /health on a port of its own)."""
     try:
         conns = psutil.Process(pid).net_connections(kind="tcp")
     except psutil.NoSuchProcess:
         return set()
-    return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN}
+    return {c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and _speaks(c.laddr.port)}
+
+
+def _speaks(port: int) -> bool:
+    """Whether the server on ``port`` speaks first, as distributary's do (each side of a
+    connection sends its handshake at once); a web server waits for a request."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.settimeout(0.5)
+            return bool(sock.recv(1))
+    except OSError:  # (socket.timeout too)
+        return False
 
 
 def wait_listening(proc: _Proc, n: int, pid: int | None = None) -> set[int]:

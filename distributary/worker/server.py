@@ -365,6 +365,8 @@ class Worker(ServerNode):
                 await self.batched.close(timeout=2)
             except CommClosedError:
                 pass
+        elif self.batched is not None:  # (the scheduler closed it: its writer waits still)
+            self.batched.abort()
         if self._stream_task is not None:
             self._stream_task.cancel()
         for task in list(self._gathers):
