@@ -185,12 +185,10 @@ def test_profiler_settings_come_from_dask_config():
 @gen_cluster()
 async def test_the_profile_holds_the_function_that_ran(c, s, a, b):
     started = time.time()
-    await c.gather(
-        [
-            c.submit(busy_loop_fn, 0.3, workers=[a.address]),
-            c.submit(other_busy_fn, 0.3, workers=[b.address]),
-        ]
-    )
+    # (one after the other: two busy threads of one process can starve the sampler of
+    # the interpreter lock)
+    await c.submit(busy_loop_fn, 0.3, workers=[a.address])
+    await c.submit(other_busy_fn, 0.3, workers=[b.address])
     state = await c.profile()
     assert {"busy_loop_fn", "other_busy_fn"} <= names_in(state)
     assert state["count"] >= 10  # (0.6 s of samples, every 10 ms)
