@@ -20,7 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from distributary.scheduler import instructions as ins
+from distributary.scheduler import records as scheduler_records
 from distributary.scheduler.records import FIRE_AND_FORGET
+from distributary.worker import state as worker_state
 
 if TYPE_CHECKING:
     from distributary.scheduler.state import SchedulerState
@@ -29,26 +31,8 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # The task states reported (with 0 when no task is in one), as dask.distributed lists them.
-SCHEDULER_TASK_STATES = (
-    "released",
-    "waiting",
-    "queued",
-    "no-worker",
-    "processing",
-    "memory",
-    "erred",
-)
-WORKER_TASK_STATES = (
-    "released",
-    "waiting",
-    "ready",
-    "executing",
-    "long-running",
-    "memory",
-    "fetch",
-    "flight",
-    "cancelled",
-)
+SCHEDULER_TASK_STATES = scheduler_records.HELD_STATES
+WORKER_TASK_STATES = worker_state.HELD_STATES
 WORKER_STATES = ("idle", "partially_saturated", "saturated", "paused", "retiring")
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from distributary.scheduler.records import TaskRecord
+from distributary.scheduler.records import HELD_STATES, TaskRecord
 
 # The states a task on the scheduler can be counted in (DESIGN.md, "Task states").
-STATES = ("released", "waiting", "queued", "no-worker", "processing", "memory", "erred")
+STATES = HELD_STATES
 
 
 class _Prefix:

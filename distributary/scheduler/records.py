@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 # The states of a task on the scheduler (DESIGN.md, "Task states").
 TaskState = Literal[
     "released", "waiting", "queued", "no-worker", "processing", "memory", "erred", "forgotten"
 ]
+# The states of a task the scheduler holds (all but "forgotten").
+HELD_STATES: tuple[str, ...] = get_args(TaskState)[:-1]
 
 
 class _NoTasks(frozenset):

@@ -24,7 +24,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Callable, MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from distributary.transitions import TransitionEngine
 from distributary.worker import events as ev
@@ -45,6 +45,8 @@ WorkerTaskState = Literal[
     "cancelled",
     "forgotten",
 ]
+# The states of a task the worker holds (all but "forgotten").
+HELD_STATES: tuple[str, ...] = get_args(WorkerTaskState)[:-1]
 
 # Replicas wait behind every dependency of a task to run here.
 _REPLICA_PRIORITY = (float("inf"),)
